@@ -1,0 +1,1 @@
+"""The ClientApp: local meta-training and honest personalised evaluation."""

@@ -1,0 +1,1 @@
+"""Shared core: settings, data, models, meta-learning math, array transport."""

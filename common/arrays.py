@@ -1,0 +1,70 @@
+"""Named arrays <-> Flower ``ArrayRecord``s, and the checks a reply must pass.
+
+One record carries the shared state: theta under each parameter's own name and, for
+Meta-SGD, the learned step size of parameter ``n`` under ``alpha/n``. Clients reply with
+an update (their local state minus the state they received) under the same keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+
+NamedArrays = dict[str, np.ndarray]
+ALPHA_PREFIX = "alpha/"
+
+
+class UpdateRejected(ValueError):
+    """A client's update does not match the shared state and must not touch it."""
+
+
+def to_record(arrays: Mapping[str, np.ndarray | torch.Tensor]) -> ArrayRecord:
+    return ArrayRecord({k: Array(_numpy(v)) for k, v in arrays.items()})
+
+
+def from_record(record: ArrayRecord) -> NamedArrays:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def _numpy(v: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu().numpy()
+    return np.asarray(v)
+
+
+def join_state(theta: Mapping[str, np.ndarray], alpha: Mapping[str, np.ndarray] | None) -> NamedArrays:
+    state = dict(theta)
+    if alpha is not None:
+        state |= {ALPHA_PREFIX + n: a for n, a in alpha.items()}
+    return state
+
+
+def split_state(state: Mapping[str, np.ndarray]) -> tuple[NamedArrays, NamedArrays | None]:
+    """(theta, alpha or None) from one flat state."""
+    theta = {k: v for k, v in state.items() if not k.startswith(ALPHA_PREFIX)}
+    alpha = {k[len(ALPHA_PREFIX) :]: v for k, v in state.items() if k.startswith(ALPHA_PREFIX)}
+    return theta, (alpha or None)
+
+
+def to_tensors(arrays: Mapping[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    # np.array(copy) first: Flower's arrays may be read-only views of a message buffer.
+    return {k: torch.from_numpy(np.array(v)).to(device) for k, v in arrays.items()}
+
+
+def check_update(update: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> None:
+    """Raise :class:`UpdateRejected` naming the first thing wrong with ``update``."""
+    missing = sorted(set(reference) - set(update))
+    extra = sorted(set(update) - set(reference))
+    if missing or extra:
+        raise UpdateRejected(f"keys differ from the shared state: missing {missing}, extra {extra}")
+    for key, ref in reference.items():
+        got = update[key]
+        if got.shape != ref.shape:
+            raise UpdateRejected(f"'{key}' has shape {got.shape}, expected {ref.shape}")
+        if got.dtype != ref.dtype:
+            raise UpdateRejected(f"'{key}' has dtype {got.dtype}, expected {ref.dtype}")
+        if not np.all(np.isfinite(got)):
+            raise UpdateRejected(f"'{key}' contains NaN or infinite values")

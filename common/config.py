@@ -1,0 +1,254 @@
+"""One frozen, validated settings object, parsed once from Flower's run config.
+
+Every key of ``[tool.flwr.app.config]`` in ``pyproject.toml`` maps to one field of
+:class:`Settings` (kebab-case there, snake_case here). :func:`parse_settings` rejects an
+unknown key, a wrong type or an out-of-range value with a :class:`ConfigError` that names
+the key, the value and what is allowed, before any round runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or out of range."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"config key '{key}' has value {value!r}; allowed: {allowed}")
+
+
+class Algorithm(enum.Enum):
+    """What a client does with its data each round (see README, 'Algorithms')."""
+
+    MAML = "maml"
+    PERFEDAVG_FO = "perfedavg-fo"
+    PERFEDAVG_HF = "perfedavg-hf"
+    METASGD = "metasgd"
+    FEDAVG = "fedavg"
+    FEDAVG_FT = "fedavg-ft"
+    LOCAL = "local"
+
+
+class MetaOrder(enum.Enum):
+    """How the meta-gradient treats the inner loop's dependence on theta."""
+
+    SECOND = "second-order"  # exact MAML gradient through the inner steps
+    FIRST = "first-order"  # FOMAML / Per-FedAvg (FO): gradient at the adapted params
+    HESSIAN_FREE = "hessian-free"  # Per-FedAvg (HF): (I - a H(D'')) grad(theta'; D')
+
+
+class Task(enum.Enum):
+    REGRESSION = "regression"
+    CLASSIFICATION = "classification"
+
+
+def _choice(enum_cls: type[enum.Enum]) -> tuple[Callable[[Any], bool], str]:
+    values = [m.value for m in enum_cls]
+    return (lambda v: v in values), "one of " + ", ".join(repr(v) for v in values)
+
+
+def _one_of(*values: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in values), "one of " + ", ".join(repr(v) for v in values)
+
+
+def _int_list(v: str) -> bool:
+    try:
+        items = [int(p) for p in v.split(",")]
+    except ValueError:
+        return False
+    return len(items) > 0 and all(i > 0 for i in items)
+
+
+_POS = (lambda v: v > 0, "a number > 0")
+_NONNEG = (lambda v: v >= 0, "a number >= 0")
+_POS_INT = (lambda v: v >= 1, "an integer >= 1")
+_NONNEG_INT = (lambda v: v >= 0, "an integer >= 0")
+_FRACTION = (lambda v: 0 < v <= 1, "a number in (0, 1]")
+_OPEN_UNIT = (lambda v: 0 <= v < 1, "a number in [0, 1)")
+_INT_LIST = (_int_list, "comma-separated positive integers, e.g. '40,40'")
+_ANY = (lambda v: True, "any string")
+
+
+def _spec(check: tuple[Callable[[Any], bool], str], default: Any) -> Any:
+    return field(default=default, metadata={"check": check})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of a run. Field docs live in README's configuration table."""
+
+    # what is learned
+    algorithm: str = _spec(_choice(Algorithm), "perfedavg-hf")
+    # data
+    dataset: str = _spec(
+        _one_of("sinusoid", "synthetic", "digits", "mnist", "fashion-mnist", "femnist"),
+        "sinusoid",
+    )
+    data_path: str = _spec(_ANY, "")
+    partition: str = _spec(_one_of("natural", "dirichlet", "pathological", "perfedavg"), "natural")
+    classes_per_client: int = _spec(_POS_INT, 2)
+    dirichlet_alpha: float = _spec(_POS, 0.5)
+    sinusoid_train_points: int = _spec(_POS_INT, 20)
+    sinusoid_test_points: int = _spec(_POS_INT, 50)
+    synthetic_alpha: float = _spec(_NONNEG, 0.5)
+    synthetic_beta: float = _spec(_NONNEG, 0.5)
+    test_fraction: float = _spec((lambda v: 0 < v < 1, "a number in (0, 1)"), 0.2)
+    # model
+    model: str = _spec(_one_of("mlp", "logreg", "cnn"), "mlp")
+    hidden_sizes: str = _spec(_INT_LIST, "40,40")
+    activation: str = _spec(_one_of("relu", "elu"), "relu")
+    # federation
+    num_rounds: int = _spec(_POS_INT, 100)
+    fraction_train: float = _spec(_FRACTION, 0.2)
+    fraction_evaluate: float = _spec(_FRACTION, 0.2)
+    min_available_nodes: int = _spec(_POS_INT, 2)
+    node_wait_timeout: float = _spec(_POS, 120.0)  # seconds to wait for min-available-nodes
+    round_timeout: float = _spec(_POS, 600.0)  # seconds a round waits for replies
+    # client optimisation (Per-FedAvg Algorithm 1 notation)
+    local_steps: int = _spec(_POS_INT, 5)  # tau
+    batch_size: int = _spec(_POS_INT, 5)  # |D| = |D'| = |D''|
+    inner_lr: float = _spec(_POS, 0.01)  # alpha (initial alpha for metasgd)
+    inner_steps: int = _spec(_POS_INT, 1)  # k during meta-training
+    outer_lr: float = _spec(_POS, 0.001)  # beta
+    eval_steps: int = _spec(_NONNEG_INT, 10)  # k at evaluation
+    hessian_free_mode: str = _spec(_one_of("exact", "finite-difference"), "exact")
+    hessian_free_delta: float = _spec(_POS, 1e-3)
+    metasgd_order: str = _spec(_one_of("second-order", "first-order"), "second-order")
+    # server optimizer
+    server_optimizer: str = _spec(_one_of("sgd", "adam"), "adam")
+    server_lr: float = _spec(_POS, 0.001)
+    server_beta1: float = _spec(_OPEN_UNIT, 0.9)
+    server_beta2: float = _spec(_OPEN_UNIT, 0.999)
+    server_eps: float = _spec(_POS, 1e-8)
+    # evaluation on clients never seen in training (server side)
+    new_clients: int = _spec(_NONNEG_INT, 0)
+    new_client_steps: str = _spec(_INT_LIST, "1,10")
+    new_client_train_points: int = _spec(_POS_INT, 5)  # K shots of a new sinusoid client
+    # run
+    seed: int = _spec(_NONNEG_INT, 0)
+    device: str = _spec(_one_of("auto", "cpu", "cuda"), "auto")
+    run_dir: str = _spec((lambda v: v != "", "a non-empty path"), "runs/latest")
+    resume: bool = _spec((lambda v: True, "true or false"), False)
+
+    # ---- derived views (computed, never stored twice) ----
+    @property
+    def algo(self) -> Algorithm:
+        return Algorithm(self.algorithm)
+
+    @property
+    def meta_order(self) -> MetaOrder | None:
+        """The meta-gradient order, or None for algorithms without an inner loop."""
+        return {
+            Algorithm.MAML: MetaOrder.SECOND,
+            Algorithm.PERFEDAVG_FO: MetaOrder.FIRST,
+            Algorithm.PERFEDAVG_HF: MetaOrder.HESSIAN_FREE,
+            Algorithm.METASGD: MetaOrder(self.metasgd_order),
+        }.get(self.algo)
+
+    @property
+    def learns_inner_lr(self) -> bool:
+        return self.algo is Algorithm.METASGD
+
+    @property
+    def adapts_at_evaluation(self) -> bool:
+        """fedavg and local are scored as they are; all others personalise k steps."""
+        return self.algo not in (Algorithm.FEDAVG, Algorithm.LOCAL) and self.eval_steps > 0
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.hidden_sizes.split(","))
+
+    @property
+    def new_client_step_list(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.new_client_steps.split(","))
+
+    @property
+    def task(self) -> Task:
+        return Task.REGRESSION if self.dataset == "sinusoid" else Task.CLASSIFICATION
+
+
+_FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(key: str, value: Any, typ: type) -> Any:
+    """Accept exactly the TOML type; ints are accepted where floats are expected."""
+    if typ is bool:
+        ok = isinstance(value, bool)
+    elif typ is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif typ is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+            ok = math.isfinite(value)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(key, value, f"a {typ.__name__}")
+    return value
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def parse_settings(run_config: Mapping[str, Any]) -> Settings:
+    """Validate a flat kebab-case mapping (Flower's ``context.run_config``)."""
+    values: dict[str, Any] = {}
+    for key, raw in run_config.items():
+        if key not in _FIELDS:
+            raise ConfigError(key, raw, "a known key: " + ", ".join(sorted(_FIELDS)))
+        f = _FIELDS[key]
+        value = _coerce(key, raw, _TYPES[str(f.type)])
+        check, allowed = f.metadata["check"]
+        if not check(value):
+            raise ConfigError(key, value, allowed)
+        values[f.name] = value
+    settings = Settings(**values)
+    _check_combinations(settings)
+    return settings
+
+
+def _check_combinations(s: Settings) -> None:
+    if s.meta_order is MetaOrder.HESSIAN_FREE and s.inner_steps != 1:
+        raise ConfigError(
+            "inner-steps",
+            s.inner_steps,
+            "1 with algorithm 'perfedavg-hf' (the Hessian-free estimate of Fallah et al. "
+            "2020, eq. 9, is defined for one inner step; use 'maml' for more)",
+        )
+    regression_only = s.dataset == "sinusoid"
+    if regression_only and s.partition != "natural":
+        raise ConfigError(
+            "partition", s.partition, "'natural' for dataset 'sinusoid' (one task per client)"
+        )
+    if s.dataset == "synthetic" and s.partition != "natural":
+        raise ConfigError(
+            "partition", s.partition, "'natural' for dataset 'synthetic' (one user per client)"
+        )
+    if s.partition == "perfedavg" and s.dataset not in ("mnist", "fashion-mnist"):
+        raise ConfigError(
+            "partition", s.partition, "'perfedavg' only with dataset 'mnist' or 'fashion-mnist'"
+        )
+    if s.dataset in ("mnist", "fashion-mnist", "femnist") and not s.data_path:
+        raise ConfigError(
+            "data-path", s.data_path, f"the folder or file holding the {s.dataset} data"
+        )
+    if s.new_clients > 0 and s.dataset != "sinusoid":
+        raise ConfigError(
+            "new-clients", s.new_clients, "0 unless dataset is 'sinusoid' (held-out clients "
+            "of other datasets are not generated yet)"
+        )
+    if s.model == "cnn" and s.dataset in ("sinusoid", "synthetic"):
+        raise ConfigError("model", s.model, "'mlp' or 'logreg' for vector inputs")
+
+
+def settings_to_run_config(s: Settings) -> dict[str, Any]:
+    """The inverse of :func:`parse_settings` (used to record a run's exact settings)."""
+    return {f.name.replace("_", "-"): getattr(s, f.name) for f in dataclasses.fields(s)}

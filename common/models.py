@@ -1,0 +1,95 @@
+"""A small model zoo. Any ``nn.Module`` works with the meta core; these are the defaults.
+
+Buffer policy: meta-learning here is functional (``torch.func.functional_call``) and the
+server aggregates parameters only, so models must not carry buffers. BatchNorm therefore
+uses batch statistics (``track_running_stats=False``), exactly as the MAML reference code
+does; :func:`check_no_buffers` rejects a model that would silently keep running statistics
+that no client adapts and no server aggregates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from common.config import Settings
+
+
+class MLP(nn.Module):
+    """Flatten -> [Linear -> activation]* -> Linear. ``hidden=()`` is logistic regression."""
+
+    def __init__(
+        self, in_features: int, hidden: Sequence[int], out_features: int, act: type[nn.Module]
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), act()]
+            width = h
+        layers.append(nn.Linear(width, out_features))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvNet(nn.Module):
+    """MAML's 4-block conv net (Finn et al. 2017, Sec. 5.2): conv3x3 -> BN -> ReLU -> pool."""
+
+    def __init__(self, in_channels: int, channels: Sequence[int], image_size: int, classes: int):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        width, size = in_channels, image_size
+        for c in channels:
+            blocks += [
+                nn.Conv2d(width, c, 3, padding=1),
+                nn.BatchNorm2d(c, track_running_stats=False),
+                nn.ReLU(),
+                nn.MaxPool2d(2, ceil_mode=True),
+            ]
+            width, size = c, (size + 1) // 2
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Linear(width * size * size, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+def check_no_buffers(model: nn.Module) -> None:
+    names = [n for n, _ in model.named_buffers()]
+    if names:
+        raise ValueError(
+            f"model has buffers {names}; meta-learning here aggregates and adapts parameters "
+            "only. Use BatchNorm(track_running_stats=False) (batch statistics, as in MAML) "
+            "or register the state as parameters."
+        )
+
+
+def build_model(
+    settings: Settings, input_shape: tuple[int, ...], num_outputs: int, seed: int | None = None
+) -> nn.Module:
+    """Build the configured model; with ``seed`` its initial weights are reproducible."""
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = _build(settings, input_shape, num_outputs)
+    check_no_buffers(model)
+    return model
+
+
+def _build(settings: Settings, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
+    in_features = 1
+    for d in input_shape:
+        in_features *= d
+    if settings.model == "logreg":
+        return MLP(in_features, (), num_outputs, nn.ReLU)
+    if settings.model == "cnn":
+        if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
+            raise ValueError(f"model 'cnn' needs square image inputs (C, H, H), got {input_shape}")
+        return ConvNet(input_shape[0], settings.hidden, input_shape[1], num_outputs)
+    # ReLU as in MAML's sinusoid net; Per-FedAvg's MLP uses ELU (set by the experiment).
+    act = nn.ELU if settings.activation == "elu" else nn.ReLU
+    return MLP(in_features, settings.hidden, num_outputs, act)

@@ -1,0 +1,138 @@
+"""Flower ServerApp: build the initial state, run the rounds, keep everything on disk.
+
+The round loop is written out here (instead of ``Strategy.start``) so that after every
+round the server writes the metrics and a checkpoint of theta, alpha and the server
+optimizer's state: a killed run resumes from its last completed round (``resume=true``).
+"""
+
+from __future__ import annotations
+
+import time
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
+
+from common.arrays import from_record, join_state, split_state, to_record, to_tensors
+from common.config import ConfigError, Settings, parse_settings, settings_to_run_config
+from common.data.registry import check_data_available, dataset_info
+from common.device import select_device
+from common.models import build_model
+from server.aggregate import OptimizerConfig, OptimizerState
+from server.new_clients import evaluate_new_clients
+from server.nodes import NodeDirectory
+from server.run_folder import Checkpoint, RunFolder
+from server.strategy import MetaStrategy
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_federation(parse_settings(context.run_config), grid)
+
+
+def initial_state(settings: Settings) -> dict[str, np.ndarray]:
+    """theta from the seeded model init (+ alpha = inner-lr everywhere for Meta-SGD)."""
+    info = dataset_info(settings)
+    model = build_model(settings, info.input_shape, info.num_outputs, seed=settings.seed)
+    theta = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+    alpha = {n: np.full_like(p, settings.inner_lr) for n, p in theta.items()}
+    return join_state(theta, alpha if settings.learns_inner_lr else None)
+
+
+def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
+    check_data_available(settings)  # fail before round 1, naming the path
+    folder = RunFolder(settings.run_dir)
+    state = initial_state(settings)
+    optimizer_state, start = OptimizerState(), 1
+    ckpt = folder.load_checkpoint(expected=state)
+    if ckpt is not None and not settings.resume:
+        raise ConfigError(
+            "run-dir", settings.run_dir,
+            f"a folder without a checkpoint ({folder.path} holds one at round "
+            f"{ckpt.server_round}); set resume=true to continue that run or pick a new run-dir",
+        )  # fmt: skip
+    if ckpt is not None:
+        state, optimizer_state, start = ckpt.state, ckpt.optimizer, ckpt.server_round + 1
+        for name in ("metrics.jsonl", "clients.jsonl"):
+            folder.truncate_jsonl_after(name, ckpt.server_round)
+        log(INFO, "resuming from %s at round %d", folder.path, start)
+    folder.write_json("config.json", settings_to_run_config(settings))
+
+    nodes = NodeDirectory(
+        grid, settings.min_available_nodes, settings.node_wait_timeout, settings.round_timeout
+    )
+    strategy = MetaStrategy(settings, nodes, optimizer_config(settings), optimizer_state)
+    t_run = time.monotonic()
+    last_eval: dict[str, float] = {}
+    for rnd in range(start, settings.num_rounds + 1):
+        t0 = time.monotonic()
+        replies = grid.send_and_receive(
+            strategy.configure_train(rnd, to_record(state), ConfigRecord(), grid),
+            timeout=settings.round_timeout,
+        )
+        new_record, train_metrics = strategy.aggregate_train(rnd, replies)
+        if new_record is not None:
+            state = from_record(new_record)
+        final = rnd == settings.num_rounds
+        eval_config = ConfigRecord({"final": final})
+        replies = grid.send_and_receive(
+            strategy.configure_evaluate(rnd, to_record(state), eval_config, grid),
+            timeout=settings.round_timeout,
+        )
+        eval_metrics = strategy.aggregate_evaluate(rnd, replies)
+        last_eval = dict(eval_metrics or {})  # type: ignore[arg-type]
+        row = {
+            "round": rnd,
+            "train": dict(train_metrics or {}),
+            "eval": last_eval,
+            "accepted": strategy.report.accepted,
+            "dropped": strategy.report.dropped,
+            "seconds": round(time.monotonic() - t0, 3),
+        }
+        folder.append_jsonl("metrics.jsonl", row)
+        folder.append_jsonl("clients.jsonl", {"round": rnd, "clients": strategy.report.eval_clients})
+        folder.save_checkpoint(Checkpoint(rnd, state, strategy.optimizer_state))
+        log(INFO, "%s", progress_line(settings, row))
+    return finish(settings, folder, state, last_eval, time.monotonic() - t_run)
+
+
+def optimizer_config(s: Settings) -> OptimizerConfig:
+    return OptimizerConfig(s.server_optimizer, s.server_lr, s.server_beta1, s.server_beta2, s.server_eps)
+
+
+def progress_line(s: Settings, row: dict) -> str:
+    ev = row["eval"]
+    metric = "mse" if s.task.value == "regression" else "acc"
+    if f"{metric}-after-mean" not in ev:
+        return f"round {row['round']}/{s.num_rounds}: no evaluation results ({len(row['dropped'])} dropped)"
+    return (
+        f"round {row['round']}/{s.num_rounds} [{s.algorithm}] "
+        f"{metric} before {ev[f'{metric}-before-mean']:.4f} -> personalised "
+        f"{ev[f'{metric}-after-mean']:.4f} (worst10 {ev[f'{metric}-after-worst10']:.4f}) "
+        f"clients {int(ev['clients'])} dropped {len(row['dropped'])} {row['seconds']:.1f}s"
+    )
+
+
+def finish(
+    settings: Settings, folder: RunFolder, state: dict[str, np.ndarray],
+    last_eval: dict[str, float], seconds: float,
+) -> dict[str, float]:  # fmt: skip
+    model_path = folder.save_model(state, settings_to_run_config(settings))
+    summary: dict[str, float] = {**last_eval, "rounds": settings.num_rounds, "seconds": seconds}
+    if settings.new_clients > 0:
+        device = select_device(settings.device)
+        info = dataset_info(settings)
+        model = build_model(settings, info.input_shape, info.num_outputs)
+        theta, alpha = split_state(state)
+        lr = to_tensors(alpha, device) if alpha is not None else settings.inner_lr
+        summary |= evaluate_new_clients(settings, model, to_tensors(theta, device), lr, device)
+    folder.write_json("summary.json", summary)
+    if not last_eval:
+        log(WARNING, "no evaluation results in the final round")
+    log(INFO, "final model: %s", model_path)
+    log(INFO, "summary:\n%s", "\n".join(f"  {k:28s} {v:.4f}" for k, v in sorted(summary.items())))
+    return summary
