@@ -18,10 +18,10 @@ from flwr.app import Context
 from torch import Tensor, nn
 
 from common.config import Settings, parse_settings
-from common.data.registry import dataset_info, load_client_data
+from common.data.registry import load_client_data
 from common.data.types import ClientData
 from common.device import select_device
-from common.models import build_model
+from common.models import model_for
 from common.personalize import tensors_of
 
 
@@ -73,7 +73,6 @@ def _build_runtime(
     if node_data_path:  # a SuperNode's own data overrides the run's default path
         settings = dataclasses.replace(settings, data_path=node_data_path)
     device = select_device(settings.device)
-    info = dataset_info(settings)
     data = load_client_data(settings, partition_id, num_partitions)
     x, y, _, _ = tensors_of(data, settings.task, device)
     return ClientRuntime(
@@ -81,7 +80,7 @@ def _build_runtime(
         partition_id=partition_id,
         num_partitions=num_partitions,
         device=device,
-        model=build_model(settings, info.input_shape, info.num_outputs),
+        model=model_for(settings),
         data=data,
         train_tensors=(x, y),
     )

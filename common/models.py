@@ -80,6 +80,14 @@ def build_model(
     return model
 
 
+def model_for(settings: Settings, seed: int | None = None) -> nn.Module:
+    """The configured model for the configured dataset (no data is read)."""
+    from common.data.registry import dataset_info
+
+    info = dataset_info(settings)
+    return build_model(settings, info.input_shape, info.num_classes or 1, seed=seed)
+
+
 def _build(settings: Settings, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
     in_features = 1
     for d in input_shape:

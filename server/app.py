@@ -17,9 +17,9 @@ from flwr.supercore import log
 
 from common.arrays import from_record, join_state, split_state, to_record, to_tensors
 from common.config import ConfigError, Settings, parse_settings, settings_to_run_config
-from common.data.registry import check_data_available, dataset_info
+from common.data.registry import check_data_available
 from common.device import select_device
-from common.models import build_model
+from common.models import model_for
 from server.aggregate import OptimizerConfig, OptimizerState
 from server.new_clients import evaluate_new_clients
 from server.nodes import NodeDirectory
@@ -36,8 +36,7 @@ def main(grid: Grid, context: Context) -> None:
 
 def initial_state(settings: Settings) -> dict[str, np.ndarray]:
     """theta from the seeded model init (+ alpha = inner-lr everywhere for Meta-SGD)."""
-    info = dataset_info(settings)
-    model = build_model(settings, info.input_shape, info.num_outputs, seed=settings.seed)
+    model = model_for(settings, seed=settings.seed)
     theta = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
     alpha = {n: np.full_like(p, settings.inner_lr) for n, p in theta.items()}
     return join_state(theta, alpha if settings.learns_inner_lr else None)
@@ -125,8 +124,7 @@ def finish(
     summary: dict[str, float] = {**last_eval, "rounds": settings.num_rounds, "seconds": seconds}
     if settings.new_clients > 0:
         device = select_device(settings.device)
-        info = dataset_info(settings)
-        model = build_model(settings, info.input_shape, info.num_outputs)
+        model = model_for(settings)
         theta, alpha = split_state(state)
         lr = to_tensors(alpha, device) if alpha is not None else settings.inner_lr
         summary |= evaluate_new_clients(settings, model, to_tensors(theta, device), lr, device)

@@ -1,0 +1,159 @@
+"""Run the app on Flower's Simulation Engine, owning every process it starts.
+
+``flwr run`` against Flower's built-in ``local`` connection starts a detached SuperLink
+that outlives the command. Here we start the SuperLink ourselves (simulation mode, free
+loopback port, ``FLWR_HOME`` in a folder we own), submit runs with ``flwr run --stream``,
+and stop the SuperLink by its PID on exit, also when a run fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONNECTION = "fedmeta-sim"
+
+
+class SimulationError(RuntimeError):
+    """The SuperLink did not start, or a run did not finish cleanly."""
+
+
+def _bin(name: str) -> str:
+    """The console script next to this interpreter (works inside a venv not on PATH)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def run_config_arg(overrides: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={toml_value(v)}" for k, v in overrides.items())
+
+
+@dataclass
+class SuperLink:
+    """A running simulation SuperLink and the environment that reaches it."""
+
+    process: subprocess.Popen
+    env: dict[str, str]
+    home: Path
+    log_path: Path
+
+    def run(
+        self,
+        overrides: Mapping[str, Any],
+        num_supernodes: int,
+        cpus_per_client: int = 1,
+        log_file: Path | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Submit one run of the app and stream its logs until it finishes."""
+        cmd = [
+            _bin("flwr"), "run", str(PROJECT_ROOT), CONNECTION, "--stream",
+            "--run-config", run_config_arg(overrides),
+            "--federation-config",
+            f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}",
+        ]  # fmt: skip
+        out = log_file.open("w") if log_file else None
+        try:
+            proc = subprocess.run(
+                cmd, env=self.env, stdout=out or None, stderr=subprocess.STDOUT,
+                timeout=timeout, check=False, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        finally:
+            if out:
+                out.close()
+        if proc.returncode != 0:
+            raise SimulationError(
+                f"`{shlex.join(cmd)}` exited with {proc.returncode}; see "
+                f"{log_file or 'the output above'} and {self.log_path}"
+            )
+
+
+@contextmanager
+def simulation_superlink(workdir: Path | None = None) -> Iterator[SuperLink]:
+    """Start a simulation SuperLink on a free port; always stop it (and its children)."""
+    owned = workdir is None
+    home = Path(tempfile.mkdtemp(prefix="fedmeta-flwr-")) if owned else Path(workdir)  # type: ignore[arg-type]
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = os.environ | {
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        # The SuperLink spawns flower-superexec / flwr-serverapp / flwr-simulation by name.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p
+        ),
+    }
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    log_path = home / "superlink.log"
+    cmd = [
+        _bin("flower-superlink"), "--insecure", "--simulation",
+        "--disable-runtime-dependency-installation",
+        "--host", "127.0.0.1", "--port", str(port), "--log-file", str(log_path),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_for_port(port, proc, log_path)
+        yield SuperLink(process=proc, env=env, home=home, log_path=log_path)
+    finally:
+        stop_process_group(proc)
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, log_path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SimulationError(f"flower-superlink exited with {proc.returncode}; see {log_path}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise SimulationError(f"flower-superlink did not listen on port {port} in {timeout:g} s")
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM the process's group (it was started in its own session), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=grace)
