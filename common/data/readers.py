@@ -176,6 +176,8 @@ def read_mnist_folder(folder: Path | str, source: str = "mnist") -> LabeledImage
     """MNIST or Fashion-MNIST: train and t10k pooled, ``is_test`` marking the t10k rows."""
     arrays = {key: read_idx(path) for key, path in find_idx_files(folder, source).items()}
     _check_idx_shapes({k: a.shape for k, a in arrays.items()}, Path(folder))
+    if arrays["train-images"].dtype != np.uint8 or arrays["test-images"].dtype != np.uint8:
+        raise DataError(f"IDX images in '{folder}' are not unsigned bytes (0..255)")
     images = np.concatenate([arrays["train-images"], arrays["test-images"]])
     x = images[:, None, :, :].astype(np.float32)
     x /= 255.0  # MNIST is already ink-high: 0 = background

@@ -133,9 +133,10 @@ def load_client_data(settings: Settings, partition_id: int, num_partitions: int)
     if settings.dataset == "synthetic":
         alpha, beta = settings.synthetic_alpha, settings.synthetic_beta
         return synthetic_client(settings.seed, partition_id, alpha, beta, settings.test_fraction)
+    _check_partition_kind(settings.dataset, settings.partition)  # before reading anything
     split = _Split.of(settings, num_partitions)
-    images = _read(split.dataset, split.data_path)
     names, indices = _client_indices(split)
+    images = _read(split.dataset, split.data_path)  # cached by _client_indices
     train, test = indices[partition_id]
     return ClientData(
         x_train=images.x[train],
@@ -162,7 +163,6 @@ ClientIndices = tuple[tuple[str, ...], tuple[tuple[np.ndarray, np.ndarray], ...]
 @functools.lru_cache(maxsize=4)
 def _client_indices(split: _Split) -> ClientIndices:
     """Per client, a name and (train, test) sample indices into :func:`_read`'s arrays."""
-    _check_partition_kind(split.dataset, split.partition)
     images = _read(split.dataset, split.data_path)
     if split.partition == "natural":
         return _natural_clients(images, split.num_partitions)

@@ -71,7 +71,7 @@ def test_second_order_matches_central_finite_difference_over_three_steps():
                 _meta_objective(model, _leaf(plus), support, query, 0.3, 3)
                 - _meta_objective(model, _leaf(minus), support, query, 0.3, 3)
             ) / (2 * eps)
-            assert float(g.params[name][idx].detach()) == pytest.approx(float(fd), rel=1e-5, abs=1e-8)
+            assert float(g.params[name][idx].detach()) == pytest.approx(float(fd.detach()), rel=1e-5, abs=1e-8)
 
 
 def _leaf(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,81 @@
+"""The same federation in one plain Python loop, without Flower's engine.
+
+:class:`LoopGrid` is a ``Grid`` that delivers each message by calling the real ClientApp
+in this process, one node after another. ``server.app.run_federation`` drives it exactly
+as it drives the Simulation Engine, so the two differ only in transport and scheduling.
+Uses: fast hyperparameter sweeps, and the baseline of the throughput benchmark (the
+ratio engine time / loop time is the engine's overhead on our client work).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from common.config import Settings, parse_settings
+
+SERVER_NODE_ID = 0
+
+
+class LoopGrid(Grid):
+    """Nodes 1..N serving partitions 0..N-1, each with its own persistent context.state."""
+
+    def __init__(self, client_app: ClientApp, run_config: Mapping[str, Any], num_nodes: int):
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SERVER_NODE_ID, 0
+        self.client_app = client_app
+        self.contexts = {
+            i + 1: Context(
+                run_id=1,
+                node_id=i + 1,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for i in range(num_nodes)
+        }
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return [self._deliver(m) for m in messages]
+
+    def _deliver(self, msg: Message) -> Message:
+        try:
+            return self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
+        except Exception as err:  # reported as Flower reports a failed ClientApp
+            return Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+
+    # The rest of Grid's interface is not needed by run_federation.
+    def set_run(self, run: Any) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def run(self) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # pragma: no cover
+        raise NotImplementedError
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # pragma: no cover
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # pragma: no cover
+        raise NotImplementedError
+
+    def get_nodes(self) -> Iterable[Any]:  # pragma: no cover
+        raise NotImplementedError
+
+
+def run_in_loop(run_config: Mapping[str, Any], num_nodes: int) -> dict[str, float]:
+    """Run the whole federation in this process; returns the server's summary."""
+    from client.app import app as client_app
+    from server.app import run_federation
+
+    settings: Settings = parse_settings(run_config)
+    return run_federation(settings, LoopGrid(client_app, run_config, num_nodes))
