@@ -232,6 +232,11 @@ def _check_combinations(s: Settings) -> None:
         raise ConfigError(
             "partition", s.partition, "'natural' for dataset 'synthetic' (one user per client)"
         )
+    if s.partition == "natural" and s.dataset in ("digits", "mnist", "fashion-mnist"):
+        raise ConfigError(
+            "partition", s.partition,
+            f"'dirichlet' or 'pathological' for dataset '{s.dataset}' (it has no writer ids)",
+        )  # fmt: skip
     if s.partition == "perfedavg" and s.dataset not in ("mnist", "fashion-mnist"):
         raise ConfigError(
             "partition", s.partition, "'perfedavg' only with dataset 'mnist' or 'fashion-mnist'"

@@ -35,6 +35,7 @@ def test_pyproject_defaults_parse_and_cover_every_setting():
         ({"partition": "dirichlet"}, "partition", "one task per client"),
         ({"dataset": "femnist", "partition": "natural"}, "data-path", "femnist"),
         ({"device": "tpu"}, "device", "'auto'"),
+        ({"dataset": "digits"}, "partition", "no writer ids"),
     ],
 )
 def test_config_errors_name_key_value_and_allowed(config, key, allowed):

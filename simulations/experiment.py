@@ -1,0 +1,148 @@
+"""An experiment is a YAML file: settings shared by all runs, the algorithms (each with its
+own overrides, stated in the table), the seeds, and the engine that runs them.
+
+    name: sinusoid-quickstart
+    engine: simulation            # Flower's Simulation Engine, or `loop` (one process)
+    num-supernodes: 100           # clients registered in the federation
+    seeds: [0, 1, 2]
+    base:                         # run-config keys shared by every run
+      dataset: sinusoid
+      num-rounds: 300
+    algorithms:                   # name -> overrides of `base` (may be empty)
+      maml: {}
+      fedavg: {outer-lr: 0.01}
+
+Every run-config key is checked by common.config before anything runs, so an invalid
+file stops with the file, the key and the problem named.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common.config import Algorithm, ConfigError, parse_settings
+
+ENGINES = ("simulation", "loop")
+TOP_LEVEL = ("name", "engine", "num-supernodes", "cpus-per-client", "seeds", "base", "algorithms")
+
+
+class ExperimentError(ValueError):
+    """An experiment file that cannot run, with the file, key and problem named."""
+
+    def __init__(self, path: Path, key: str, problem: str) -> None:
+        super().__init__(f"{path}: key '{key}': {problem}")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run: an algorithm, a seed, and its full run config."""
+
+    algorithm: str
+    seed: int
+    run_config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    engine: str
+    num_supernodes: int
+    cpus_per_client: int
+    seeds: tuple[int, ...]
+    base: dict[str, Any]
+    algorithms: dict[str, dict[str, Any]]
+    source: Path
+
+    def cells(self, out_dir: Path) -> list[Cell]:
+        return [
+            Cell(name, seed, self.run_config(name, seed, out_dir))
+            for name in self.algorithms
+            for seed in self.seeds
+        ]
+
+    def run_config(self, name: str, seed: int, out_dir: Path) -> dict[str, Any]:
+        overrides = self.algorithms[name]
+        return {
+            **self.base,
+            "algorithm": overrides.get("algorithm", name),
+            **overrides,
+            "seed": seed,
+            "run-dir": str((out_dir / name / f"seed{seed}").resolve()),
+        }
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ExperimentError(path, "-", "file not found") from None
+    except yaml.YAMLError as err:
+        raise ExperimentError(path, "-", f"not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ExperimentError(path, "-", "the file must be a mapping of keys to values")
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise ExperimentError(path, key, f"unknown key; allowed: {', '.join(TOP_LEVEL)}")
+    exp = Experiment(
+        name=_get(path, raw, "name", str, path.stem),
+        engine=_get(path, raw, "engine", str, "simulation"),
+        num_supernodes=_get(path, raw, "num-supernodes", int, 10),
+        cpus_per_client=_get(path, raw, "cpus-per-client", int, 1),
+        seeds=tuple(_get(path, raw, "seeds", list, [0])),
+        base=_get(path, raw, "base", dict, {}),
+        algorithms=_algorithms(path, raw),
+        source=path,
+    )
+    _validate(exp)
+    return exp
+
+
+def _get(path: Path, raw: dict, key: str, typ: type, default: Any) -> Any:
+    value = raw.get(key, default)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ExperimentError(path, key, f"must be a {typ.__name__}, got {value!r}")
+    return value
+
+
+def _algorithms(path: Path, raw: dict) -> dict[str, dict[str, Any]]:
+    algos = raw.get("algorithms")
+    if not isinstance(algos, dict) or not algos:
+        raise ExperimentError(path, "algorithms", "must map at least one algorithm to overrides")
+    out = {}
+    for name, overrides in algos.items():
+        overrides = overrides or {}
+        if not isinstance(overrides, dict):
+            raise ExperimentError(path, f"algorithms.{name}", "overrides must be a mapping")
+        out[str(name)] = overrides
+    return out
+
+
+def _validate(exp: Experiment) -> None:
+    p = exp.source
+    if exp.engine not in ENGINES:
+        raise ExperimentError(p, "engine", f"{exp.engine!r} is not one of {', '.join(ENGINES)}")
+    if exp.num_supernodes < 1:
+        raise ExperimentError(p, "num-supernodes", "must be >= 1")
+    if not exp.seeds or not all(isinstance(s, int) and s >= 0 for s in exp.seeds):
+        raise ExperimentError(p, "seeds", f"must be a list of integers >= 0, got {list(exp.seeds)}")
+    for key in ("seed", "run-dir"):
+        if key in exp.base:
+            raise ExperimentError(p, f"base.{key}", "is set per run by the experiment runner")
+    valid = {a.value for a in Algorithm}
+    for name in exp.algorithms:
+        run_config = exp.run_config(name, exp.seeds[0], Path("."))
+        if run_config["algorithm"] not in valid:
+            raise ExperimentError(
+                p, f"algorithms.{name}",
+                f"is not an algorithm; name one of {', '.join(sorted(valid))} or set 'algorithm'",
+            )  # fmt: skip
+        try:
+            parse_settings(run_config)
+        except ConfigError as err:
+            where = "base" if err.key in exp.base and err.key not in exp.algorithms[name] else f"algorithms.{name}"
+            raise ExperimentError(p, f"{where}.{err.key}", str(err)) from None
