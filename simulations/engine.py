@@ -9,7 +9,6 @@ and stop the SuperLink by its PID on exit, also when a run fails.
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -63,35 +62,43 @@ class SuperLink:
     home: Path
     log_path: Path
 
-    def run(
-        self,
-        overrides: Mapping[str, Any],
-        num_supernodes: int,
-        cpus_per_client: int = 1,
-        log_file: Path | None = None,
-        timeout: float | None = None,
-    ) -> None:
-        """Submit one run of the app and stream its logs until it finishes."""
-        cmd = [
+    def command(self, overrides: Mapping[str, Any], num_supernodes: int, cpus_per_client: int = 1) -> list[str]:
+        return [
             _bin("flwr"), "run", str(PROJECT_ROOT), CONNECTION, "--stream",
             "--run-config", run_config_arg(overrides),
             "--federation-config",
             f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}",
         ]  # fmt: skip
-        out = log_file.open("w") if log_file else None
+
+    def start_run(
+        self, overrides: Mapping[str, Any], num_supernodes: int, cpus_per_client: int = 1
+    ) -> subprocess.Popen:
+        """Submit one run; its streamed log is the returned process's stdout (text)."""
+        return subprocess.Popen(
+            self.command(overrides, num_supernodes, cpus_per_client), env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+
+    def run(
+        self, overrides: Mapping[str, Any], num_supernodes: int, cpus_per_client: int = 1,
+        log_file: Path | None = None, timeout: float | None = None,
+    ) -> str:  # fmt: skip
+        """Submit one run, wait for it, and return its log; raise if it failed."""
+        proc = self.start_run(overrides, num_supernodes, cpus_per_client)
         try:
-            proc = subprocess.run(
-                cmd, env=self.env, stdout=out or None, stderr=subprocess.STDOUT,
-                timeout=timeout, check=False, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        finally:
-            if out:
-                out.close()
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+            raise SimulationError(f"run did not finish in {timeout} s; see {self.log_path}") from None
+        if log_file:
+            log_file.write_text(output)
         if proc.returncode != 0:
             raise SimulationError(
-                f"`{shlex.join(cmd)}` exited with {proc.returncode}; see "
-                f"{log_file or 'the output above'} and {self.log_path}"
+                f"`flwr run` exited with {proc.returncode}; see "
+                f"{log_file or 'its output'} and {self.log_path}"
             )
+        return output
 
 
 @contextmanager

@@ -1,0 +1,149 @@
+"""Run every cell of an experiment and write its results folder.
+
+    python -m simulations.run simulations/experiments/quickstart.yaml
+
+Each (algorithm, seed) cell is one run of the Flower app (``engine: simulation``: one
+SuperLink started for the whole experiment, one ``flwr run`` per cell) or of the same
+server loop in this process (``engine: loop``). A cell whose folder already holds a
+``summary.json`` from the same settings is reused, and one that was interrupted resumes
+from its checkpoint, so a killed sweep continues where it stopped. Results:
+``<out>/<algorithm>/seed<k>/`` per run, then ``summary.md``, ``summary.csv`` and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from simulations.engine import SimulationError, SuperLink, simulation_superlink
+from simulations.experiment import Cell, Experiment, ExperimentError, load_experiment
+from simulations.report import write_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", type=Path, help="experiment YAML file")
+    parser.add_argument("--out", type=Path, help="results folder (default: results/<name>)")
+    parser.add_argument("--engine", choices=("simulation", "loop"), help="override the file's engine")
+    parser.add_argument("--only", help="comma-separated algorithm names to run")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a base run-config key (YAML value), e.g. --set num-rounds=5")  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        exp = load_experiment(args.experiment)
+        exp = _apply_cli(exp, args)
+    except ExperimentError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = (args.out or Path("results") / exp.name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cells = exp.cells(out)
+    print(f"{exp.name}: {len(cells)} runs ({len(exp.algorithms)} algorithms x {len(exp.seeds)} seeds) "
+          f"on the {exp.engine} engine, {exp.num_supernodes} clients -> {out}", flush=True)  # fmt: skip
+    t0 = time.monotonic()
+    try:
+        run_cells(exp, cells)
+    except SimulationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    write_report(exp, out)
+    print(f"done in {time.monotonic() - t0:.0f} s; table: {out / 'summary.md'}", flush=True)
+    print((out / "summary.md").read_text(), flush=True)
+    return 0
+
+
+def _apply_cli(exp: Experiment, args: argparse.Namespace) -> Experiment:
+    import dataclasses
+
+    import yaml
+
+    base = dict(exp.base)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ExperimentError(exp.source, item, "--set needs KEY=VALUE")
+        base[key] = yaml.safe_load(value)
+    algorithms = exp.algorithms
+    if args.only:
+        names = [n.strip() for n in args.only.split(",")]
+        unknown = [n for n in names if n not in algorithms]
+        if unknown:
+            raise ExperimentError(exp.source, "--only", f"{unknown} not in {list(algorithms)}")
+        algorithms = {n: algorithms[n] for n in names}
+    new = dataclasses.replace(exp, base=base, algorithms=algorithms, engine=args.engine or exp.engine)
+    from simulations.experiment import _validate
+
+    _validate(new)
+    return new
+
+
+def _state(cell: Cell) -> str:
+    """'done' (same settings finished), 'resume' (checkpoint, no summary) or 'new'."""
+    run_dir = Path(cell.run_config["run-dir"])
+    config = run_dir / "config.json"
+    if (run_dir / "summary.json").exists() and config.exists():
+        recorded = json.loads(config.read_text())
+        if all(recorded.get(k) == v for k, v in cell.run_config.items() if k != "resume"):
+            return "done"
+        raise ExperimentError(
+            Path(cell.run_config["run-dir"]), "run-dir",
+            "holds a finished run with different settings; use another --out or delete it",
+        )  # fmt: skip
+    return "resume" if (run_dir / "checkpoint.npz").exists() else "new"
+
+
+def run_cells(exp: Experiment, cells: list[Cell]) -> None:
+    todo = [(c, _state(c)) for c in cells]
+    pending = [(c, s) for c, s in todo if s != "done"]
+    for c, _ in todo:
+        if (c, "done") in todo:
+            print(f"  [{c.algorithm} seed {c.seed}] already done, reused", flush=True)
+    if not pending:
+        return
+    if exp.engine == "loop":
+        for i, (cell, state) in enumerate(pending, 1):
+            _run_in_loop(exp, cell, state, f"{i}/{len(pending)}")
+        return
+    with simulation_superlink() as link:
+        for i, (cell, state) in enumerate(pending, 1):
+            _run_on_engine(link, exp, cell, state, f"{i}/{len(pending)}")
+
+
+def _config(cell: Cell, state: str) -> dict:
+    return cell.run_config | ({"resume": True} if state == "resume" else {})
+
+
+def _run_in_loop(exp: Experiment, cell: Cell, state: str, tag: str) -> None:
+    from simulations.loop import run_in_loop
+
+    print(f"[{tag}] {cell.algorithm} seed {cell.seed} ({state})", flush=True)
+    logging.getLogger("flwr").setLevel(logging.INFO)
+    t = time.monotonic()
+    run_in_loop(_config(cell, state), exp.num_supernodes)
+    print(f"[{tag}] {cell.algorithm} seed {cell.seed} finished in {time.monotonic() - t:.0f} s", flush=True)
+
+
+def _run_on_engine(link: SuperLink, exp: Experiment, cell: Cell, state: str, tag: str) -> None:
+    run_dir = Path(cell.run_config["run-dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"[{tag}] {cell.algorithm} seed {cell.seed} ({state}); log: {run_dir / 'flwr.log'}", flush=True)
+    t = time.monotonic()
+    with (run_dir / "flwr.log").open("a") as log:
+        proc = link.start_run(_config(cell, state), exp.num_supernodes, exp.cpus_per_client)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if " round " in line or "error" in line.lower():
+                print(f"  [{cell.algorithm} s{cell.seed}] {line.split('INFO', 1)[-1].strip(' :')}", end="", flush=True)
+        code = proc.wait()
+    if code != 0 or not (run_dir / "summary.json").exists():
+        raise SimulationError(f"run {cell.algorithm} seed {cell.seed} failed (exit {code}); see {run_dir / 'flwr.log'}")
+    print(f"[{tag}] {cell.algorithm} seed {cell.seed} finished in {time.monotonic() - t:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
