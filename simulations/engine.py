@@ -8,7 +8,9 @@ and stop the SuperLink by its PID on exit, also when a run fails.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -98,7 +100,34 @@ class SuperLink:
                 f"`flwr run` exited with {proc.returncode}; see "
                 f"{log_file or 'its output'} and {self.log_path}"
             )
+        self.check_finished(output)
         return output
+
+    def check_finished(self, output: str) -> None:
+        """Raise unless the run in ``output`` finished as completed.
+
+        ``flwr run --stream`` exits 0 even when the ServerApp raised, so ask the
+        SuperLink for the run's final status, which carries the exception's message.
+        """
+        match = re.search(r"Successfully started run (\d+)", output)
+        if match is None:
+            raise SimulationError(f"`flwr run` did not start a run:\n{output[-2000:]}")
+        status = self.status(int(match.group(1)))
+        if status.get("status") != "finished:completed":
+            raise SimulationError(
+                f"run {match.group(1)} ended as {status.get('status')!r}: "
+                f"{status.get('status-details', 'no details')}"
+            )
+
+    def status(self, run_id: int) -> dict[str, Any]:
+        proc = subprocess.run(
+            [_bin("flwr"), "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
+            env=self.env, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            return dict(json.loads(proc.stdout)["runs"][0])
+        except (json.JSONDecodeError, KeyError, IndexError):
+            raise SimulationError(f"`flwr ls` gave no status for run {run_id}: {proc.stderr}") from None
 
 
 @contextmanager

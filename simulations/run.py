@@ -132,14 +132,18 @@ def _run_on_engine(link: SuperLink, exp: Experiment, cell: Cell, state: str, tag
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"[{tag}] {cell.algorithm} seed {cell.seed} ({state}); log: {run_dir / 'flwr.log'}", flush=True)
     t = time.monotonic()
+    lines: list[str] = []
     with (run_dir / "flwr.log").open("a") as log:
         proc = link.start_run(_config(cell, state), exp.num_supernodes, exp.cpus_per_client)
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
+            lines.append(line)
             if " round " in line or "error" in line.lower():
                 print(f"  [{cell.algorithm} s{cell.seed}] {line.split('INFO', 1)[-1].strip(' :')}", end="", flush=True)
         code = proc.wait()
+    if code == 0:
+        link.check_finished("".join(lines))
     if code != 0 or not (run_dir / "summary.json").exists():
         raise SimulationError(f"run {cell.algorithm} seed {cell.seed} failed (exit {code}); see {run_dir / 'flwr.log'}")
     print(f"[{tag}] {cell.algorithm} seed {cell.seed} finished in {time.monotonic() - t:.0f} s", flush=True)
