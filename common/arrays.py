@@ -35,7 +35,9 @@ def _numpy(v: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.asarray(v)
 
 
-def join_state(theta: Mapping[str, np.ndarray], alpha: Mapping[str, np.ndarray] | None) -> NamedArrays:
+def join_state(
+    theta: Mapping[str, np.ndarray], alpha: Mapping[str, np.ndarray] | None
+) -> NamedArrays:
     state = dict(theta)
     if alpha is not None:
         state |= {ALPHA_PREFIX + n: a for n, a in alpha.items()}

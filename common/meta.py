@@ -39,7 +39,8 @@ def gradients(loss: Tensor, params: Params, create_graph: bool) -> Params:
         loss, [params[n] for n in names], create_graph=create_graph, allow_unused=True
     )
     return {
-        n: torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, grads, strict=True)
+        n: torch.zeros_like(params[n]) if g is None else g
+        for n, g in zip(names, grads, strict=True)
     }
 
 
@@ -107,9 +108,16 @@ def meta_gradient(
     """
     if order is MetaOrder.HESSIAN_FREE:
         return _hessian_free(
-            model, params, support, query, hessian_batch or support, loss_fn,
-            inner_lr, hessian_mode, fd_delta,
-        )  # fmt: skip
+            model,
+            params,
+            support,
+            query,
+            hessian_batch or support,
+            loss_fn,
+            inner_lr,
+            hessian_mode,
+            fd_delta,
+        )
     theta = _leaves(params)
     lr = _leaves(inner_lr) if isinstance(inner_lr, dict) else inner_lr
     support_loss = task_loss(model, theta, support, loss_fn)

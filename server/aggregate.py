@@ -19,14 +19,19 @@ import numpy as np
 NamedArrays = dict[str, np.ndarray]
 
 
-def weighted_mean(updates: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> NamedArrays:
+def weighted_mean(
+    updates: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]
+) -> NamedArrays:
     if not updates or len(updates) != len(weights):
         raise ValueError(f"need one weight per update, got {len(updates)} and {len(weights)}")
     total = float(sum(weights))
     if total <= 0:
         raise ValueError(f"weights must sum to a positive number, got {total}")
     return {
-        k: sum(np.asarray(u[k], np.float64) * (w / total) for u, w in zip(updates, weights, strict=True))
+        k: sum(
+            np.asarray(u[k], np.float64) * (w / total)
+            for u, w in zip(updates, weights, strict=True)
+        )
         for k in updates[0]
     }  # type: ignore[misc]
 
@@ -50,9 +55,11 @@ class OptimizerState:
 
 
 def server_step(
-    state: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray], cfg: OptimizerConfig,
+    state: Mapping[str, np.ndarray],
+    delta: Mapping[str, np.ndarray],
+    cfg: OptimizerConfig,
     opt: OptimizerState,
-) -> tuple[NamedArrays, OptimizerState]:  # fmt: skip
+) -> tuple[NamedArrays, OptimizerState]:
     """One server optimizer step; returns the new state (same dtypes) and optimizer state."""
     if cfg.kind == "sgd":
         new = {k: np.asarray(state[k], np.float64) + cfg.lr * delta[k] for k in state}

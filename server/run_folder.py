@@ -1,14 +1,14 @@
 """Everything a run leaves on disk, in one folder (``run-dir``):
 
-    config.json      the exact settings of the run
-    metrics.jsonl    one JSON object per round: train metrics, evaluation statistics,
-                     dropped replies, wall time
-    clients.jsonl    per-client evaluation rows of every round (for distributions/plots)
-    checkpoint.npz   theta (+ alpha) and the server optimizer's state after the last
-                     completed round, written atomically: a crash costs at most one round
-    model.pt         the final theta (+ alpha) as torch tensors (``torch.load`` it with
-                     ``weights_only=True``), with the settings that produced it
-    summary.json     final personalised scores, including clients never seen in training
+config.json      the exact settings of the run
+metrics.jsonl    one JSON object per round: train metrics, evaluation statistics,
+                 dropped replies, wall time
+clients.jsonl    per-client evaluation rows of every round (for distributions/plots)
+checkpoint.npz   theta (+ alpha) and the server optimizer's state after the last
+                 completed round, written atomically: a crash costs at most one round
+model.pt         the final theta (+ alpha) as torch tensors (``torch.load`` it with
+                 ``weights_only=True``), with the settings that produced it
+summary.json     final personalised scores, including clients never seen in training
 """
 
 from __future__ import annotations
@@ -69,7 +69,11 @@ class RunFolder:
         arrays = {f"state/{k}": v for k, v in ckpt.state.items()}
         arrays |= {f"m/{k}": v for k, v in ckpt.optimizer.m.items()}
         arrays |= {f"v/{k}": v for k, v in ckpt.optimizer.v.items()}
-        meta = {"format": CHECKPOINT_FORMAT, "round": ckpt.server_round, "step": ckpt.optimizer.step}
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "round": ckpt.server_round,
+            "step": ckpt.optimizer.step,
+        }
         tmp = self.file("checkpoint.tmp.npz")
         with tmp.open("wb") as f:
             np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
@@ -82,9 +86,14 @@ class RunFolder:
             return None
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(z["__meta__"].tobytes())
-            group = {p: {k[len(p) + 1 :]: z[k] for k in z.files if k.startswith(p + "/")} for p in ("state", "m", "v")}
+            group = {
+                p: {k[len(p) + 1 :]: z[k] for k in z.files if k.startswith(p + "/")}
+                for p in ("state", "m", "v")
+            }
         if meta.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointMismatch(f"{path} has format {meta.get('format')}, expected {CHECKPOINT_FORMAT}")
+            raise CheckpointMismatch(
+                f"{path} has format {meta.get('format')}, expected {CHECKPOINT_FORMAT}"
+            )
         _check_matches(path, group["state"], expected)
         return Checkpoint(
             server_round=int(meta["round"]),

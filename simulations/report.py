@@ -45,11 +45,17 @@ def collect(exp: Experiment, out: Path) -> list[dict[str, Any]]:
         metric, _ = _metric(summaries[0])
         keys = [k for k in summaries[0] if k.endswith("-mean") or k.endswith("-worst10")]
         values = {k: [s[k] for s in summaries if k in s] for k in keys}
-        rows.append({
-            "algorithm": name, "overrides": overrides, "metric": metric, "seeds": len(summaries),
-            "values": values, "seconds": [s["seconds"] for s in summaries],
-            "rounds": summaries[0]["rounds"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "algorithm": name,
+                "overrides": overrides,
+                "metric": metric,
+                "seeds": len(summaries),
+                "values": values,
+                "seconds": [s["seconds"] for s in summaries],
+                "rounds": summaries[0]["rounds"],
+            }
+        )
     return rows
 
 
@@ -94,9 +100,10 @@ def _write_markdown(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> 
         cells = [_mean_std(r["values"].get(k, [])) for k, _ in cols]
         overrides = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "-"
         lines.append(
-            f"| {r['algorithm']} | " + " | ".join(cells)
+            f"| {r['algorithm']} | "
+            + " | ".join(cells)
             + f" | {r['rounds']} | {np.mean(r['seconds']):.0f} | {overrides} |"
-        )  # fmt: skip
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -104,15 +111,26 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     keys = sorted({k for r in rows for k in r["values"]})
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["algorithm", "seeds", "rounds", "seconds_mean"]
-                   + [f"{k}{s}" for k in keys for s in ("", "_std")] + ["overrides"])  # fmt: skip
+        w.writerow(
+            ["algorithm", "seeds", "rounds", "seconds_mean"]
+            + [f"{k}{s}" for k in keys for s in ("", "_std")]
+            + ["overrides"]
+        )
         for r in rows:
             stats = []
             for k in keys:
                 v = r["values"].get(k, [])
                 stats += [np.mean(v) if v else "", np.std(v) if v else ""]
-            w.writerow([r["algorithm"], r["seeds"], r["rounds"], np.mean(r["seconds"]), *stats,
-                        json.dumps(r["overrides"], sort_keys=True)])  # fmt: skip
+            w.writerow(
+                [
+                    r["algorithm"],
+                    r["seeds"],
+                    r["rounds"],
+                    np.mean(r["seconds"]),
+                    *stats,
+                    json.dumps(r["overrides"], sort_keys=True),
+                ]
+            )
 
 
 def _plots(exp: Experiment, rows: list[dict[str, Any]], out: Path) -> None:

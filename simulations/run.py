@@ -25,13 +25,22 @@ from simulations.report import write_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("experiment", type=Path, help="experiment YAML file")
     parser.add_argument("--out", type=Path, help="results folder (default: results/<name>)")
-    parser.add_argument("--engine", choices=("simulation", "loop"), help="override the file's engine")
+    parser.add_argument(
+        "--engine", choices=("simulation", "loop"), help="override the file's engine"
+    )
     parser.add_argument("--only", help="comma-separated algorithm names to run")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a base run-config key (YAML value), e.g. --set num-rounds=5")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base run-config key (YAML value), e.g. --set num-rounds=5",
+    )
     args = parser.parse_args(argv)
     try:
         exp = load_experiment(args.experiment)
@@ -42,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or Path("results") / exp.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cells = exp.cells(out)
-    print(f"{exp.name}: {len(cells)} runs ({len(exp.algorithms)} algorithms x {len(exp.seeds)} seeds) "
-          f"on the {exp.engine} engine, {exp.num_supernodes} clients -> {out}", flush=True)  # fmt: skip
+    print(
+        f"{exp.name}: {len(cells)} runs "
+        f"({len(exp.algorithms)} algorithms x {len(exp.seeds)} seeds) "
+        f"on the {exp.engine} engine, {exp.num_supernodes} clients -> {out}",
+        flush=True,
+    )
     t0 = time.monotonic()
     try:
         run_cells(exp, cells)
@@ -74,7 +87,9 @@ def _apply_cli(exp: Experiment, args: argparse.Namespace) -> Experiment:
         if unknown:
             raise ExperimentError(exp.source, "--only", f"{unknown} not in {list(algorithms)}")
         algorithms = {n: algorithms[n] for n in names}
-    new = dataclasses.replace(exp, base=base, algorithms=algorithms, engine=args.engine or exp.engine)
+    new = dataclasses.replace(
+        exp, base=base, algorithms=algorithms, engine=args.engine or exp.engine
+    )
     from simulations.experiment import _validate
 
     _validate(new)
@@ -90,9 +105,10 @@ def _state(cell: Cell) -> str:
         if all(recorded.get(k) == v for k, v in cell.run_config.items() if k != "resume"):
             return "done"
         raise ExperimentError(
-            Path(cell.run_config["run-dir"]), "run-dir",
+            Path(cell.run_config["run-dir"]),
+            "run-dir",
             "holds a finished run with different settings; use another --out or delete it",
-        )  # fmt: skip
+        )
     return "resume" if (run_dir / "checkpoint.npz").exists() else "new"
 
 
@@ -124,13 +140,19 @@ def _run_in_loop(exp: Experiment, cell: Cell, state: str, tag: str) -> None:
     logging.getLogger("flwr").setLevel(logging.INFO)
     t = time.monotonic()
     run_in_loop(_config(cell, state), exp.num_supernodes)
-    print(f"[{tag}] {cell.algorithm} seed {cell.seed} finished in {time.monotonic() - t:.0f} s", flush=True)
+    print(
+        f"[{tag}] {cell.algorithm} seed {cell.seed} finished in {time.monotonic() - t:.0f} s",
+        flush=True,
+    )
 
 
 def _run_on_engine(link: SuperLink, exp: Experiment, cell: Cell, state: str, tag: str) -> None:
     run_dir = Path(cell.run_config["run-dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"[{tag}] {cell.algorithm} seed {cell.seed} ({state}); log: {run_dir / 'flwr.log'}", flush=True)
+    print(
+        f"[{tag}] {cell.algorithm} seed {cell.seed} ({state}); log: {run_dir / 'flwr.log'}",
+        flush=True,
+    )
     t = time.monotonic()
     lines: list[str] = []
     with (run_dir / "flwr.log").open("a") as log:
@@ -140,13 +162,23 @@ def _run_on_engine(link: SuperLink, exp: Experiment, cell: Cell, state: str, tag
             log.write(line)
             lines.append(line)
             if " round " in line or "error" in line.lower():
-                print(f"  [{cell.algorithm} s{cell.seed}] {line.split('INFO', 1)[-1].strip(' :')}", end="", flush=True)
+                print(
+                    f"  [{cell.algorithm} s{cell.seed}] {line.split('INFO', 1)[-1].strip(' :')}",
+                    end="",
+                    flush=True,
+                )
         code = proc.wait()
     if code == 0:
         link.check_finished("".join(lines))
     if code != 0 or not (run_dir / "summary.json").exists():
-        raise SimulationError(f"run {cell.algorithm} seed {cell.seed} failed (exit {code}); see {run_dir / 'flwr.log'}")
-    print(f"[{tag}] {cell.algorithm} seed {cell.seed} finished in {time.monotonic() - t:.0f} s", flush=True)
+        raise SimulationError(
+            f"run {cell.algorithm} seed {cell.seed} failed (exit {code}); "
+            f"see {run_dir / 'flwr.log'}"
+        )
+    print(
+        f"[{tag}] {cell.algorithm} seed {cell.seed} finished in {time.monotonic() - t:.0f} s",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.func import functional_call
 
 from common.arrays import to_tensors
 from common.config import parse_settings
 from common.data.sinusoid import NEW_CLIENT_STREAM, X_RANGE, sinusoid_client, sinusoid_task
 from common.models import model_for
 from common.personalize import personalize
-from torch.func import functional_call
 
 PREFERRED = ("maml", "perfedavg-hf", "metasgd", "fedavg-ft", "fedavg", "local")
 
@@ -32,16 +32,28 @@ def plot_new_clients(exp, algorithms: list[str], out: Path, clients: int = 4) ->
     for i, ax in enumerate(np.atleast_1d(axes)):
         for j, (name, (model, theta, lr, s)) in enumerate(models.items()):
             steps = max(s.new_client_step_list)
-            data = sinusoid_client(s.seed, i, s.new_client_train_points, s.sinusoid_test_points,
-                                   stream=NEW_CLIENT_STREAM)  # fmt: skip
+            data = sinusoid_client(
+                s.seed,
+                i,
+                s.new_client_train_points,
+                s.sinusoid_test_points,
+                stream=NEW_CLIENT_STREAM,
+            )
             if j == 0:
                 task = sinusoid_task(s.seed, i, NEW_CLIENT_STREAM)
                 ax.plot(x, task(x.numpy()), "k-", lw=2, label="true function")
                 ax.plot(data.x_train, data.y_train, "k^", ms=8, label=f"{len(data.x_train)} shots")
             adapted = personalize(
-                model, theta, lr, torch.from_numpy(data.x_train), torch.from_numpy(data.y_train),
-                steps=steps, batch_size=s.batch_size, task=s.task, rng=np.random.default_rng(i),
-            )  # fmt: skip
+                model,
+                theta,
+                lr,
+                torch.from_numpy(data.x_train),
+                torch.from_numpy(data.y_train),
+                steps=steps,
+                batch_size=s.batch_size,
+                task=s.task,
+                rng=np.random.default_rng(i),
+            )
             with torch.no_grad():
                 before = functional_call(model, theta, (x,))
                 after = functional_call(model, adapted, (x,))
@@ -65,6 +77,7 @@ def _load(path: Path):
     theta = to_tensors({k: v.numpy() for k, v in saved["theta"].items()}, device)
     lr = (
         to_tensors({k: v.numpy() for k, v in saved["alpha"].items()}, device)
-        if "alpha" in saved else settings.inner_lr
-    )  # fmt: skip
+        if "alpha" in saved
+        else settings.inner_lr
+    )
     return model_for(settings), theta, lr, settings

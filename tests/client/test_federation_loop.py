@@ -10,8 +10,13 @@ import torch
 
 from simulations.loop import run_in_loop
 
-FAST = {"num-rounds": 2, "local-steps": 2, "hidden-sizes": "16", "fraction-train": 0.5,
-        "fraction-evaluate": 0.5}  # fmt: skip
+FAST = {
+    "num-rounds": 2,
+    "local-steps": 2,
+    "hidden-sizes": "16",
+    "fraction-train": 0.5,
+    "fraction-evaluate": 0.5,
+}
 
 
 def _rows(run_dir):
@@ -43,8 +48,8 @@ def test_metasgd_alpha_is_learned_and_saved(tmp_path):
 
 
 def test_local_shares_nothing_but_trains_personal_models(tmp_path):
-    from server.app import initial_state
     from common.config import parse_settings
+    from server.app import initial_state
 
     config = FAST | {"algorithm": "local", "run-dir": str(tmp_path)}
     run_in_loop(config, 6)

@@ -18,7 +18,6 @@ from common.meta import (
 )
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     """Finite differences need float64; restore the default for other test modules."""
@@ -57,9 +56,15 @@ def test_second_order_matches_central_finite_difference_over_three_steps():
     model, support, query = _net(), _batch(1), _batch(2)
     params = _params(model)
     g = meta_gradient(
-        model, params, support, query, F.mse_loss,
-        order=MetaOrder.SECOND, inner_lr=0.3, inner_steps=3,
-    )  # fmt: skip
+        model,
+        params,
+        support,
+        query,
+        F.mse_loss,
+        order=MetaOrder.SECOND,
+        inner_lr=0.3,
+        inner_steps=3,
+    )
     eps = 1e-6
     for name, p in params.items():
         for idx in [(0,) * p.dim(), tuple(s - 1 for s in p.shape)]:
@@ -71,7 +76,9 @@ def test_second_order_matches_central_finite_difference_over_three_steps():
                 _meta_objective(model, _leaf(plus), support, query, 0.3, 3)
                 - _meta_objective(model, _leaf(minus), support, query, 0.3, 3)
             ) / (2 * eps)
-            assert float(g.params[name][idx].detach()) == pytest.approx(float(fd.detach()), rel=1e-5, abs=1e-8)
+            assert float(g.params[name][idx].detach()) == pytest.approx(
+                float(fd.detach()), rel=1e-5, abs=1e-8
+            )
 
 
 def _leaf(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -94,9 +101,15 @@ def test_second_order_equals_closed_form_for_linear_regression():
     J = torch.linalg.matrix_power(torch.eye(3) - a * H, k)
     expected = (J.T @ grad_q).T
     g = meta_gradient(
-        model, {"weight": w}, (x, y), (xq, yq), F.mse_loss,
-        order=MetaOrder.SECOND, inner_lr=a, inner_steps=k,
-    )  # fmt: skip
+        model,
+        {"weight": w},
+        (x, y),
+        (xq, yq),
+        F.mse_loss,
+        order=MetaOrder.SECOND,
+        inner_lr=a,
+        inner_steps=k,
+    )
     torch.testing.assert_close(g.params["weight"], expected, rtol=1e-10, atol=1e-12)
 
 
@@ -123,14 +136,26 @@ def test_hessian_free_equals_second_order_for_one_step_when_hessian_batch_is_sup
         model, params, support, query, F.mse_loss, order=MetaOrder.SECOND, inner_lr=0.4
     )
     hf = meta_gradient(
-        model, params, support, query, F.mse_loss,
-        order=MetaOrder.HESSIAN_FREE, inner_lr=0.4, hessian_batch=support,
-    )  # fmt: skip
+        model,
+        params,
+        support,
+        query,
+        F.mse_loss,
+        order=MetaOrder.HESSIAN_FREE,
+        inner_lr=0.4,
+        hessian_batch=support,
+    )
     torch.testing.assert_close(_flat(hf.params), _flat(so.params), rtol=1e-10, atol=1e-12)
     other = meta_gradient(
-        model, params, support, query, F.mse_loss,
-        order=MetaOrder.HESSIAN_FREE, inner_lr=0.4, hessian_batch=_batch(9),
-    )  # fmt: skip
+        model,
+        params,
+        support,
+        query,
+        F.mse_loss,
+        order=MetaOrder.HESSIAN_FREE,
+        inner_lr=0.4,
+        hessian_batch=_batch(9),
+    )
     assert not torch.allclose(_flat(other.params), _flat(so.params))
 
 

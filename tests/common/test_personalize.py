@@ -34,9 +34,16 @@ def test_adaptation_only_ever_sees_the_train_split(monkeypatch):
     model = nn.Linear(2, 1)
     params = {n: p.detach() for n, p in model.named_parameters()}
     before, after = evaluate_before_after(
-        model, params, 0.05, _data(), steps=5, batch_size=4, task=Task.REGRESSION,
-        rng=np.random.default_rng(1), device=torch.device("cpu"),
-    )  # fmt: skip
+        model,
+        params,
+        0.05,
+        _data(),
+        steps=5,
+        batch_size=4,
+        task=Task.REGRESSION,
+        rng=np.random.default_rng(1),
+        device=torch.device("cpu"),
+    )
     assert len(seen) == 5  # one loss per adaptation step, none for scoring
     assert all(float(x.max()) < 1.0 for x in seen)
     assert after.loss != before.loss
@@ -48,10 +55,28 @@ def test_personalised_params_do_not_depend_on_the_test_split():
     params = {n: p.detach() for n, p in model.named_parameters()}
     d = _data()
     x, y = torch.from_numpy(d.x_train), torch.from_numpy(d.y_train)
-    a = personalize(model, params, 0.1, x, y, steps=3, batch_size=4, task=Task.REGRESSION,
-                    rng=np.random.default_rng(3))  # fmt: skip
-    b = personalize(model, params, 0.1, x, y, steps=3, batch_size=4, task=Task.REGRESSION,
-                    rng=np.random.default_rng(3))  # fmt: skip
+    a = personalize(
+        model,
+        params,
+        0.1,
+        x,
+        y,
+        steps=3,
+        batch_size=4,
+        task=Task.REGRESSION,
+        rng=np.random.default_rng(3),
+    )
+    b = personalize(
+        model,
+        params,
+        0.1,
+        x,
+        y,
+        steps=3,
+        batch_size=4,
+        task=Task.REGRESSION,
+        rng=np.random.default_rng(3),
+    )
     for n in a:
         assert torch.equal(a[n], b[n])
         assert not torch.equal(a[n], params[n])  # theta itself is left untouched

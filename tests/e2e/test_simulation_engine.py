@@ -21,24 +21,42 @@ def superlink(tmp_path_factory):
 
 def test_two_rounds_write_metrics_summary_and_model(superlink, tmp_path):
     run_dir = tmp_path / "run"
-    config = {"algorithm": "maml", "num-rounds": 2, "local-steps": 2, "fraction-train": 0.5,
-              "new-clients": 5, "run-dir": str(run_dir)}  # fmt: skip
+    config = {
+        "algorithm": "maml",
+        "num-rounds": 2,
+        "local-steps": 2,
+        "fraction-train": 0.5,
+        "new-clients": 5,
+        "run-dir": str(run_dir),
+    }
     log = superlink.run(config, num_supernodes=4, timeout=300)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
     assert rows[0]["accepted"] == 2 and rows[1]["eval"]["clients"] == 4
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert {"mse-after-mean", "mse-after-worst10", "new-mse-k1-mean", "new-mse-k10-mean"} <= set(summary)
+    assert {"mse-after-mean", "mse-after-worst10", "new-mse-k1-mean", "new-mse-k10-mean"} <= set(
+        summary
+    )
     saved = torch.load(run_dir / "model.pt", weights_only=True)
-    assert set(saved["theta"]) == {"net.1.weight", "net.1.bias", "net.3.weight", "net.3.bias",
-                                   "net.5.weight", "net.5.bias"}  # fmt: skip
+    assert set(saved["theta"]) == {
+        "net.1.weight",
+        "net.1.bias",
+        "net.3.weight",
+        "net.3.bias",
+        "net.5.weight",
+        "net.5.bias",
+    }
     assert "round 2/2 [maml]" in log
 
 
 def test_bad_config_stops_the_run_before_round_one_with_a_named_error(superlink, tmp_path):
     with pytest.raises(SimulationError):
-        superlink.run({"inner-lr": -1.0, "run-dir": str(tmp_path / "bad")}, 2,
-                      log_file=tmp_path / "log.txt", timeout=300)  # fmt: skip
+        superlink.run(
+            {"inner-lr": -1.0, "run-dir": str(tmp_path / "bad")},
+            2,
+            log_file=tmp_path / "log.txt",
+            timeout=300,
+        )
     assert "config key 'inner-lr' has value -1.0" in (tmp_path / "log.txt").read_text()
     assert not (tmp_path / "bad" / "metrics.jsonl").exists()
 
@@ -46,7 +64,15 @@ def test_bad_config_stops_the_run_before_round_one_with_a_named_error(superlink,
 def test_missing_data_path_is_named(superlink, tmp_path):
     missing = tmp_path / "no-such-femnist.npz"
     with pytest.raises(SimulationError):
-        superlink.run({"dataset": "femnist", "data-path": str(missing), "model": "logreg",
-                       "run-dir": str(tmp_path / "r")}, 2, log_file=tmp_path / "log.txt",
-                      timeout=300)  # fmt: skip
+        superlink.run(
+            {
+                "dataset": "femnist",
+                "data-path": str(missing),
+                "model": "logreg",
+                "run-dir": str(tmp_path / "r"),
+            },
+            2,
+            log_file=tmp_path / "log.txt",
+            timeout=300,
+        )
     assert str(missing) in (tmp_path / "log.txt").read_text()

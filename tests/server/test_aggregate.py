@@ -28,7 +28,9 @@ def test_weighted_mean_rejects_bad_weights():
 
 def test_sgd_step_is_theta_plus_lr_delta_and_keeps_dtype():
     theta = {"w": np.array([1.0, -1.0], np.float32)}
-    new, opt = server_step(theta, {"w": np.array([0.5, 0.25])}, OptimizerConfig("sgd", 2.0), OptimizerState())
+    new, opt = server_step(
+        theta, {"w": np.array([0.5, 0.25])}, OptimizerConfig("sgd", 2.0), OptimizerState()
+    )
     np.testing.assert_allclose(new["w"], [2.0, -0.5])
     assert new["w"].dtype == np.float32 and opt.step == 1
 

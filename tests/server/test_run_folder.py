@@ -11,7 +11,10 @@ from common.config import ConfigError, parse_settings
 from server.aggregate import OptimizerState
 from server.run_folder import Checkpoint, CheckpointMismatch, RunFolder
 
-STATE = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "alpha/w": np.full((2, 3), 0.1, np.float32)}
+STATE = {
+    "w": np.arange(6, dtype=np.float32).reshape(2, 3),
+    "alpha/w": np.full((2, 3), 0.1, np.float32),
+}
 
 
 def test_checkpoint_round_trips_exactly(tmp_path):

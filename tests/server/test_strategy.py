@@ -35,7 +35,10 @@ def _instruction(node: int) -> Message:
 
 def _reply(node: int, update: dict, n: int) -> Message:
     content = RecordDict(
-        {"arrays": to_record(update), "metrics": MetricRecord({"num-examples": n, "skipped": 0, "loss": 1.0})}
+        {
+            "arrays": to_record(update),
+            "metrics": MetricRecord({"num-examples": n, "skipped": 0, "loss": 1.0}),
+        }
     )
     return Message(content, reply_to=_instruction(node))
 
@@ -50,8 +53,14 @@ def test_bad_replies_are_dropped_and_the_rest_aggregated():
     shape = {"w": np.zeros(3, np.float32), "b": np.array([0.0], np.float32)}
     dtype = {"w": np.zeros(2, np.float64), "b": np.array([0.0], np.float32)}
     errored = Message(Error(code=1, reason="boom"), reply_to=_instruction(6))
-    replies = [_reply(1, good1, 1), _reply(2, nan, 5), _reply(3, shape, 5), _reply(4, good2, 3),
-               _reply(5, dtype, 5), errored]  # fmt: skip
+    replies = [
+        _reply(1, good1, 1),
+        _reply(2, nan, 5),
+        _reply(3, shape, 5),
+        _reply(4, good2, 3),
+        _reply(5, dtype, 5),
+        errored,
+    ]
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert arrays is not None and metrics is not None
     new = {k: v.numpy() for k, v in arrays.items()}
