@@ -2,8 +2,9 @@
 
 Per-FedAvg, Fallah et al. 2020, Algorithm 1 (lines 5-8): tau local steps
 theta <- theta - beta * g, where g is the meta-gradient on batches D, D' (and D'' for the
-Hessian-free variant) drawn independently from the local train split. fedavg, fedavg-ft and
-local take tau plain SGD steps with the same beta and batch size instead.
+Hessian-free variant) drawn independently from the local train split, or the support and
+query of one N-way K-shot episode for episodic datasets (common/tasks.py). fedavg,
+fedavg-ft and local take tau plain SGD steps with the same beta and batch size instead.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from torch import Tensor, nn
 
 from common.config import MetaOrder, Settings
 from common.meta import Params, StepSize, gradients, meta_gradient, sgd_step, task_loss
-from common.personalize import loss_fn_for, sample_batch
+from common.personalize import loss_fn_for
+from common.tasks import task_sampler
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,9 @@ def meta_train(
 ) -> LocalResult:
     loss_fn = loss_fn_for(settings.task)
     support_losses, query_losses = [], []
+    sampler = task_sampler(x, y, settings)
     for _ in range(settings.local_steps):
-        d, d_prime, d_second = (sample_batch(x, y, settings.batch_size, rng) for _ in range(3))
+        d, d_prime, d_second = sampler.meta_batches(rng)
         g = meta_gradient(
             model, params, d, d_prime, loss_fn,
             order=order, inner_lr=inner_lr, inner_steps=settings.inner_steps,
@@ -65,9 +68,10 @@ def sgd_train(
 ) -> LocalResult:
     loss_fn = loss_fn_for(settings.task)
     losses = []
+    sampler = task_sampler(x, y, settings)
     for _ in range(settings.local_steps):
         leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-        loss = task_loss(model, leaves, sample_batch(x, y, settings.batch_size, rng), loss_fn)
+        loss = task_loss(model, leaves, sampler.batch(rng), loss_fn)
         grads = gradients(loss, leaves, create_graph=False)
         params = {n: p.detach() for n, p in sgd_step(leaves, grads, settings.outer_lr).items()}
         losses.append(float(loss.detach()))

@@ -88,7 +88,7 @@ class Settings:
     algorithm: str = _spec(_choice(Algorithm), "perfedavg-hf")
     # data
     dataset: str = _spec(
-        _one_of("sinusoid", "synthetic", "digits", "mnist", "fashion-mnist", "femnist"),
+        _one_of("sinusoid", "synthetic", "digits", "mnist", "fashion-mnist", "femnist", "omniglot"),
         "sinusoid",
     )
     data_path: str = _spec(_ANY, "")
@@ -100,6 +100,11 @@ class Settings:
     synthetic_alpha: float = _spec(_NONNEG, 0.5)
     synthetic_beta: float = _spec(_NONNEG, 0.5)
     test_fraction: float = _spec((lambda v: 0 < v < 1, "a number in (0, 1)"), 0.2)
+    # episodic few-shot tasks (omniglot): N-way K-shot episodes, see common/tasks.py
+    n_way: int = _spec((lambda v: v >= 2, "an integer >= 2"), 5)
+    k_shot: int = _spec(_POS_INT, 1)
+    query_shots: int = _spec(_POS_INT, 5)  # query examples per class in a training episode
+    eval_episodes: int = _spec(_POS_INT, 10)  # episodes averaged per client evaluation
     # model
     model: str = _spec(_one_of("mlp", "logreg", "cnn"), "mlp")
     hidden_sizes: str = _spec(_INT_LIST, "40,40")
@@ -131,6 +136,8 @@ class Settings:
     new_clients: int = _spec(_NONNEG_INT, 0)
     new_client_steps: str = _spec(_INT_LIST, "1,10")
     new_client_train_points: int = _spec(_POS_INT, 5)  # K shots of a new sinusoid client
+    # share of pooled samples (digits, mnist, fashion-mnist) held out for new clients
+    new_client_fraction: float = _spec((lambda v: 0 < v < 1, "a number in (0, 1)"), 0.2)
     # run
     seed: int = _spec(_NONNEG_INT, 0)
     device: str = _spec(_one_of("auto", "cpu", "cuda"), "auto")
@@ -168,6 +175,11 @@ class Settings:
     @property
     def new_client_step_list(self) -> tuple[int, ...]:
         return tuple(int(p) for p in self.new_client_steps.split(","))
+
+    @property
+    def episodic(self) -> bool:
+        """Clients sample N-way K-shot episodes instead of plain batches (common/tasks.py)."""
+        return self.dataset == "omniglot"
 
     @property
     def task(self) -> Task:
@@ -241,17 +253,38 @@ def _check_combinations(s: Settings) -> None:
         raise ConfigError(
             "partition", s.partition, "'perfedavg' only with dataset 'mnist' or 'fashion-mnist'"
         )
-    if s.dataset in ("mnist", "fashion-mnist", "femnist") and not s.data_path:
+    if s.dataset in ("mnist", "fashion-mnist", "femnist", "omniglot") and not s.data_path:
         raise ConfigError(
             "data-path", s.data_path, f"the folder or file holding the {s.dataset} data"
         )
-    if s.new_clients > 0 and s.dataset != "sinusoid":
-        raise ConfigError(
-            "new-clients", s.new_clients, "0 unless dataset is 'sinusoid' (held-out clients "
-            "of other datasets are not generated yet)"
-        )
+    if s.dataset == "omniglot":
+        _check_episodes(s)
     if s.model == "cnn" and s.dataset in ("sinusoid", "synthetic"):
         raise ConfigError("model", s.model, "'mlp' or 'logreg' for vector inputs")
+
+
+OMNIGLOT_DRAWERS = 20  # drawings per Omniglot character
+
+
+def omniglot_test_drawers(test_fraction: float) -> int:
+    """Drawings per character held out for scoring (the rest are adapted and trained on)."""
+    return min(max(round(OMNIGLOT_DRAWERS * test_fraction), 1), OMNIGLOT_DRAWERS - 1)
+
+
+def _check_episodes(s: Settings) -> None:
+    if s.partition != "natural":
+        raise ConfigError(
+            "partition", s.partition,
+            "'natural' for dataset 'omniglot' (each client owns a block of characters)",
+        )  # fmt: skip
+    train_drawers = OMNIGLOT_DRAWERS - omniglot_test_drawers(s.test_fraction)
+    if s.k_shot + s.query_shots > train_drawers:
+        raise ConfigError(
+            "query-shots", s.query_shots,
+            f"at most {train_drawers - s.k_shot}: k-shot + query-shots drawings per class "
+            f"must fit in the {train_drawers} training drawings a character keeps with "
+            f"test-fraction={s.test_fraction}",
+        )  # fmt: skip
 
 
 def settings_to_run_config(s: Settings) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from common.config import Task
+from common.data.episodes import EpisodicData, evaluation_episodes
 from common.data.types import ClientData
 from common.meta import Batch, LossFn, Params, StepSize, adapt
 
@@ -83,6 +84,77 @@ def tensors_of(data: ClientData, task: Task, device: torch.device) -> tuple[Tens
     )
 
 
+@dataclass(frozen=True)
+class Personalized:
+    """Scores before and after adaptation, and the adapted parameters themselves."""
+
+    before: Score
+    after: Score
+    params: Params  # theta after ``steps`` steps on the train split (theta when steps == 0)
+
+
+def personalize_and_score(
+    model: nn.Module,
+    params: Params,
+    inner_lr: StepSize,
+    data: ClientData,
+    *,
+    steps: int,
+    batch_size: int,
+    task: Task,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> Personalized:
+    """Score theta, personalise it with ``steps`` steps, score the result; test split only.
+
+    An episodic client is scored on ``eval_episodes`` N-way K-shot tasks instead, each
+    adapted on its whole K-shot support and scored on held-out drawings of its classes.
+    """
+    if isinstance(data, EpisodicData):
+        return _mean_over_episodes(
+            model, params, inner_lr, data, steps=steps, task=task, rng=rng, device=device
+        )
+    x_tr, y_tr, x_te, y_te = tensors_of(data, task, device)
+    before = score(model, params, x_te, y_te, task)
+    adapted = personalize(
+        model, params, inner_lr, x_tr, y_tr, steps=steps, batch_size=batch_size, task=task, rng=rng
+    )
+    after = score(model, adapted, x_te, y_te, task) if steps > 0 else before
+    return Personalized(before, after, adapted)
+
+
+def _mean_over_episodes(
+    model: nn.Module,
+    params: Params,
+    inner_lr: StepSize,
+    data: EpisodicData,
+    *,
+    steps: int,
+    task: Task,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> Personalized:
+    """Scores averaged over episodes; ``params`` of the last episode's adapted model."""
+    results = [
+        personalize_and_score(
+            model, params, inner_lr, episode,
+            steps=steps, batch_size=episode.num_train, task=task, rng=rng, device=device,
+        )  # fmt: skip
+        for episode in evaluation_episodes(data, rng)
+    ]
+
+    def mean(scores: list[Score]) -> Score:
+        accuracies = [s.accuracy for s in scores if s.accuracy is not None]
+        return Score(
+            float(np.mean([s.loss for s in scores])),
+            float(np.mean(accuracies)) if accuracies else None,
+        )
+
+    return Personalized(
+        mean([r.before for r in results]), mean([r.after for r in results]), results[-1].params
+    )
+
+
 def evaluate_before_after(
     model: nn.Module,
     params: Params,
@@ -96,10 +168,8 @@ def evaluate_before_after(
     device: torch.device,
 ) -> tuple[Score, Score]:
     """Scores of theta and of theta personalised with ``steps`` steps, both on the test split."""
-    x_tr, y_tr, x_te, y_te = tensors_of(data, task, device)
-    before = score(model, params, x_te, y_te, task)
-    adapted = personalize(
-        model, params, inner_lr, x_tr, y_tr, steps=steps, batch_size=batch_size, task=task, rng=rng
-    )
-    after = score(model, adapted, x_te, y_te, task) if steps > 0 else before
-    return before, after
+    result = personalize_and_score(
+        model, params, inner_lr, data,
+        steps=steps, batch_size=batch_size, task=task, rng=rng, device=device,
+    )  # fmt: skip
+    return result.before, result.after

@@ -1,9 +1,13 @@
 """Personalise the final theta on clients never seen in training, and score them.
 
-The promise of meta-learning is a model that adapts quickly to a *new* client. For
-sinusoid regression these are tasks from a separate random stream (never a training
-client): K ``new-client-train-points`` shots to adapt on, ``sinusoid-test-points`` to
-score on, as in MAML's evaluation (Finn et al. 2017, Sec. 5.1).
+The promise of meta-learning is a model that adapts quickly to a *new* client. Which
+data a new client holds is decided in one place, ``load_new_client_data`` of the data
+registry: a separate random stream (sinusoid, synthetic), writers no training client is
+(FEMNIST), Omniglot's evaluation characters, or samples held out of the partition
+(digits, MNIST, Fashion-MNIST). Each is personalised and scored by the same
+``personalize_and_score`` the clients use: adapted on its train split (for sinusoid,
+K ``new-client-train-points`` shots as in MAML's evaluation, Finn et al. 2017, Sec. 5.1),
+scored on its test split.
 """
 
 from __future__ import annotations
@@ -12,33 +16,50 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.config import Settings
-from common.data.sinusoid import NEW_CLIENT_STREAM, sinusoid_client
+from common.config import Settings, Task
+from common.data.registry import load_new_client_data
 from common.meta import Params, StepSize
-from common.personalize import evaluate_before_after
+from common.personalize import personalize_and_score
 from server.aggregate import client_stats
 
 
 def evaluate_new_clients(
     settings: Settings, model: nn.Module, theta: Params, inner_lr: StepSize, device: torch.device
 ) -> dict[str, float]:
-    """MSE mean/std/worst-10% after 0 and each of ``new-client-steps`` adaptation steps."""
-    per_k: dict[int, list[float]] = {0: []} | {k: [] for k in settings.new_client_step_list}
+    """Mean/std/worst-10% after 0 and each of ``new-client-steps`` adaptation steps.
+
+    Keys ``new-<metric>-k<k>-<stat>``: metric ``mse`` for regression, ``acc`` (accuracy)
+    for classification, plus ``new-loss-k<k>-mean`` for classification.
+    """
+    regression = settings.task is Task.REGRESSION
+    per_k: dict[int, list[tuple[float, float | None]]] = {0: []} | {
+        k: [] for k in settings.new_client_step_list
+    }
     for index in range(settings.new_clients):
-        data = sinusoid_client(
-            settings.seed, index, settings.new_client_train_points,
-            settings.sinusoid_test_points, stream=NEW_CLIENT_STREAM,
-        )  # fmt: skip
+        data = load_new_client_data(settings, index)
         for k in per_k:
-            _, after = evaluate_before_after(
+            after = personalize_and_score(
                 model, theta, inner_lr, data, steps=k, batch_size=settings.batch_size,
                 task=settings.task, rng=np.random.default_rng([settings.seed, index, k]),
                 device=device,
-            )  # fmt: skip
-            per_k[k].append(after.loss)
+            ).after  # fmt: skip
+            per_k[k].append((after.loss, after.accuracy))
     out: dict[str, float] = {"new-clients": settings.new_clients}
-    for k, values in per_k.items():
-        stats = client_stats(values, higher_is_better=False)
-        out |= {f"new-mse-k{k}-mean": stats.mean, f"new-mse-k{k}-std": stats.std,
-                f"new-mse-k{k}-worst10": stats.worst10}  # fmt: skip
+    for k, scores in per_k.items():
+        losses = [loss for loss, _ in scores]
+        if regression:
+            out |= _stats(f"new-mse-k{k}", losses, higher_is_better=False)
+        else:
+            accuracies = [acc for _, acc in scores if acc is not None]
+            out |= _stats(f"new-acc-k{k}", accuracies, higher_is_better=True)
+            out[f"new-loss-k{k}-mean"] = float(np.mean(losses))
     return out
+
+
+def _stats(prefix: str, values: list[float], higher_is_better: bool) -> dict[str, float]:
+    stats = client_stats(values, higher_is_better=higher_is_better)
+    return {
+        f"{prefix}-mean": stats.mean,
+        f"{prefix}-std": stats.std,
+        f"{prefix}-worst10": stats.worst10,
+    }

@@ -94,12 +94,28 @@ def load_experiment(path: str | Path) -> Experiment:
         num_supernodes=_get(path, raw, "num-supernodes", int, 10),
         cpus_per_client=_get(path, raw, "cpus-per-client", int, 1),
         seeds=tuple(_get(path, raw, "seeds", list, [0])),
-        base=_get(path, raw, "base", dict, {}),
-        algorithms=_algorithms(path, raw),
+        base=_absolute_data_path(path, _get(path, raw, "base", dict, {})),
+        algorithms={
+            name: _absolute_data_path(path, overrides)
+            for name, overrides in _algorithms(path, raw).items()
+        },
         source=path,
     )
     _validate(exp)
     return exp
+
+
+def _absolute_data_path(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """A relative ``data-path`` made absolute, so every process (Ray workers run in other
+    folders) reads the same data: relative to the working directory when it exists there
+    (the README's ``../shared/data/...`` from the project root), else to the YAML's folder.
+    """
+    value = config.get("data-path")
+    if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+        return config
+    candidates = [Path.cwd() / value, path.resolve().parent / value]
+    found = next((c for c in candidates if c.exists()), candidates[0])
+    return {**config, "data-path": str(found.resolve())}
 
 
 def _get(path: Path, raw: dict, key: str, typ: type, default: Any) -> Any:

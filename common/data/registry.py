@@ -9,6 +9,14 @@ Conventions (see ``readers`` for pixels): MNIST and Fashion-MNIST pool their tra
 t10k files, partition the 70,000 images and give each client its own seeded train/test
 split, since personalization is scored per client and the official split has no clients.
 FEMNIST's natural clients are its writers, each keeping LEAF's own train/test split.
+Omniglot's clients own consecutive blocks of background characters (about an alphabet
+each) and are served episodes (common/data/episodes.py).
+
+New clients (never trained on; scored by the server, see server/new_clients.py) come
+from data no training client holds: a separate random stream (sinusoid, synthetic), the
+writers after the trained ones (FEMNIST by writer), the evaluation characters
+(Omniglot), or a share ``new-client-fraction`` of the pooled samples set aside before
+the partition (digits, MNIST, Fashion-MNIST).
 """
 
 from __future__ import annotations
@@ -19,10 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import Settings
+from common.config import OMNIGLOT_DRAWERS, Settings, omniglot_test_drawers
 from common.data import partition as part
 from common.data import readers
+from common.data.episodes import EpisodicData, episode_spec
+from common.data.sinusoid import NEW_CLIENT_STREAM as SINUSOID_NEW
 from common.data.sinusoid import sinusoid_client
+from common.data.synthetic import NEW_CLIENT_STREAM as SYNTHETIC_NEW
 from common.data.synthetic import NUM_CLASSES as SYNTHETIC_CLASSES
 from common.data.synthetic import NUM_FEATURES as SYNTHETIC_FEATURES
 from common.data.synthetic import synthetic_client
@@ -45,6 +56,7 @@ _INFO = {
     "fashion-mnist": DatasetInfo((1, 28, 28), 10),
     "femnist": DatasetInfo((1, 28, 28), 62),  # 10 digits, 26 upper, 26 lower case
 }
+OMNIGLOT_SIZE = 28  # drawings are area-downsampled from 105 x 105, as in MAML
 
 _PARTITIONS = {
     "digits": ("dirichlet", "pathological"),
@@ -55,6 +67,8 @@ _PARTITIONS = {
 
 
 def dataset_info(settings: Settings) -> DatasetInfo:
+    if settings.dataset == "omniglot":  # an episode's N classes, relabelled 0..N-1
+        return DatasetInfo((1, OMNIGLOT_SIZE, OMNIGLOT_SIZE), settings.n_way)
     return _INFO[settings.dataset]
 
 
@@ -76,6 +90,10 @@ def check_data_available(settings: Settings) -> None:
         readers.check_idx_folder(_path(settings), settings.dataset)
     elif settings.dataset == "femnist":
         readers.check_femnist(_path(settings))
+    elif settings.dataset == "omniglot":
+        _omniglot_source(_path(settings), "background")
+        if settings.new_clients > 0:
+            _omniglot_source(_path(settings), "evaluation")
 
 
 def _check_partition_kind(dataset: str, partition: str) -> None:
@@ -104,6 +122,8 @@ class _Split:
     classes_per_client: int
     dirichlet_alpha: float
     test_fraction: float
+    new_clients: int  # > 0: a share of the samples is held out for new clients
+    new_client_fraction: float
 
     @classmethod
     def of(cls, settings: Settings, num_partitions: int) -> _Split:
@@ -116,6 +136,8 @@ class _Split:
             settings.classes_per_client,
             settings.dirichlet_alpha,
             settings.test_fraction,
+            settings.new_clients,
+            settings.new_client_fraction,
         )
 
 
@@ -133,17 +155,48 @@ def load_client_data(settings: Settings, partition_id: int, num_partitions: int)
     if settings.dataset == "synthetic":
         alpha, beta = settings.synthetic_alpha, settings.synthetic_beta
         return synthetic_client(settings.seed, partition_id, alpha, beta, settings.test_fraction)
+    if settings.dataset == "omniglot":
+        return _omniglot_client(settings, "background", partition_id, num_partitions)
     _check_partition_kind(settings.dataset, settings.partition)  # before reading anything
     split = _Split.of(settings, num_partitions)
     names, indices = _client_indices(split)
     images = _read(split.dataset, split.data_path)  # cached by _client_indices
-    train, test = indices[partition_id]
+    return _cut(images, indices[partition_id], f"{split.dataset}-{names[partition_id]}")
+
+
+def load_new_client_data(settings: Settings, index: int) -> ClientData:
+    """New client ``index`` of ``new-clients``: data no training client ever holds."""
+    if not 0 <= index < settings.new_clients:
+        raise DataError(f"new client {index} is outside 0..{settings.new_clients - 1}")
+    if settings.dataset == "sinusoid":
+        return sinusoid_client(
+            settings.seed, index, settings.new_client_train_points,
+            settings.sinusoid_test_points, stream=SINUSOID_NEW,
+        )  # fmt: skip
+    if settings.dataset == "synthetic":
+        alpha, beta = settings.synthetic_alpha, settings.synthetic_beta
+        return synthetic_client(
+            settings.seed, index, alpha, beta, settings.test_fraction, stream=SYNTHETIC_NEW
+        )
+    if settings.dataset == "omniglot":
+        return _omniglot_client(settings, "evaluation", index, settings.new_clients)
+    _check_partition_kind(settings.dataset, settings.partition)
+    split = _Split.of(settings, num_partitions=0)  # new clients do not depend on it
+    names, indices = _new_client_indices(split)
+    images = _read(split.dataset, split.data_path)
+    return _cut(images, indices[index], f"{split.dataset}-new-{names[index]}")
+
+
+def _cut(
+    images: readers.LabeledImages, halves: tuple[np.ndarray, np.ndarray], client_id: str
+) -> ClientData:
+    train, test = halves
     return ClientData(
         x_train=images.x[train],
         y_train=images.y[train],
         x_test=images.x[test],
         y_test=images.y[test],
-        client_id=f"{split.dataset}-{names[partition_id]}",
+        client_id=client_id,
     )
 
 
@@ -165,16 +218,47 @@ def _client_indices(split: _Split) -> ClientIndices:
     """Per client, a name and (train, test) sample indices into :func:`_read`'s arrays."""
     images = _read(split.dataset, split.data_path)
     if split.partition == "natural":
-        return _natural_clients(images, split.num_partitions)
-    parts = _partition(images.y, split)
+        return _natural_clients(images, split.num_partitions, split.new_clients)
+    pool, _ = _pools(len(images), split)
+    return _partitioned(images.y, pool, split.num_partitions, split, first_id=0)
+
+
+@functools.lru_cache(maxsize=2)
+def _new_client_indices(split: _Split) -> ClientIndices:
+    """Like :func:`_client_indices`, for the ``new_clients`` held-out clients."""
+    images = _read(split.dataset, split.data_path)
+    if split.partition == "natural":
+        return _natural_new_clients(images, split.new_clients)
+    _, held_out = _pools(len(images), split)
+    # first_id offsets the split seeds, so no new client's split repeats a training one
+    return _partitioned(images.y, held_out, split.new_clients, split, first_id=1_000_000)
+
+
+def _pools(n: int, split: _Split) -> tuple[np.ndarray, np.ndarray]:
+    """(training pool, new-client pool): disjoint sample positions, fixed by the seed."""
+    if split.new_clients == 0:
+        return np.arange(n), np.arange(0)
+    order = np.random.default_rng([split.seed, _NEW_CLIENT_POOL]).permutation(n)
+    n_held = round(n * split.new_client_fraction)
+    return np.sort(order[n_held:]), np.sort(order[:n_held])
+
+
+_NEW_CLIENT_POOL = 7  # purpose tag of the held-out pool's random stream
+
+
+def _partitioned(
+    labels: np.ndarray, pool: np.ndarray, num_partitions: int, split: _Split, first_id: int
+) -> ClientIndices:
+    parts = [pool[p] for p in _partition(labels[pool], split, num_partitions)]
     halves = tuple(
-        part.split_train_test(p, split.test_fraction, split.seed, i) for i, p in enumerate(parts)
+        part.split_train_test(p, split.test_fraction, split.seed, first_id + i)
+        for i, p in enumerate(parts)
     )
     return tuple(f"{split.partition}-{i}" for i in range(len(parts))), halves
 
 
-def _partition(labels: np.ndarray, split: _Split) -> list[np.ndarray]:
-    n, seed = split.num_partitions, split.seed
+def _partition(labels: np.ndarray, split: _Split, n: int) -> list[np.ndarray]:
+    seed = split.seed
     if split.partition == "dirichlet":
         return part.partition_dirichlet(labels, n, split.dirichlet_alpha, seed)
     if split.partition == "pathological":
@@ -182,15 +266,82 @@ def _partition(labels: np.ndarray, split: _Split) -> list[np.ndarray]:
     return part.partition_perfedavg(labels, n, seed)
 
 
-def _natural_clients(images: readers.LabeledImages, num_partitions: int) -> ClientIndices:
-    """The first ``num_partitions`` writers in sorted order, each with its own split."""
-    assert images.writer is not None and images.is_test is not None  # by _PARTITIONS
-    writers = np.unique(images.writer)
-    if num_partitions > len(writers):
+def _natural_clients(
+    images: readers.LabeledImages, num_partitions: int, new_clients: int
+) -> ClientIndices:
+    """The first ``num_partitions`` writers in sorted order, each with its own split.
+
+    The last ``new_clients`` writers are reserved for new clients and never trained on.
+    """
+    writers = _writers(images)
+    if num_partitions + new_clients > len(writers):
         raise DataError(
-            f"{num_partitions} clients asked for, but the data has only {len(writers)} "
-            "writers (natural partition: one writer per client)"
+            f"{num_partitions} clients (+ {new_clients} new clients) asked for, but the data "
+            f"has only {len(writers)} writers (natural partition: one writer per client)"
         )
-    parts = part.partition_natural(images.writer)[:num_partitions]
+    return _writer_slice(images, 0, num_partitions)
+
+
+def _natural_new_clients(images: readers.LabeledImages, new_clients: int) -> ClientIndices:
+    n = len(_writers(images))
+    return _writer_slice(images, n - new_clients, n)
+
+
+def _writers(images: readers.LabeledImages) -> np.ndarray:
+    assert images.writer is not None and images.is_test is not None  # by _PARTITIONS
+    return np.unique(images.writer)
+
+
+def _writer_slice(images: readers.LabeledImages, start: int, stop: int) -> ClientIndices:
+    assert images.writer is not None and images.is_test is not None
+    parts = part.partition_natural(images.writer)[start:stop]
     halves = tuple((p[~images.is_test[p]], p[images.is_test[p]]) for p in parts)
-    return tuple(str(w) for w in writers[:num_partitions]), halves
+    return tuple(str(w) for w in _writers(images)[start:stop]), halves
+
+
+# ---------------------------------------------------------------- Omniglot
+
+
+def _omniglot_source(folder: Path, which: str) -> Path:
+    """``images_<which>`` as npz, zip or unzipped folder inside ``folder``."""
+    for name in (f"images_{which}.npz", f"images_{which}.zip", f"images_{which}"):
+        if (folder / name).exists():
+            return folder / name
+    raise readers.unreadable(
+        f"Omniglot {which} set (images_{which}.npz, .zip or folder)", folder, "not found",
+        "omniglot",
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=2)
+def _omniglot(folder: str, which: str) -> np.ndarray:
+    """float32 (characters, drawers, 28, 28), read once per process."""
+    return readers.read_omniglot(_omniglot_source(Path(folder), which), OMNIGLOT_SIZE)
+
+
+def _omniglot_client(settings: Settings, which: str, index: int, num_clients: int) -> EpisodicData:
+    """Block ``index`` of ``num_clients`` blocks of consecutive characters of a set.
+
+    Each character keeps its last ``test-fraction`` drawings for scoring.
+    """
+    chars = _omniglot(str(_path(settings)), which)
+    if chars.shape[1] != OMNIGLOT_DRAWERS:
+        raise DataError(f"Omniglot {which} set has {chars.shape[1]} drawers per character")
+    block = np.array_split(np.arange(len(chars)), num_clients)[index]
+    if len(block) < settings.n_way:
+        raise DataError(
+            f"Omniglot client {index} of {num_clients} ({which} set) owns {len(block)} "
+            f"characters, fewer than n-way={settings.n_way}; use fewer clients"
+        )
+    n_train = OMNIGLOT_DRAWERS - omniglot_test_drawers(settings.test_fraction)
+    labels = np.arange(len(block), dtype=np.int64)
+
+    def images(drawers: slice) -> tuple[np.ndarray, np.ndarray]:
+        x = chars[block, drawers]
+        return x.reshape(-1, 1, OMNIGLOT_SIZE, OMNIGLOT_SIZE), np.repeat(labels, x.shape[1])
+
+    (x_train, y_train), (x_test, y_test) = images(slice(0, n_train)), images(slice(n_train, None))
+    return EpisodicData(
+        x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+        client_id=f"omniglot-{which}-{block[0]}-{block[-1]}", spec=episode_spec(settings),
+    )  # fmt: skip
