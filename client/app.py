@@ -4,6 +4,8 @@
              (local state - received state) and its number of training examples.
 ``evaluate`` personalises a functional copy of the received theta with k steps on the
              local train split and scores it, before and after, on the held-out test split.
+             A node whose node config has ``model-dir`` also keeps that personalised
+             model on its own disk (client/model_store.py), to use offline.
 
 A node's identity and data come from its node config (``partition-id``,
 ``num-partitions``; optionally ``data-path``), so the same app serves Flower's
@@ -13,17 +15,19 @@ Simulation Engine and real SuperNodes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.model_store import save_personalized
 from client.runtime import ClientRuntime, runtime_for
 from client.train import LocalResult, meta_train, sgd_train
 from common.arrays import from_record, join_state, split_state, to_record, to_tensors
-from common.config import Algorithm
-from common.personalize import evaluate_before_after
+from common.config import Algorithm, settings_to_run_config
+from common.personalize import personalize_and_score
 
 app = ClientApp()
 
@@ -115,12 +119,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     if s.algo is Algorithm.LOCAL:
         params = _personal_params(context, rt) or got.theta
     lr = got.alpha if got.alpha is not None else s.inner_lr
-    before, after = evaluate_before_after(
+    result = personalize_and_score(
         rt.model, params, lr, rt.data,
         steps=s.eval_steps if s.adapts_at_evaluation else 0,
         batch_size=s.batch_size, task=s.task, rng=rt.rng(got.server_round, purpose=1),
         device=rt.device,
     )  # fmt: skip
+    before, after = result.before, result.after
     values: dict[str, float | int] = {
         "num-examples": rt.data.num_test,
         "partition-id": rt.partition_id,
@@ -130,7 +135,25 @@ def evaluate(msg: Message, context: Context) -> Message:
     }
     if before.accuracy is not None and after.accuracy is not None:
         values |= {"acc-before": before.accuracy, "acc-after": after.accuracy}
+    if model_dir := str(context.node_config.get("model-dir", "")):
+        save_personalized(model_dir, result.params, _model_info(rt, context, got, values))
     return Message(RecordDict({"metrics": MetricRecord(values)}), reply_to=msg)
+
+
+def _model_info(
+    rt: ClientRuntime, context: Context, got: Received, scores: dict[str, float | int]
+) -> dict[str, Any]:
+    """What a device needs to know about its saved model: origin, scores, settings."""
+    return {
+        "run-id": context.run_id,
+        "round": got.server_round,
+        "partition-id": rt.partition_id,
+        "num-partitions": rt.num_partitions,
+        "num-test": rt.data.num_test,
+        "scores": {k: v for k, v in scores.items() if k.startswith(("loss-", "acc-"))},
+        "eval-steps": rt.settings.eval_steps if rt.settings.adapts_at_evaluation else 0,
+        "settings": settings_to_run_config(rt.settings),  # rebuilds the model: model_for()
+    }
 
 
 @app.query()

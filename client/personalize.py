@@ -1,0 +1,164 @@
+"""Personalise a saved global model on one client's local data, offline.
+
+    python -m client.personalize --model runs/latest/model.pt \\
+        --partition-id 3 --num-partitions 10 [--data-path PATH] [--steps 10] --out my-model/
+
+loads the server's final model (``model.pt``: ``{"theta", "alpha"?, "settings"}``), reads
+this client's data exactly as its SuperNode would (same dataset, partition and seeded
+train/test split), adapts ``--steps`` gradient steps on the train split, reports loss (and
+accuracy) before and after on the held-out test split, and writes into ``--out``
+
+    personalized.pt              the personalised state_dict
+    personalized.json            scores, source model and settings
+    personalized.torchscript.pt  a TorchScript export: ``torch.jit.load`` it with plain torch
+
+The adaptation is the evaluation path the federation itself uses
+(:func:`common.personalize.personalize_and_score`), so the scores match what the run
+reported for this client when --steps equals the run's eval-steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.model_store import EXPORT_FILE, INFO_FILE, export_torchscript, save_personalized
+from common.config import Settings, parse_settings, settings_to_run_config
+from common.data.registry import load_client_data
+from common.device import select_device
+from common.models import model_for
+from common.personalize import Personalized, personalize_and_score, tensors_of
+
+# rng "purpose" of offline personalisation, distinct from a round's train (0) / evaluate (1)
+OFFLINE_PURPOSE = 2
+
+
+class ModelFileError(ValueError):
+    """The --model file is not a model saved by this project's server."""
+
+
+@dataclass(frozen=True)
+class GlobalModel:
+    settings: Settings
+    theta: dict[str, torch.Tensor]
+    alpha: dict[str, torch.Tensor] | None  # Meta-SGD's learned step sizes
+
+
+def load_global_model(path: Path) -> GlobalModel:
+    """Read the server's ``model.pt`` (server/run_folder.py ``save_model``), tensors only."""
+    if not path.is_file():
+        raise ModelFileError(f"--model {path} does not exist; the server writes run-dir/model.pt")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a foreign or corrupt file
+        raise ModelFileError(f"--model {path} is not a readable torch file: {err}") from err
+    if not isinstance(payload, dict) or not {"theta", "settings"} <= payload.keys():
+        raise ModelFileError(
+            f"--model {path} lacks 'theta' and 'settings'; pass the model.pt a run wrote "
+            "(not personalized.pt, which is a bare state_dict)"
+        )
+    return GlobalModel(
+        settings=parse_settings(json.loads(payload["settings"])),
+        theta=dict(payload["theta"]),
+        alpha=dict(payload["alpha"]) if payload.get("alpha") is not None else None,
+    )
+
+
+def personalize_saved_model(
+    model_path: Path,
+    partition_id: int,
+    num_partitions: int,
+    out: Path,
+    *,
+    steps: int | None = None,
+    data_path: str | None = None,
+    device: str = "cpu",
+) -> Personalized:
+    """Adapt the saved model on one client's train split; write state_dict, JSON, export."""
+    saved = load_global_model(model_path)
+    settings = saved.settings
+    if data_path is not None:  # this device's own copy of the data
+        settings = dataclasses.replace(settings, data_path=data_path)
+    steps = settings.eval_steps if steps is None else steps
+    torch_device = select_device(device)
+    data = load_client_data(settings, partition_id, num_partitions)
+    model = model_for(settings).to(torch_device)
+    theta = {k: v.to(torch_device) for k, v in saved.theta.items()}
+    lr: Any = settings.inner_lr
+    if saved.alpha is not None:
+        lr = {k: v.to(torch_device) for k, v in saved.alpha.items()}
+    rng = np.random.default_rng([settings.seed, partition_id, OFFLINE_PURPOSE])
+    result = personalize_and_score(
+        model, theta, lr, data, steps=steps, batch_size=settings.batch_size,
+        task=settings.task, rng=rng, device=torch_device,
+    )  # fmt: skip
+    info = {
+        "source-model": str(model_path.resolve()),
+        "partition-id": partition_id,
+        "num-partitions": num_partitions,
+        "steps": steps,
+        "num-train": data.num_train,
+        "num-test": data.num_test,
+        "scores": _scores(result),
+        "input-shape": list(data.x_test.shape[1:]),
+        "settings": settings_to_run_config(settings),
+    }
+    save_personalized(out, result.params, info)
+    _, _, x_test, _ = tensors_of(data, settings.task, torch.device("cpu"))
+    export_torchscript(model, result.params, x_test, out / EXPORT_FILE)
+    return result
+
+
+def _scores(result: Personalized) -> dict[str, float]:
+    scores = {"loss-before": result.before.loss, "loss-after": result.after.loss}
+    if result.before.accuracy is not None and result.after.accuracy is not None:
+        scores |= {"acc-before": result.before.accuracy, "acc-after": result.after.accuracy}
+    return scores
+
+
+def _report(result: Personalized, out: Path) -> str:
+    lines = ["                 before    after"]
+    lines.append(f"test loss      {result.before.loss:8.4f} {result.after.loss:8.4f}")
+    if result.before.accuracy is not None and result.after.accuracy is not None:
+        lines.append(f"test accuracy  {result.before.accuracy:8.4f} {result.after.accuracy:8.4f}")
+    lines.append(f"wrote {out / 'personalized.pt'}, {out / INFO_FILE}, {out / EXPORT_FILE}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m client.personalize", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--model", type=Path, required=True, help="run-dir/model.pt of a run")
+    parser.add_argument("--partition-id", type=int, required=True)
+    parser.add_argument("--num-partitions", type=int, required=True)
+    parser.add_argument("--data-path", default=None, help="overrides the run's data-path")
+    parser.add_argument("--steps", type=int, default=None, help="default: the run's eval-steps")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the outputs")
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 0:
+        parser.error(f"--steps must be >= 0, got {args.steps}")
+    try:
+        result = personalize_saved_model(
+            args.model, args.partition_id, args.num_partitions, args.out,
+            steps=args.steps, data_path=args.data_path, device=args.device,
+        )  # fmt: skip
+    except (ValueError, OSError) as err:  # our errors name the input and the fix
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(_report(result, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Real deployments on Flower's Deployment Engine: certificates, node keys, a local federation."""

@@ -1,0 +1,104 @@
+"""`python -m client.personalize`: a saved global model, personalised offline, exported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from client.model_store import EXPORT_FILE, INFO_FILE, STATE_FILE
+from client.personalize import main, personalize_saved_model
+from common.config import parse_settings, settings_to_run_config
+from common.data.registry import load_client_data
+from common.models import model_for
+from server.app import initial_state
+from server.run_folder import RunFolder
+
+SINUSOID = {"hidden-sizes": "40,40", "inner-lr": 0.01}
+
+
+def _saved_model(folder: Path, config: dict) -> Path:
+    """A model.pt exactly as the server writes it at the end of a run."""
+    settings = parse_settings(config)
+    return RunFolder(folder).save_model(initial_state(settings), settings_to_run_config(settings))
+
+
+def test_personalising_lowers_the_held_out_loss_and_writes_three_files(tmp_path):
+    model_path = _saved_model(tmp_path / "run", SINUSOID)
+    out = tmp_path / "out"
+    result = personalize_saved_model(model_path, 3, 10, out, steps=20)
+    assert result.after.loss < result.before.loss  # adaptation on train lowers test loss
+    assert sorted(p.name for p in out.iterdir()) == sorted([STATE_FILE, INFO_FILE, EXPORT_FILE])
+    info = json.loads((out / INFO_FILE).read_text())
+    assert info["scores"]["loss-after"] == pytest.approx(result.after.loss)
+    assert info["steps"] == 20 and info["partition-id"] == 3
+    state = torch.load(out / STATE_FILE, weights_only=True)
+    for name, value in result.params.items():
+        torch.testing.assert_close(state[name], value, rtol=0, atol=0)
+
+
+def test_zero_steps_keep_the_global_model(tmp_path):
+    model_path = _saved_model(tmp_path / "run", SINUSOID)
+    result = personalize_saved_model(model_path, 0, 4, tmp_path / "out", steps=0)
+    theta = torch.load(model_path, weights_only=True)["theta"]
+    assert result.after == result.before
+    for name, value in theta.items():
+        torch.testing.assert_close(result.params[name], value, rtol=0, atol=0)
+
+
+# Runs with plain torch only: no site hooks (the project's editable install lives there),
+# only torch's own folder on sys.path, so nothing of this project can be imported.
+PLAIN_TORCH = """
+import importlib.util, sys
+sys.path = [p for p in sys.path if p] + [sys.argv[1]]
+for name in ("common", "client", "server", "simulations", "deploy"):
+    assert importlib.util.find_spec(name) is None, name + " is importable"
+import torch
+model = torch.jit.load(sys.argv[2])
+torch.save(model(torch.load(sys.argv[3])), sys.argv[4])
+"""
+
+
+def test_the_export_runs_with_plain_torch_and_matches_the_model(tmp_path):
+    config = {"dataset": "digits", "partition": "dirichlet", "model": "cnn", "hidden-sizes": "8,8"}
+    model_path = _saved_model(tmp_path / "run", config)
+    out = tmp_path / "out"
+    result = personalize_saved_model(model_path, 1, 5, out, steps=3)
+    settings = parse_settings(config)
+    x = torch.as_tensor(load_client_data(settings, 1, 5).x_test[:17], dtype=torch.float32)
+    torch.save(x, tmp_path / "x.pt")
+    site_packages = str(Path(torch.__file__).parents[1])
+    subprocess.run(
+        [sys.executable, "-S", "-I", "-c", PLAIN_TORCH, site_packages, str(out / EXPORT_FILE),
+         str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        check=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    model = model_for(settings)
+    model.load_state_dict(result.params)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected)
+
+
+def test_a_file_that_is_not_a_run_model_is_refused_with_the_fix(tmp_path, capsys):
+    bare = tmp_path / "personalized.pt"
+    torch.save({"net.1.weight": torch.zeros(2)}, bare)
+    args = ["--partition-id", "0", "--num-partitions", "2", "--out", str(tmp_path / "o")]
+    assert main(["--model", str(bare), *args]) == 2
+    assert "pass the model.pt a run wrote" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path / "missing.pt"), *args]) == 2
+    assert "missing.pt does not exist" in capsys.readouterr().err
+
+
+def test_metasgd_models_personalise_with_their_learned_step_sizes(tmp_path):
+    model_path = _saved_model(tmp_path / "run", SINUSOID | {"algorithm": "metasgd"})
+    saved = torch.load(model_path, weights_only=True)
+    saved["alpha"] = {k: torch.zeros_like(v) for k, v in saved["alpha"].items()}
+    torch.save(saved, model_path)  # zero step sizes: adaptation must not move theta
+    result = personalize_saved_model(model_path, 0, 4, tmp_path / "out", steps=5)
+    for name, value in saved["theta"].items():
+        torch.testing.assert_close(result.params[name], value, rtol=0, atol=0)
