@@ -75,8 +75,9 @@ def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         (f"{m}-after-worst10", f"worst-10% {m}"),
         (f"{m}-before-mean", f"{m} before adapting"),
     ]
-    new = sorted(  # new-acc-k<k>-mean (classification) or new-mse-k<k>-mean (regression)
-        {k for r in rows for k in r["values"] if k.startswith(f"new-{m}-k") and k.endswith("-mean")},
+    prefix = f"new-{m}-k"  # new-acc-k<k>-mean (classification), new-mse-k<k>-mean (regression)
+    new = sorted(
+        {k for r in rows for k in r["values"] if k.startswith(prefix) and k.endswith("-mean")},
         key=lambda k: int(k.split("-k")[1].split("-")[0]),
     )
     cols += [(k, f"new clients, {k.split('-')[2][1:]} steps") for k in new]
