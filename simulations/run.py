@@ -161,7 +161,7 @@ def _run_on_engine(link: SuperLink, exp: Experiment, cell: Cell, state: str, tag
         for line in proc.stdout:
             log.write(line)
             lines.append(line)
-            if " round " in line or "error" in line.lower():
+            if " round " in line or "ERROR" in line or "Traceback" in line:
                 print(
                     f"  [{cell.algorithm} s{cell.seed}] {line.split('INFO', 1)[-1].strip(' :')}",
                     end="",
