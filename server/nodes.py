@@ -16,6 +16,8 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from server.delivery import in_flight_limit, send_and_receive
+
 
 class NodesUnavailable(RuntimeError):
     """Too few nodes connected within the configured wait."""
@@ -34,8 +36,8 @@ class NodeDirectory:
 
     def live(self) -> list[tuple[int, int]]:
         """(partition, node id) of every connected node that told us its partition."""
-        self._discover(list(self.grid.get_node_ids()))
         connected = set(self.grid.get_node_ids())
+        self._discover(connected)
         return sorted((p, n) for n, p in self._partition.items() if n in connected)
 
     def wait(self) -> list[tuple[int, int]]:
@@ -59,16 +61,26 @@ class NodeDirectory:
         picked = rng.choice(len(nodes), size=k, replace=False)
         return [nodes[i][1] for i in sorted(picked)]
 
-    def _discover(self, node_ids: list[int]) -> None:
-        unknown = [n for n in node_ids if n not in self._partition]
+    def _discover(self, node_ids: set[int]) -> None:
+        unknown = sorted(n for n in node_ids if n not in self._partition)
         if not unknown:
             return
+        t0 = time.monotonic()
         queries = [
             Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown
         ]
-        for reply in self.grid.send_and_receive(queries, timeout=self.query_timeout):
+        replies = send_and_receive(
+            self.grid, queries, timeout=self.query_timeout, max_in_flight=in_flight_limit(self.grid)
+        )
+        for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
                 log(WARNING, "node %d did not say its partition: %s", node, reply.error.reason)
                 continue
             self._partition[node] = int(reply.content["identity"]["partition-id"])
+        log(
+            INFO,
+            "asked %d node(s) for their partition in %.1f s",
+            len(unknown),
+            time.monotonic() - t0,
+        )

@@ -8,6 +8,7 @@ and stop the SuperLink by its PID on exit, also when a run fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "fedmeta-sim"
@@ -131,8 +134,13 @@ class SuperLink:
 
 
 @contextmanager
-def simulation_superlink(workdir: Path | None = None) -> Iterator[SuperLink]:
-    """Start a simulation SuperLink on a free port; always stop it (and its children)."""
+def simulation_superlink(
+    workdir: Path | None = None, extra_env: Mapping[str, str] | None = None
+) -> Iterator[SuperLink]:
+    """Start a simulation SuperLink on a free port; always stop it (and its children).
+
+    ``extra_env`` reaches every process it starts (the ServerApp and ClientApps included).
+    """
     owned = workdir is None
     home = Path(tempfile.mkdtemp(prefix="fedmeta-flwr-")) if owned else Path(workdir)  # type: ignore[arg-type]
     home.mkdir(parents=True, exist_ok=True)
@@ -146,7 +154,7 @@ def simulation_superlink(workdir: Path | None = None) -> Iterator[SuperLink]:
         "PYTHONPATH": os.pathsep.join(
             p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p
         ),
-    }
+    } | dict(extra_env or {})
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
         f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
@@ -181,9 +189,29 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log_path: Path, timeout: f
 
 
 def stop_process_group(proc: subprocess.Popen, grace: float = 10) -> None:
-    """SIGTERM the process's group (it was started in its own session), then SIGKILL."""
+    """SIGTERM the process's group (it was started in its own session), then SIGKILL.
+
+    The SuperExec starts ``flwr-simulation`` (which starts Ray) in a session of its own, so a
+    run cut short would outlive the group: every descendant found before the stop is
+    stopped too.
+    """
     if proc.poll() is not None:
         return
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    _stop_group(proc, grace)
+    for p in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(descendants, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def _stop_group(proc: subprocess.Popen, grace: float) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=grace)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
@@ -42,7 +43,9 @@ class LoopGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         return [self._deliver(m) for m in messages]
 
     def _deliver(self, msg: Message) -> Message:
@@ -72,10 +75,24 @@ class LoopGrid(Grid):
         raise NotImplementedError
 
 
-def run_in_loop(run_config: Mapping[str, Any], num_nodes: int) -> dict[str, float]:
-    """Run the whole federation in this process; returns the server's summary."""
+def run_in_loop(
+    run_config: Mapping[str, Any], num_nodes: int, torch_threads: int | None = 1
+) -> dict[str, float]:
+    """Run the whole federation in this process; returns the server's summary.
+
+    ``torch_threads`` (default 1) is what a Simulation Engine actor gets: Ray sets
+    ``OMP_NUM_THREADS`` to the actor's ``client-resources-num-cpus``. On small models a
+    thread pool only adds hand-offs: on this project's shared 2-core machine the default
+    two threads made a sinusoid round 10-16x slower. ``None`` keeps torch's setting.
+    """
     from client.app import app as client_app
     from server.app import run_federation
 
     settings: Settings = parse_settings(run_config)
-    return run_federation(settings, LoopGrid(client_app, run_config, num_nodes))
+    previous = torch.get_num_threads()
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+    try:
+        return run_federation(settings, LoopGrid(client_app, run_config, num_nodes))
+    finally:
+        torch.set_num_threads(previous)
