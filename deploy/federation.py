@@ -384,7 +384,8 @@ def stream_run(layout: Layout, run_config: Mapping[str, Any]) -> int:
         lines.append(line)
     proc.wait()
     outcome = run_outcome(layout, "".join(lines))
-    print(f"run {outcome.run_id}: {outcome.status} {outcome.details}".rstrip(), flush=True)
+    details = "" if outcome.completed else f": {outcome.details}"
+    print(f"run {outcome.run_id}: {outcome.status}{details}", flush=True)
     return 0 if outcome.completed else 1
 
 
@@ -470,7 +471,9 @@ def _cmdline(pid: int) -> bytes:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    run_config = {"run-dir": str(args.state_dir.expanduser().resolve() / "run")}
+    # A fresh run-dir per demo: an existing one holds a checkpoint and would be refused.
+    run_dir = args.state_dir.expanduser().resolve() / time.strftime("run-%Y%m%d-%H%M%S")
+    run_config: dict[str, Any] = {"run-dir": str(run_dir)}
     run_config |= parse_run_config(args.run_config)
     with local_federation(args.state_dir, args.nodes, data_path=args.data_path) as federation:
         if args.measure_node is None:
