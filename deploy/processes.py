@@ -2,10 +2,11 @@
 
 Flower's components spawn helpers: a SuperLink starts ``flower-superexec`` in a session of
 its own (which starts ``flwr-serverapp``), a SuperNode starts ``flower-superexec`` (which
-starts one ``flwr-clientapp`` per message). Each process we start gets its own session,
-so :func:`simulations.engine.stop_process_group` reaches the helpers in its group; helpers
-that left the group are found by walking ``/proc`` just before stopping and are killed if
-they outlive their parent (matched by pid *and* start time, so a recycled pid is spared).
+starts one ``flwr-clientapp`` per message). Each process we start gets its own session and
+is stopped with :func:`simulations.engine.stop_process_group` (its group, then every
+descendant it had). On top of that, :meth:`ManagedProcess.stop` returns only once every
+descendant seen before the stop is gone, matched by pid *and* start time so that a
+recycled pid is never signalled: a test can then assert that nothing is left.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class ManagedProcess:
             self.popen.wait()
 
     def stop(self, grace: float = 10) -> None:
-        """SIGTERM (then SIGKILL) the group; then kill helpers that escaped the group."""
+        """SIGTERM (then SIGKILL) the group and its helpers; return once all are gone."""
         helpers = descendants(self.pid) if self.alive() else []
         stop_process_group(self.popen, grace=grace)
         kill_all(helpers, timeout=grace)
