@@ -121,7 +121,9 @@ class MetaStrategy(FedAvg):
         if self.current is None:
             raise RuntimeError("aggregate_train called before configure_train")
         updates, weights, metrics = [], [], []
-        for msg in replies:
+        # Aggregate in partition order, not arrival order: floating-point sums then do not
+        # depend on which client answered first, and a rerun reproduces theta bit for bit.
+        for msg in sorted(replies, key=self._partition_order):
             if msg.has_error():
                 self._drop(msg, f"error reply: {msg.error.reason}")
                 continue
@@ -142,6 +144,11 @@ class MetaStrategy(FedAvg):
             self.current, delta, self.optimizer, self.optimizer_state
         )
         return to_record(new_state), _weighted_metrics(metrics, weights)
+
+    def _partition_order(self, msg: Message) -> tuple[int, int]:
+        node = msg.metadata.src_node_id
+        partition = self.nodes.partition_of(node)
+        return (partition if partition is not None else 1 << 62, node)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -176,6 +183,9 @@ def summarise_evaluation(rows: list[dict[str, float]], task: Task) -> MetricReco
         "acc": ("acc", True), "loss": ("loss", False)
     }  # fmt: skip
     out: dict[str, float] = {"clients": len(rows)}
+    # A personalisation that diverged (NaN/inf) stays in the statistics, which then read
+    # NaN/inf instead of flattering the mean; this count says how many clients did.
+    out["diverged-after"] = sum(not np.isfinite(r["loss-after"]) for r in rows)
     for name, (key, higher_is_better) in names.items():
         for when in ("before", "after"):
             stats = client_stats([r[f"{key}-{when}"] for r in rows], higher_is_better)

@@ -82,3 +82,22 @@ def test_round_with_only_bad_replies_leaves_theta_unchanged():
     assert arrays is None and metrics is None
     assert "extra ['z']" in strategy.report.dropped[0]
     assert strategy.optimizer_state.step == 0  # the optimizer did not move
+
+
+def test_aggregation_does_not_depend_on_reply_order():
+    """Floating-point sums are not associative; replies are summed in partition order."""
+    settings = parse_settings({"fraction-train": 1.0})
+    values = [1e16, 1.0, -1e16]  # (a + b) + c != (a + c) + b in floating point
+    results = []
+    for order in ([0, 1, 2], [0, 2, 1], [2, 1, 0]):
+        strategy = MetaStrategy(settings, _Nodes(), OptimizerConfig("sgd", 1.0))  # type: ignore[arg-type]
+        strategy.configure_train(1, to_record(THETA), ConfigRecord(), grid=None)  # type: ignore[arg-type]
+        replies = [
+            _reply(i + 1, {"w": np.full(2, values[i], np.float32), "b": np.zeros(1, np.float32)}, 1)
+            for i in order
+        ]
+        arrays, _ = strategy.aggregate_train(1, replies)
+        assert arrays is not None
+        results.append(arrays["w"].numpy())
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[2])
