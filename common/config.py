@@ -85,7 +85,7 @@ class Settings:
     """All settings of a run. Field docs live in README's configuration table."""
 
     # what is learned
-    algorithm: str = _spec(_choice(Algorithm), "perfedavg-hf")
+    algorithm: str = _spec(_choice(Algorithm), "maml")
     # data
     dataset: str = _spec(
         _one_of("sinusoid", "synthetic", "digits", "mnist", "fashion-mnist", "femnist", "omniglot"),
@@ -111,8 +111,8 @@ class Settings:
     activation: str = _spec(_one_of("relu", "elu"), "relu")
     # federation
     num_rounds: int = _spec(_POS_INT, 100)
-    fraction_train: float = _spec(_FRACTION, 0.2)
-    fraction_evaluate: float = _spec(_FRACTION, 0.2)
+    fraction_train: float = _spec(_FRACTION, 0.1)
+    fraction_evaluate: float = _spec(_FRACTION, 0.1)
     min_available_nodes: int = _spec(_POS_INT, 2)
     node_wait_timeout: float = _spec(_POS, 120.0)  # seconds to wait for min-available-nodes
     round_timeout: float = _spec(_POS, 600.0)  # seconds a round waits for replies
@@ -128,7 +128,7 @@ class Settings:
     metasgd_order: str = _spec(_one_of("second-order", "first-order"), "second-order")
     # server optimizer
     server_optimizer: str = _spec(_one_of("sgd", "adam"), "adam")
-    server_lr: float = _spec(_POS, 0.001)
+    server_lr: float = _spec(_POS, 0.03)
     server_beta1: float = _spec(_OPEN_UNIT, 0.9)
     server_beta2: float = _spec(_OPEN_UNIT, 0.999)
     server_eps: float = _spec(_POS, 1e-8)
