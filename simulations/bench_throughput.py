@@ -79,6 +79,8 @@ def run_config(size: int, registered: int, rounds: int, run_dir: Path, extra: di
     fraction = size / registered
     return {
         "dataset": "sinusoid",
+        "algorithm": "perfedavg-hf",  # what docs/performance.md measured
+        "server-lr": 0.001,
         "num-rounds": rounds,
         "fraction-train": fraction,
         "fraction-evaluate": fraction,
