@@ -153,23 +153,3 @@ def _mean_over_episodes(
     return Personalized(
         mean([r.before for r in results]), mean([r.after for r in results]), results[-1].params
     )
-
-
-def evaluate_before_after(
-    model: nn.Module,
-    params: Params,
-    inner_lr: StepSize,
-    data: ClientData,
-    *,
-    steps: int,
-    batch_size: int,
-    task: Task,
-    rng: np.random.Generator,
-    device: torch.device,
-) -> tuple[Score, Score]:
-    """Scores of theta and of theta personalised with ``steps`` steps, both on the test split."""
-    result = personalize_and_score(
-        model, params, inner_lr, data,
-        steps=steps, batch_size=batch_size, task=task, rng=rng, device=device,
-    )  # fmt: skip
-    return result.before, result.after

@@ -16,7 +16,7 @@ from common.data.sinusoid import NEW_CLIENT_STREAM, X_RANGE, sinusoid_client, si
 from common.models import model_for
 from common.personalize import personalize
 
-PREFERRED = ("maml", "perfedavg-hf", "metasgd", "fedavg-ft", "fedavg", "local")
+PREFERRED = ("maml", "fedavg-ft", "perfedavg-fo", "perfedavg-hf", "metasgd", "fedavg", "local")
 
 
 def plot_new_clients(exp, algorithms: list[str], out: Path, clients: int = 4) -> Path | None:

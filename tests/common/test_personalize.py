@@ -9,7 +9,7 @@ from torch import nn
 import common.meta as meta
 from common.config import Task
 from common.data.types import ClientData
-from common.personalize import evaluate_before_after, personalize
+from common.personalize import personalize, personalize_and_score
 
 
 def _data() -> ClientData:
@@ -33,7 +33,7 @@ def test_adaptation_only_ever_sees_the_train_split(monkeypatch):
     torch.manual_seed(0)
     model = nn.Linear(2, 1)
     params = {n: p.detach() for n, p in model.named_parameters()}
-    before, after = evaluate_before_after(
+    result = personalize_and_score(
         model,
         params,
         0.05,
@@ -46,7 +46,7 @@ def test_adaptation_only_ever_sees_the_train_split(monkeypatch):
     )
     assert len(seen) == 5  # one loss per adaptation step, none for scoring
     assert all(float(x.max()) < 1.0 for x in seen)
-    assert after.loss != before.loss
+    assert result.after.loss != result.before.loss
 
 
 def test_personalised_params_do_not_depend_on_the_test_split():
