@@ -64,7 +64,12 @@ def meta_train(
 
 
 def sgd_train(
-    model: nn.Module, params: Params, x: Tensor, y: Tensor, settings: Settings, rng: np.random.Generator
+    model: nn.Module,
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    settings: Settings,
+    rng: np.random.Generator,
 ) -> LocalResult:
     loss_fn = loss_fn_for(settings.task)
     losses = []
@@ -76,4 +81,3 @@ def sgd_train(
         params = {n: p.detach() for n, p in sgd_step(leaves, grads, settings.outer_lr).items()}
         losses.append(float(loss.detach()))
     return LocalResult(params=params, inner_lr=None, metrics={"train-loss": float(np.mean(losses))})
-

@@ -137,8 +137,15 @@ def _mean_over_episodes(
     """Scores averaged over episodes; ``params`` of the last episode's adapted model."""
     results = [
         personalize_and_score(
-            model, params, inner_lr, episode,
-            steps=steps, batch_size=episode.num_train, task=task, rng=rng, device=device,
+            model,
+            params,
+            inner_lr,
+            episode,
+            steps=steps,
+            batch_size=episode.num_train,
+            task=task,
+            rng=rng,
+            device=device,
         )  # fmt: skip
         for episode in evaluation_episodes(data, rng)
     ]

@@ -95,21 +95,26 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
             "seconds": round(time.monotonic() - t0, 3),
         }
         folder.append_jsonl("metrics.jsonl", row)
-        folder.append_jsonl("clients.jsonl", {"round": rnd, "clients": strategy.report.eval_clients})
+        folder.append_jsonl(
+            "clients.jsonl", {"round": rnd, "clients": strategy.report.eval_clients}
+        )
         folder.save_checkpoint(Checkpoint(rnd, state, strategy.optimizer_state))
         log(INFO, "%s", progress_line(settings, row))
     return finish(settings, folder, state, last_eval, time.monotonic() - t_run)
 
 
 def optimizer_config(s: Settings) -> OptimizerConfig:
-    return OptimizerConfig(s.server_optimizer, s.server_lr, s.server_beta1, s.server_beta2, s.server_eps)
+    return OptimizerConfig(
+        s.server_optimizer, s.server_lr, s.server_beta1, s.server_beta2, s.server_eps
+    )
 
 
 def progress_line(s: Settings, row: dict) -> str:
     ev = row["eval"]
     metric = "mse" if s.task.value == "regression" else "acc"
     if f"{metric}-after-mean" not in ev:
-        return f"round {row['round']}/{s.num_rounds}: no evaluation results ({len(row['dropped'])} dropped)"
+        dropped = len(row["dropped"])
+        return f"round {row['round']}/{s.num_rounds}: no evaluation results ({dropped} dropped)"
     return (
         f"round {row['round']}/{s.num_rounds} [{s.algorithm}] "
         f"{metric} before {ev[f'{metric}-before-mean']:.4f} -> personalised "

@@ -8,9 +8,9 @@ non-finite value is dropped with a logged reason; the round goes on with the res
 
 from __future__ import annotations
 
-from logging import WARNING
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from logging import WARNING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -87,8 +87,11 @@ class MetaStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, kind: str
     ) -> list[Message]:
         fraction = (
-            self.settings.fraction_train if kind == MessageType.TRAIN
-            else 1.0 if config.get("final") else self.settings.fraction_evaluate
+            self.settings.fraction_train
+            if kind == MessageType.TRAIN
+            else 1.0
+            if config.get("final")
+            else self.settings.fraction_evaluate
         )  # fmt: skip  (the final round scores every client, for the summary table)
         purpose = 0 if kind == MessageType.TRAIN else 1
         node_ids = self.nodes.sample(fraction, self.settings.seed, server_round, purpose)
@@ -170,7 +173,9 @@ class MetaStrategy(FedAvg):
 def _weighted_metrics(records: list[MetricRecord], weights: list[float]) -> MetricRecord:
     total = sum(weights)
     keys = [k for k in records[0] if k not in NON_METRICS]
-    out = {k: sum(float(r[k]) * w / total for r, w in zip(records, weights, strict=True)) for k in keys}  # type: ignore[arg-type]
+    out = {
+        k: sum(float(r[k]) * w / total for r, w in zip(records, weights, strict=True)) for k in keys
+    }  # type: ignore[arg-type]
     return MetricRecord({**out, "clients": len(records)})
 
 

@@ -67,7 +67,9 @@ class SuperLink:
     home: Path
     log_path: Path
 
-    def command(self, overrides: Mapping[str, Any], num_supernodes: int, cpus_per_client: int = 1) -> list[str]:
+    def command(
+        self, overrides: Mapping[str, Any], num_supernodes: int, cpus_per_client: int = 1
+    ) -> list[str]:
         return [
             _bin("flwr"), "run", str(PROJECT_ROOT), CONNECTION, "--stream",
             "--run-config", run_config_arg(overrides),
@@ -95,7 +97,9 @@ class SuperLink:
         except subprocess.TimeoutExpired:
             proc.kill()
             output, _ = proc.communicate()
-            raise SimulationError(f"run did not finish in {timeout} s; see {self.log_path}") from None
+            raise SimulationError(
+                f"run did not finish in {timeout} s; see {self.log_path}"
+            ) from None
         if log_file:
             log_file.write_text(output)
         if proc.returncode != 0:
@@ -130,7 +134,9 @@ class SuperLink:
         try:
             return dict(json.loads(proc.stdout)["runs"][0])
         except (json.JSONDecodeError, KeyError, IndexError):
-            raise SimulationError(f"`flwr ls` gave no status for run {run_id}: {proc.stderr}") from None
+            raise SimulationError(
+                f"`flwr ls` gave no status for run {run_id}: {proc.stderr}"
+            ) from None
 
 
 @contextmanager
@@ -145,16 +151,20 @@ def simulation_superlink(
     home = Path(tempfile.mkdtemp(prefix="fedmeta-flwr-")) if owned else Path(workdir)  # type: ignore[arg-type]
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = os.environ | {
-        "FLWR_HOME": str(home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        # The SuperLink spawns flower-superexec / flwr-serverapp / flwr-simulation by name.
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p
-        ),
-    } | dict(extra_env or {})
+    env = (
+        os.environ
+        | {
+            "FLWR_HOME": str(home),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            # The SuperLink spawns flower-superexec / flwr-serverapp / flwr-simulation by name.
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p
+            ),
+        }
+        | dict(extra_env or {})
+    )
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
         f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
@@ -216,8 +226,6 @@ def _stop_group(proc: subprocess.Popen, grace: float) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=grace)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=grace)

@@ -160,5 +160,9 @@ def _validate(exp: Experiment) -> None:
         try:
             parse_settings(run_config)
         except ConfigError as err:
-            where = "base" if err.key in exp.base and err.key not in exp.algorithms[name] else f"algorithms.{name}"
+            where = (
+                "base"
+                if err.key in exp.base and err.key not in exp.algorithms[name]
+                else f"algorithms.{name}"
+            )
             raise ExperimentError(p, f"{where}.{err.key}", str(err)) from None

@@ -11,7 +11,9 @@ from tests.conftest import PROJECT_ROOT
 
 
 def test_pyproject_defaults_parse_and_cover_every_setting():
-    config = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    config = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+        "config"
+    ]
     settings = parse_settings(config)
     assert set(config) == set(settings_to_run_config(settings))
     assert settings == parse_settings(settings_to_run_config(settings))
