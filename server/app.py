@@ -21,7 +21,7 @@ from common.data.registry import check_data_available
 from common.device import select_device
 from common.models import model_for
 from server.aggregate import OptimizerConfig, OptimizerState
-from server.delivery import in_flight_limit, send_and_receive
+from server.delivery import send_and_receive
 from server.new_clients import evaluate_new_clients
 from server.nodes import NodeDirectory
 from server.run_folder import Checkpoint, RunFolder
@@ -66,24 +66,26 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
         grid, settings.min_available_nodes, settings.node_wait_timeout, settings.round_timeout
     )
     strategy = MetaStrategy(settings, nodes, optimizer_config(settings), optimizer_state)
-    window = in_flight_limit(grid)  # simulation only: see server/delivery.py
     t_run = time.monotonic()
     last_eval: dict[str, float] = {}
+    record = to_record(state)  # theta as sent; replaced only when a round aggregates
     for rnd in range(start, settings.num_rounds + 1):
         t0 = time.monotonic()
         replies = send_and_receive(
-            grid, strategy.configure_train(rnd, to_record(state), ConfigRecord(), grid),
-            timeout=settings.round_timeout, max_in_flight=window,
-        )  # fmt: skip
+            grid,
+            strategy.configure_train(rnd, record, ConfigRecord(), grid),
+            timeout=settings.round_timeout,
+        )
         new_record, train_metrics = strategy.aggregate_train(rnd, replies)
         if new_record is not None:
-            state = from_record(new_record)
+            record, state = new_record, from_record(new_record)
         final = rnd == settings.num_rounds
         eval_config = ConfigRecord({"final": final})
         replies = send_and_receive(
-            grid, strategy.configure_evaluate(rnd, to_record(state), eval_config, grid),
-            timeout=settings.round_timeout, max_in_flight=window,
-        )  # fmt: skip
+            grid,
+            strategy.configure_evaluate(rnd, record, eval_config, grid),
+            timeout=settings.round_timeout,
+        )
         eval_metrics = strategy.aggregate_evaluate(rnd, replies)
         last_eval = dict(eval_metrics or {})  # type: ignore[arg-type]
         row = {

@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Iterable
 from itertools import islice
+from typing import Literal
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -50,15 +51,22 @@ def in_flight_limit(grid: Grid) -> int | None:
 
 
 def send_and_receive(
-    grid: Grid, messages: Iterable[Message], *, timeout: float, max_in_flight: int | None = None
+    grid: Grid,
+    messages: Iterable[Message],
+    *,
+    timeout: float,
+    max_in_flight: int | None | Literal["auto"] = "auto",
 ) -> list[Message]:
     """Replies to ``messages`` (in arrival order) received within ``timeout`` seconds.
 
-    Like ``Grid.send_and_receive``; with ``max_in_flight`` the messages are pushed in a
-    sliding window. Messages not yet pushed when the timeout expires are not sent, so
-    their nodes report nothing, exactly like nodes that did not answer in time.
+    Like ``Grid.send_and_receive``; with a ``max_in_flight`` (by default
+    :func:`in_flight_limit` of the grid) the messages are pushed in a sliding window.
+    Messages not yet pushed when the timeout expires are not sent, so their nodes report
+    nothing, exactly like nodes that did not answer in time.
     """
     messages = list(messages)
+    if max_in_flight == "auto":
+        max_in_flight = in_flight_limit(grid)
     if max_in_flight is None:
         return list(grid.send_and_receive(messages, timeout=timeout))
     deadline = time.monotonic() + timeout

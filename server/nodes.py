@@ -16,7 +16,7 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from server.delivery import in_flight_limit, send_and_receive
+from server.delivery import send_and_receive
 
 
 class NodesUnavailable(RuntimeError):
@@ -69,9 +69,7 @@ class NodeDirectory:
         queries = [
             Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown
         ]
-        replies = send_and_receive(
-            self.grid, queries, timeout=self.query_timeout, max_in_flight=in_flight_limit(self.grid)
-        )
+        replies = send_and_receive(self.grid, queries, timeout=self.query_timeout)
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():

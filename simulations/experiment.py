@@ -101,7 +101,7 @@ def load_experiment(path: str | Path) -> Experiment:
         },
         source=path,
     )
-    _validate(exp)
+    validate_experiment(exp)
     return exp
 
 
@@ -138,7 +138,8 @@ def _algorithms(path: Path, raw: dict) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _validate(exp: Experiment) -> None:
+def validate_experiment(exp: Experiment) -> None:
+    """Raise ExperimentError unless every run of ``exp`` has valid settings."""
     p = exp.source
     if exp.engine not in ENGINES:
         raise ExperimentError(p, "engine", f"{exp.engine!r} is not one of {', '.join(ENGINES)}")

@@ -13,14 +13,23 @@ from its checkpoint, so a killed sweep continues where it stopped. Results:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from simulations.engine import SimulationError, SuperLink, simulation_superlink
-from simulations.experiment import Cell, Experiment, ExperimentError, load_experiment
+from simulations.experiment import (
+    Cell,
+    Experiment,
+    ExperimentError,
+    load_experiment,
+    validate_experiment,
+)
 from simulations.report import write_report
 
 
@@ -60,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         run_cells(exp, cells)
-    except SimulationError as err:
+    except (SimulationError, ExperimentError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     write_report(exp, out)
@@ -70,9 +79,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _apply_cli(exp: Experiment, args: argparse.Namespace) -> Experiment:
-    import dataclasses
-
-    import yaml
 
     base = dict(exp.base)
     for item in args.set:
@@ -90,9 +96,7 @@ def _apply_cli(exp: Experiment, args: argparse.Namespace) -> Experiment:
     new = dataclasses.replace(
         exp, base=base, algorithms=algorithms, engine=args.engine or exp.engine
     )
-    from simulations.experiment import _validate
-
-    _validate(new)
+    validate_experiment(new)
     return new
 
 
@@ -115,8 +119,8 @@ def _state(cell: Cell) -> str:
 def run_cells(exp: Experiment, cells: list[Cell]) -> None:
     todo = [(c, _state(c)) for c in cells]
     pending = [(c, s) for c, s in todo if s != "done"]
-    for c, _ in todo:
-        if (c, "done") in todo:
+    for c, s in todo:
+        if s == "done":
             print(f"  [{c.algorithm} seed {c.seed}] already done, reused", flush=True)
     if not pending:
         return
