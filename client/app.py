@@ -1,20 +1,29 @@
 """Flower ClientApp: thin handlers that unpack a Message, call pure functions, pack a reply.
 
-``train``    runs tau local steps (client/train.py) and replies with the update
-             (local state - received state) and its number of training examples.
-``evaluate`` personalises a functional copy of the received theta with k steps on the
-             local train split and scores it, before and after, on the held-out test split.
-             A node whose node config has ``model-dir`` also keeps that personalised
-             model on its own disk (client/model_store.py), to use offline.
+A node hosts one or many clients (``clients-per-node``, client/runtime.py). Each message
+names the clients the server sampled on this node (``config["clients"]``, partition ids);
+the node runs them together, as one cohort under ``torch.func.vmap``, and replies per
+client:
 
-A node's identity and data come from its node config (``partition-id``,
-``num-partitions``; optionally ``data-path``), so the same app serves Flower's
-Simulation Engine and real SuperNodes.
+``train``    tau local steps per client (client/train.py); the reply's ``updates``
+             ArrayRecord stacks every client's update (local state - received state) on a
+             leading axis, in the order of ``metrics["partition-id"]``, with each client's
+             ``num-examples``, ``skipped`` flag and training losses as lists.
+``evaluate`` personalises a functional copy of the received theta with k steps on each
+             client's train split and scores it, before and after, on its held-out test
+             split (common/personalize.py). A node whose node config has ``model-dir``
+             also keeps each personalised model on its own disk (client/model_store.py).
+
+A client too small for the configured batches is reported as skipped, with the reason,
+while the rest of its cohort trains. A node's identity and data come from its node config
+(``partition-id``, ``num-partitions``; optionally ``data-path``), so the same app serves
+Flower's Simulation Engine and real SuperNodes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,15 +32,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.model_store import save_personalized
-from client.runtime import ClientRuntime, runtime_for
-from client.train import LocalResult, meta_train, sgd_train
-from common.arrays import from_record, join_state, split_state, to_record, to_tensors
+from client.runtime import ClientRuntime, NodeRuntime, node_runtime
+from client.train import CohortResult, train_cohort
+from common.arrays import ALPHA_PREFIX, from_record, split_state, to_record, to_tensors
 from common.config import Algorithm, settings_to_run_config
-from common.personalize import personalize_and_score
+from common.personalize import evaluate_cohort
 
 app = ClientApp()
 
-PERSONAL_STATE_KEY = "personal-model"  # context.state slot of the 'local' baseline
+PERSONAL_STATE_PREFIX = "personal-model/"  # context.state slot of the 'local' baseline
+TRAIN_PURPOSE, EVALUATE_PURPOSE = 0, 1  # rng streams of a round
 
 
 @dataclass(frozen=True)
@@ -40,109 +50,188 @@ class Received:
     alpha: dict[str, torch.Tensor] | None
     state: dict[str, np.ndarray]
     server_round: int
+    clients: list[int]  # partition ids asked for, in order
 
 
-def _unpack(msg: Message, rt: ClientRuntime) -> Received:
+@dataclass(frozen=True)
+class Cohort:
+    """The asked-for clients: those that can run, and why the others cannot."""
+
+    ready: list[ClientRuntime]
+    skipped: dict[int, str]  # partition id -> reason
+    order: list[int]  # every asked-for partition id, in the reply's order
+
+
+def _unpack(msg: Message, node: NodeRuntime) -> Received:
     state = from_record(msg.content["arrays"])
     theta, alpha = split_state(state)
-    server_round = int(msg.content["config"]["server-round"])
+    config = msg.content["config"]
+    clients = config.get("clients")
     return Received(
-        theta=to_tensors(theta, rt.device),
-        alpha=to_tensors(alpha, rt.device) if alpha is not None else None,
+        theta=to_tensors(theta, node.device),
+        alpha=to_tensors(alpha, node.device) if alpha is not None else None,
         state=state,
-        server_round=server_round,
+        server_round=int(config["server-round"]),
+        clients=list(node.partitions) if clients is None else [int(c) for c in clients],  # type: ignore[union-attr]
     )
 
 
-def _skip_reply(msg: Message, reason: str) -> Message:
-    """A client too small for the configured batches reports why instead of crashing."""
+def _cohort(node: NodeRuntime, clients: list[int]) -> Cohort:
+    ready, skipped = [], {}
+    for pid in dict.fromkeys(clients):  # a repeated id is served once
+        if pid not in node.partitions:
+            skipped[pid] = (
+                f"partition {pid} is not hosted by this node (it hosts "
+                f"{node.partitions.start}..{node.partitions.stop - 1})"
+            )
+            continue
+        rt = node.client(pid)
+        if reason := rt.too_small_reason:
+            skipped[pid] = reason
+        else:
+            ready.append(rt)
+    return Cohort(ready, skipped, list(dict.fromkeys(clients)))
+
+
+def _reply(
+    msg: Message, cohort: Cohort, values: dict[int, dict[str, float | int]],
+    arrays: ArrayRecord | None,
+) -> Message:  # fmt: skip
+    """Per-client lists in ``cohort.order``; skipped clients get zeros and their reason."""
+    keys = sorted({k for v in values.values() for k in v})
+    metrics: dict[str, list] = {
+        "partition-id": cohort.order,
+        "skipped": [int(p in cohort.skipped) for p in cohort.order],
+    }
+    for k in keys:
+        column = [values.get(p, {}).get(k, 0) for p in cohort.order]
+        metrics[k] = column if k == "num-examples" else [float(x) for x in column]
+    metrics.setdefault("num-examples", [0] * len(cohort.order))
     content = RecordDict(
         {
-            "metrics": MetricRecord({"num-examples": 0, "skipped": 1}),
-            "skip": ConfigRecord({"reason": reason}),
+            "metrics": MetricRecord(metrics),
+            "skip": ConfigRecord({"reasons": [cohort.skipped.get(p, "") for p in cohort.order]}),
         }
     )
+    if arrays is not None:
+        content["updates"] = arrays
     return Message(content, reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    rt = runtime_for(context)
-    if rt.too_small_reason:
-        return _skip_reply(msg, rt.too_small_reason)
-    got = _unpack(msg, rt)
-    s = rt.settings
-    rng = rt.rng(got.server_round, purpose=0)
-    x, y = rt.train_tensors
+    node = node_runtime(context)
+    got = _unpack(msg, node)
+    cohort = _cohort(node, got.clients)
+    s = node.settings
+    updates = {k: np.zeros((len(cohort.order), *v.shape), v.dtype) for k, v in got.state.items()}
+    values: dict[int, dict[str, float | int]] = {}
+    if cohort.ready:
+        rows = [cohort.order.index(rt.partition_id) for rt in cohort.ready]
+        result = _train(context, node, got, cohort.ready)
+        if s.algo is not Algorithm.LOCAL:  # 'local' shares nothing: its update stays zero
+            for key, stacked in _stacked_updates(result, got).items():
+                updates[key][rows] = stacked
+        for j, rt in enumerate(cohort.ready):
+            values[rt.partition_id] = {k: float(v[j]) for k, v in result.metrics.items()}
+            values[rt.partition_id]["num-examples"] = rt.data.num_train
+    return _reply(msg, cohort, values, to_record(updates))
+
+
+def _train(
+    context: Context, node: NodeRuntime, got: Received, ready: list[ClientRuntime]
+) -> CohortResult:
+    s = node.settings
+    clients = [(rt.data.x_train, rt.data.y_train) for rt in ready]
+    rngs = [rt.rng(got.server_round, TRAIN_PURPOSE) for rt in ready]
     if s.algo is Algorithm.LOCAL:
-        start = _personal_params(context, rt) or got.theta
-        result = sgd_train(rt.model, start, x, y, s, rng)
-        context.state[PERSONAL_STATE_KEY] = to_record(result.params)
-        # 'local' shares nothing: its update is zero, so the shared theta stays at init.
-        update = {k: np.zeros_like(v) for k, v in got.state.items()}
-    else:
-        if s.meta_order is None:
-            result = sgd_train(rt.model, got.theta, x, y, s, rng)
-        else:
-            lr = got.alpha if s.learns_inner_lr and got.alpha is not None else s.inner_lr
-            result = meta_train(rt.model, got.theta, lr, x, y, s, s.meta_order, rng)
-        update = _update(result, got)
-    metrics = MetricRecord({**result.metrics, "num-examples": rt.data.num_train, "skipped": 0})
-    content = RecordDict({"arrays": to_record(update), "metrics": metrics})
-    return Message(content, reply_to=msg)
+        start = _personal_params(context, node, got, ready)
+        result = train_cohort(
+            node.model, got.theta, s.inner_lr, clients, rngs, s, node.device, meta=False,
+            start=start,
+        )  # fmt: skip
+        for j, rt in enumerate(ready):
+            context.state[PERSONAL_STATE_PREFIX + str(rt.partition_id)] = to_record(
+                {n: p[j] for n, p in result.params.items()}
+            )
+        return result
+    lr = got.alpha if s.learns_inner_lr and got.alpha is not None else s.inner_lr
+    meta = s.meta_order is not None
+    return train_cohort(node.model, got.theta, lr, clients, rngs, s, node.device, meta=meta)
 
 
-def _update(result: LocalResult, got: Received) -> dict[str, np.ndarray]:
-    local = join_state(
-        {n: p.cpu().numpy() for n, p in result.params.items()},
-        {n: a.cpu().numpy() for n, a in result.inner_lr.items()} if result.inner_lr else None,
-    )
-    return {k: (local[k] - got.state[k]).astype(got.state[k].dtype) for k in got.state}
+def _stacked_updates(result: CohortResult, got: Received) -> dict[str, np.ndarray]:
+    """(local state - received state) of every client, stacked, on the CPU, in its dtype."""
+    out = {n: (p - got.theta[n]).cpu().numpy() for n, p in result.params.items()}
+    if result.inner_lr is not None and got.alpha is not None:
+        out |= {
+            ALPHA_PREFIX + n: (a - got.alpha[n]).cpu().numpy() for n, a in result.inner_lr.items()
+        }
+    return {k: out[k].astype(got.state[k].dtype) for k in got.state}
 
 
-def _personal_params(context: Context, rt: ClientRuntime) -> dict[str, torch.Tensor] | None:
-    if PERSONAL_STATE_KEY not in context.state:
-        return None
-    record = context.state[PERSONAL_STATE_KEY]
-    assert isinstance(record, ArrayRecord)
-    return to_tensors(from_record(record), rt.device)
+def _personal_params(
+    context: Context, node: NodeRuntime, got: Received, ready: list[ClientRuntime]
+) -> dict[str, torch.Tensor]:
+    """Each client's own model ('local' baseline), theta where it has none yet; stacked."""
+    rows = []
+    for rt in ready:
+        record = context.state.get(PERSONAL_STATE_PREFIX + str(rt.partition_id))
+        rows.append(
+            to_tensors(from_record(record), node.device)
+            if isinstance(record, ArrayRecord)
+            else got.theta
+        )
+    return {n: torch.stack([r[n] for r in rows]) for n in got.theta}
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    rt = runtime_for(context)
-    if rt.too_small_reason:
-        return _skip_reply(msg, rt.too_small_reason)
-    got = _unpack(msg, rt)
-    s = rt.settings
-    params = got.theta
-    if s.algo is Algorithm.LOCAL:
-        params = _personal_params(context, rt) or got.theta
+    node = node_runtime(context)
+    got = _unpack(msg, node)
+    cohort = _cohort(node, got.clients)
+    s = node.settings
+    values: dict[int, dict[str, float | int]] = {}
+    if not cohort.ready:
+        return _reply(msg, cohort, values, None)
+    local = s.algo is Algorithm.LOCAL
+    params = _personal_params(context, node, got, cohort.ready) if local else got.theta
     lr = got.alpha if got.alpha is not None else s.inner_lr
-    result = personalize_and_score(
-        rt.model, params, lr, rt.data,
-        steps=s.eval_steps if s.adapts_at_evaluation else 0,
-        batch_size=s.batch_size, task=s.task, rng=rt.rng(got.server_round, purpose=1),
-        device=rt.device,
+    steps = s.eval_steps if s.adapts_at_evaluation else 0
+    results = evaluate_cohort(
+        node.model, params, lr, [rt.data for rt in cohort.ready],
+        [rt.rng(got.server_round, EVALUATE_PURPOSE) for rt in cohort.ready],
+        steps=(steps,), batch_size=s.batch_size, task=s.task, device=node.device,
+        cohort_size=s.cohort_size, per_client_params=local,
     )  # fmt: skip
-    before, after = result.before, result.after
-    values: dict[str, float | int] = {
-        "num-examples": rt.data.num_test,
-        "partition-id": rt.partition_id,
-        "loss-before": before.loss,
-        "loss-after": after.loss,
-        "skipped": 0,
-    }
-    if before.accuracy is not None and after.accuracy is not None:
-        values |= {"acc-before": before.accuracy, "acc-after": after.accuracy}
-    if model_dir := str(context.node_config.get("model-dir", "")):
-        save_personalized(model_dir, result.params, _model_info(rt, context, got, values))
-    return Message(RecordDict({"metrics": MetricRecord(values)}), reply_to=msg)
+    model_dir = str(context.node_config.get("model-dir", ""))
+    for rt, result in zip(cohort.ready, results, strict=True):
+        before, after = result.before, result.after
+        row: dict[str, float | int] = {
+            "num-examples": rt.data.num_test,
+            "loss-before": before.loss,
+            "loss-after": after.loss,
+        }
+        if before.accuracy is not None and after.accuracy is not None:
+            row |= {"acc-before": before.accuracy, "acc-after": after.accuracy}
+        values[rt.partition_id] = row
+        if model_dir:
+            folder = _model_folder(model_dir, node, rt.partition_id)
+            info = _model_info(rt, node, context, got, row, steps)
+            save_personalized(folder, result.params, info)
+    return _reply(msg, cohort, values, None)
+
+
+def _model_folder(model_dir: str, node: NodeRuntime, partition_id: int) -> Path:
+    """A one-client node keeps its model in model-dir; a cohort node one folder per client."""
+    root = Path(model_dir)
+    return root if len(node.partitions) == 1 else root / f"partition-{partition_id}"
 
 
 def _model_info(
-    rt: ClientRuntime, context: Context, got: Received, scores: dict[str, float | int]
-) -> dict[str, Any]:
+    rt: ClientRuntime, node: NodeRuntime, context: Context, got: Received,
+    scores: dict[str, float | int], steps: int,
+) -> dict[str, Any]:  # fmt: skip
     """What a device needs to know about its saved model: origin, scores, settings."""
     return {
         "run-id": context.run_id,
@@ -151,13 +240,16 @@ def _model_info(
         "num-partitions": rt.num_partitions,
         "num-test": rt.data.num_test,
         "scores": {k: v for k, v in scores.items() if k.startswith(("loss-", "acc-"))},
-        "eval-steps": rt.settings.eval_steps if rt.settings.adapts_at_evaluation else 0,
-        "settings": settings_to_run_config(rt.settings),  # rebuilds the model: model_for()
+        "eval-steps": steps,
+        "settings": settings_to_run_config(node.settings),  # rebuilds the model: model_for()
     }
 
 
 @app.query()
 def identity(msg: Message, context: Context) -> Message:
-    """Tell the server which partition this node serves (used for reproducible sampling)."""
-    pid = int(context.node_config["partition-id"])
-    return Message(RecordDict({"identity": MetricRecord({"partition-id": pid})}), reply_to=msg)
+    """Tell the server which clients (partitions) this node hosts (for reproducible sampling)."""
+    node = node_runtime(context)
+    content = MetricRecord(
+        {"partition-id": node.node_partition, "partitions": list(node.partitions)}
+    )
+    return Message(RecordDict({"identity": content}), reply_to=msg)

@@ -1,15 +1,16 @@
-"""What a client needs every round, built once per (run, node) in a process and reused.
+"""What a node needs every round, built once per (run, client) in a process and reused.
 
-Flower calls the ClientApp many times per process (a Simulation Engine actor serves
-hundreds of nodes), so the settings, the node's data and the model skeleton are cached
-here rather than rebuilt on every message. Settings are parsed and the skeleton built
-once per run config, and shared by every node: the skeleton only gives
-``functional_call`` its structure (models carry no buffers, common/models.py), so no node
-can leave anything in it. Node data is kept for the most recently served nodes up to
-``DATA_CACHE_BYTES`` per process, so 1,000 sinusoid clients all stay cached while a
-process serving FEMNIST or Omniglot writers holds a bounded amount. Nothing learned lives
-here: the shared state arrives in each message and a node's personal state lives in
-``context.state``.
+A Flower node hosts ``clients-per-node`` = M clients: node ``partition-id`` i of
+``num-partitions`` N serves partitions i*M .. (i+1)*M-1 of N*M (M = 1 is one client per
+node). Flower calls the ClientApp many times per process (a Simulation Engine actor serves
+many nodes), so the settings, every client's data and the model skeleton are cached here
+rather than rebuilt on every message. Settings are parsed and the skeleton built once per
+run config and shared by every client: the skeleton only gives ``functional_call`` its
+structure (models carry no buffers, common/models.py), so no client can leave anything in
+it. Client data is kept for the most recently served clients up to ``DATA_CACHE_BYTES``
+per process, so 10,000 sinusoid clients all stay cached while a process serving FEMNIST or
+Omniglot writers holds a bounded amount. Nothing learned lives here: the shared state
+arrives in each message and a client's personal state lives in ``context.state``.
 """
 
 from __future__ import annotations
@@ -23,25 +24,23 @@ from functools import lru_cache
 import numpy as np
 import torch
 from flwr.app import Context
-from torch import Tensor, nn
+from torch import nn
 
 from common.config import Settings, parse_settings
 from common.data.registry import load_client_data
 from common.data.types import ClientData
 from common.device import select_device
 from common.models import model_for
-from common.personalize import tensors_of
 
 
 @dataclass(frozen=True)
 class ClientRuntime:
+    """One client (data partition): its settings, data and randomness."""
+
     settings: Settings
     partition_id: int
     num_partitions: int
-    device: torch.device
-    model: nn.Module
     data: ClientData
-    train_tensors: tuple[Tensor, Tensor]
 
     @property
     def too_small_reason(self) -> str | None:
@@ -60,15 +59,43 @@ class ClientRuntime:
         return np.random.default_rng([self.settings.seed, self.partition_id, server_round, purpose])
 
 
-def runtime_for(context: Context) -> ClientRuntime:
+@dataclass(frozen=True)
+class NodeRuntime:
+    """One Flower node: which clients it hosts, and the shared model skeleton and device."""
+
+    settings: Settings
+    node_partition: int  # the node config's partition-id
+    partitions: range  # the clients this node hosts
+    num_partitions: int  # clients in the whole federation
+    device: torch.device
+    model: nn.Module
+    data_path: str
+
+    def client(self, partition_id: int) -> ClientRuntime:
+        if partition_id not in self.partitions:
+            raise KeyError(
+                f"partition {partition_id} is not hosted by this node (it hosts "
+                f"{self.partitions.start}..{self.partitions.stop - 1})"
+            )
+        return _CLIENTS.get((self.settings, partition_id, self.num_partitions))
+
+
+def node_runtime(context: Context) -> NodeRuntime:
     node = context.node_config
-    key = (
-        tuple(sorted(context.run_config.items())),
-        int(node["partition-id"]),
-        int(node["num-partitions"]),
-        str(node.get("data-path", "")),
+    data_path = str(node.get("data-path", ""))
+    settings = _settings(tuple(sorted(context.run_config.items())), data_path)
+    index, nodes = int(node["partition-id"]), int(node["num-partitions"])
+    per_node = settings.clients_per_node
+    model = _skeleton(settings)
+    return NodeRuntime(
+        settings=settings,
+        node_partition=index,
+        partitions=range(index * per_node, (index + 1) * per_node),
+        num_partitions=nodes * per_node,
+        device=select_device(settings.device, model),
+        model=model,
+        data_path=data_path,
     )
-    return _RUNTIMES.get(key)
 
 
 @lru_cache(maxsize=8)
@@ -84,36 +111,18 @@ def _skeleton(settings: Settings) -> nn.Module:
     return model_for(settings)
 
 
-def _build_runtime(
-    run_config: tuple[tuple[str, object], ...],
-    partition_id: int,
-    num_partitions: int,
-    node_data_path: str,
-) -> ClientRuntime:
-    settings = _settings(run_config, node_data_path)
-    device = select_device(settings.device)
+def _build_client(settings: Settings, partition_id: int, num_partitions: int) -> ClientRuntime:
     data = load_client_data(settings, partition_id, num_partitions)
-    x, y, _, _ = tensors_of(data, settings.task, device)
-    return ClientRuntime(
-        settings=settings,
-        partition_id=partition_id,
-        num_partitions=num_partitions,
-        device=device,
-        model=_skeleton(settings),
-        data=data,
-        train_tensors=(x, y),
-    )
+    return ClientRuntime(settings, partition_id, num_partitions, data)
 
 
 def _data_bytes(rt: ClientRuntime) -> int:
     d = rt.data
-    host = sum(a.nbytes for a in (d.x_train, d.y_train, d.x_test, d.y_test))
-    on_device = 0 if rt.device.type == "cpu" else sum(t.nbytes for t in rt.train_tensors)
-    return host + on_device
+    return sum(a.nbytes for a in (d.x_train, d.y_train, d.x_test, d.y_test))
 
 
 class RuntimeCache:
-    """Least-recently-used runtimes, bounded by the bytes of their data (at least one kept)."""
+    """Least-recently-used client runtimes, bounded by the bytes of their data (>= 1 kept)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -129,7 +138,7 @@ class RuntimeCache:
             if (hit := self._items.get(key)) is not None:
                 self._items.move_to_end(key)
                 return hit[0]
-            rt = _build_runtime(*key)
+            rt = _build_client(*key)
             size = _data_bytes(rt)
             self._items[key] = (rt, size)
             self.bytes += size
@@ -140,4 +149,4 @@ class RuntimeCache:
 
 
 DATA_CACHE_BYTES = 256 * 2**20
-_RUNTIMES = RuntimeCache(DATA_CACHE_BYTES)
+_CLIENTS = RuntimeCache(DATA_CACHE_BYTES)

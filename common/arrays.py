@@ -70,3 +70,35 @@ def check_update(update: Mapping[str, np.ndarray], reference: Mapping[str, np.nd
             raise UpdateRejected(f"'{key}' has dtype {got.dtype}, expected {ref.dtype}")
         if not np.all(np.isfinite(got)):
             raise UpdateRejected(f"'{key}' contains NaN or infinite values")
+
+
+def check_stacked(
+    stacked: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], clients: int
+) -> None:
+    """Like :func:`check_update` for ``clients`` updates stacked on a leading axis.
+
+    Finiteness is left to :func:`nonfinite_rows`: one bad client must not sink the others.
+    """
+    missing = sorted(set(reference) - set(stacked))
+    extra = sorted(set(stacked) - set(reference))
+    if missing or extra:
+        raise UpdateRejected(f"keys differ from the shared state: missing {missing}, extra {extra}")
+    for key, ref in reference.items():
+        got = stacked[key]
+        if got.shape != (clients, *ref.shape):
+            raise UpdateRejected(
+                f"'{key}' has shape {got.shape}, expected {(clients, *ref.shape)} "
+                f"({clients} client(s) of shape {ref.shape})"
+            )
+        if got.dtype != ref.dtype:
+            raise UpdateRejected(f"'{key}' has dtype {got.dtype}, expected {ref.dtype}")
+
+
+def nonfinite_rows(stacked: Mapping[str, np.ndarray], clients: int) -> dict[int, str]:
+    """Client row -> the first key whose update holds a NaN or an infinite value."""
+    bad: dict[int, str] = {}
+    for key, value in stacked.items():
+        finite = np.isfinite(value.reshape(clients, -1)).all(axis=1)
+        for row in np.flatnonzero(~finite):
+            bad.setdefault(int(row), key)
+    return bad

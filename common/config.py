@@ -113,6 +113,11 @@ class Settings:
     num_rounds: int = _spec(_POS_INT, 100)
     fraction_train: float = _spec(_FRACTION, 0.1)
     fraction_evaluate: float = _spec(_FRACTION, 0.1)
+    # how many clients (data partitions) one Flower node hosts and trains together: node i
+    # of N hosts partitions i*M .. (i+1)*M-1 of N*M; 1 is one client per node
+    clients_per_node: int = _spec(_POS_INT, 1)
+    # at most this many of a node's clients run in one vmapped call (memory); 0: all at once
+    cohort_size: int = _spec(_NONNEG_INT, 0)
     min_available_nodes: int = _spec(_POS_INT, 2)
     node_wait_timeout: float = _spec(_POS, 120.0)  # seconds to wait for min-available-nodes
     round_timeout: float = _spec(_POS, 600.0)  # seconds a round waits for replies

@@ -8,6 +8,12 @@ Parameters travel as ``dict[str, Tensor]`` and the model is only ever called thr
 ``torch.func.functional_call``: nothing is deep-copied, nothing writes ``.data``, and no
 optimizer runs inside the inner loop, so the graph from theta (and a learned alpha)
 to the query loss stays intact whenever the chosen order needs it.
+
+Every function here is written with ``torch.func`` transforms (``grad``, ``vjp``) and
+returns tensors, never Python floats: nothing syncs with the host and nothing branches on
+a tensor's value. So each one is the per-task function of a batch of tasks as it is:
+``torch.func.vmap`` runs it over many clients at once (client/train.py,
+common/personalize.py), and a single client is the same function called once.
 """
 
 from __future__ import annotations
@@ -15,9 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, grad, grad_and_value, vjp
 
 from common.config import MetaOrder
 
@@ -32,16 +37,11 @@ def task_loss(model: nn.Module, params: Params, batch: Batch, loss_fn: LossFn) -
     return loss_fn(functional_call(model, params, (x,)), y)
 
 
-def gradients(loss: Tensor, params: Params, create_graph: bool) -> Params:
-    """d loss / d params, with zeros for parameters the loss does not reach."""
-    names = list(params)
-    grads = torch.autograd.grad(
-        loss, [params[n] for n in names], create_graph=create_graph, allow_unused=True
-    )
-    return {
-        n: torch.zeros_like(params[n]) if g is None else g
-        for n, g in zip(names, grads, strict=True)
-    }
+def loss_and_gradients(
+    model: nn.Module, params: Params, batch: Batch, loss_fn: LossFn
+) -> tuple[Params, Tensor]:
+    """(d loss / d params, loss). Differentiable further wherever ``params`` are."""
+    return grad_and_value(lambda p: task_loss(model, p, batch, loss_fn))(params)
 
 
 def sgd_step(params: Params, grads: Params, lr: StepSize) -> Params:
@@ -49,6 +49,36 @@ def sgd_step(params: Params, grads: Params, lr: StepSize) -> Params:
     if isinstance(lr, dict):
         return {n: p - lr[n] * grads[n] for n, p in params.items()}
     return {n: p - lr * grads[n] for n, p in params.items()}
+
+
+def _detached(t: Params) -> Params:
+    return {n: v.detach() for n, v in t.items()}
+
+
+def adapt_with_loss(
+    model: nn.Module,
+    params: Params,
+    support: Sequence[Batch],
+    loss_fn: LossFn,
+    lr: StepSize,
+    steps: int,
+    create_graph: bool,
+) -> tuple[Params, Tensor]:
+    """k inner steps (step i on ``support[i % len(support)]``) and the loss before step 1.
+
+    With ``create_graph=True`` the result is differentiable in ``params`` through every
+    step (second-order MAML). With ``False`` each inner gradient is detached, so
+    d adapted / d params is the identity (first-order) while a tensor ``lr`` still gets
+    its exact gradient through the update itself.
+    """
+    adapted, first_loss = params, None
+    for i in range(steps):
+        grads, loss = loss_and_gradients(model, adapted, support[i % len(support)], loss_fn)
+        adapted = sgd_step(adapted, grads if create_graph else _detached(grads), lr)
+        first_loss = loss if first_loss is None else first_loss
+    if first_loss is None:  # steps == 0
+        first_loss = task_loss(model, params, support[0], loss_fn)
+    return adapted, first_loss
 
 
 def adapt(
@@ -60,32 +90,18 @@ def adapt(
     steps: int,
     create_graph: bool,
 ) -> Params:
-    """k inner steps; step i uses ``support[i % len(support)]``.
-
-    With ``create_graph=True`` the result is differentiable in ``params`` through every
-    step (second-order MAML). With ``False`` each inner gradient is a constant, so
-    d adapted / d params is the identity (first-order) while a tensor ``lr`` still gets
-    its exact gradient through the update itself.
-    """
-    adapted = params
-    for i in range(steps):
-        loss = task_loss(model, adapted, support[i % len(support)], loss_fn)
-        adapted = sgd_step(adapted, gradients(loss, adapted, create_graph), lr)
-    return adapted
+    """k inner steps; see :func:`adapt_with_loss`."""
+    return adapt_with_loss(model, params, support, loss_fn, lr, steps, create_graph)[0]
 
 
 @dataclass(frozen=True)
 class MetaGradient:
-    """Gradient of the meta objective, plus the losses seen on the way."""
+    """Gradient of the meta objective, plus the losses seen on the way (0-d tensors)."""
 
     params: Params  # dF/dtheta
     inner_lr: Params | None  # dF/dalpha when alpha is learned (Meta-SGD), else None
-    support_loss: float  # L(theta; D) before adaptation
-    query_loss: float  # L(theta'; D') after adaptation
-
-
-def _leaves(t: Params) -> Params:
-    return {n: v.detach().requires_grad_(True) for n, v in t.items()}
+    support_loss: Tensor  # L(theta; D) before adaptation
+    query_loss: Tensor  # L(theta'; D') after adaptation
 
 
 def meta_gradient(
@@ -108,41 +124,37 @@ def meta_gradient(
     """
     if order is MetaOrder.HESSIAN_FREE:
         return _hessian_free(
-            model,
-            params,
-            support,
-            query,
-            hessian_batch or support,
-            loss_fn,
-            inner_lr,
-            hessian_mode,
-            fd_delta,
+            model, params, support, query, hessian_batch or support, loss_fn,
+            inner_lr, hessian_mode, fd_delta,
+        )  # fmt: skip
+    second = order is MetaOrder.SECOND
+
+    def objective(theta: Params, lr: StepSize) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        adapted, support_loss = adapt_with_loss(
+            model, theta, [support], loss_fn, lr, inner_steps, create_graph=second
         )
-    theta = _leaves(params)
-    lr = _leaves(inner_lr) if isinstance(inner_lr, dict) else inner_lr
-    support_loss = task_loss(model, theta, support, loss_fn)
-    adapted = adapt(
-        model, theta, [support], loss_fn, lr, inner_steps, create_graph=order is MetaOrder.SECOND
-    )
-    query_loss = task_loss(model, adapted, query, loss_fn)
-    wrt = dict(theta) | ({f"lr:{n}": v for n, v in lr.items()} if isinstance(lr, dict) else {})
-    grads = gradients(query_loss, wrt, create_graph=False)
-    return MetaGradient(
-        params={n: grads[n] for n in theta},
-        inner_lr={n: grads[f"lr:{n}"] for n in theta} if isinstance(lr, dict) else None,
-        support_loss=float(support_loss.detach()),
-        query_loss=float(query_loss.detach()),
-    )
+        query_loss = task_loss(model, adapted, query, loss_fn)
+        return query_loss, (support_loss, query_loss)
+
+    theta = _detached(params)
+    if isinstance(inner_lr, dict):
+        (g, g_lr), (support_loss, query_loss) = grad(objective, argnums=(0, 1), has_aux=True)(
+            theta, _detached(inner_lr)
+        )
+        return MetaGradient(g, g_lr, support_loss, query_loss)
+    g, (support_loss, query_loss) = grad(objective, has_aux=True)(theta, inner_lr)
+    return MetaGradient(g, None, support_loss, query_loss)
 
 
 def hessian_vector_product(
     model: nn.Module, params: Params, batch: Batch, loss_fn: LossFn, vector: Params
 ) -> Params:
-    """Exact H(theta; batch) @ vector by double backward (Pearlmutter 1994)."""
-    theta = _leaves(params)
-    grads = gradients(task_loss(model, theta, batch, loss_fn), theta, create_graph=True)
-    dot = sum((grads[n] * vector[n].detach()).sum() for n in theta)
-    return gradients(dot, theta, create_graph=False)  # type: ignore[arg-type]
+    """Exact H(theta; batch) @ vector, reverse over reverse (Pearlmutter 1994).
+
+    H is symmetric, so the vector-Jacobian product of the gradient map is H @ v.
+    """
+    _, pullback = vjp(lambda p: loss_and_gradients(model, p, batch, loss_fn)[0], params)
+    return pullback(_detached(vector))[0]
 
 
 def finite_difference_hvp(
@@ -151,8 +163,8 @@ def finite_difference_hvp(
     """[grad L(theta + d v) - grad L(theta - d v)] / 2d (Fallah et al. 2020, eq. 10)."""
 
     def grad_at(sign: float) -> Params:
-        shifted = _leaves({n: p + sign * delta * vector[n] for n, p in params.items()})
-        return gradients(task_loss(model, shifted, batch, loss_fn), shifted, create_graph=False)
+        shifted = {n: p + sign * delta * vector[n] for n, p in params.items()}
+        return loss_and_gradients(model, shifted, batch, loss_fn)[0]
 
     plus, minus = grad_at(1.0), grad_at(-1.0)
     return {n: (plus[n] - minus[n]) / (2 * delta) for n in params}
@@ -176,28 +188,19 @@ def _hessian_free(
     For a per-parameter alpha the Jacobian of theta' is I - diag(alpha) H, so the product
     is v - H (alpha * v); dF/dalpha = -grad L(theta; D) * v is exact for one step.
     """
-    theta = _leaves(params)
-    support_loss = task_loss(model, theta, support, loss_fn)
-    g_support = gradients(support_loss, theta, create_graph=False)
-    adapted = _leaves(sgd_step(theta, g_support, _detached(inner_lr)))
-    query_loss = task_loss(model, adapted, query, loss_fn)
-    v = gradients(query_loss, adapted, create_graph=False)
-    scaled = (
-        {n: inner_lr[n].detach() * v[n] for n in v}
-        if isinstance(inner_lr, dict)
-        else {n: inner_lr * v[n] for n in v}
-    )
+    theta = _detached(params)
+    lr = _detached(inner_lr) if isinstance(inner_lr, dict) else inner_lr
+    g_support, support_loss = loss_and_gradients(model, theta, support, loss_fn)
+    adapted = sgd_step(theta, g_support, lr)
+    v, query_loss = loss_and_gradients(model, adapted, query, loss_fn)
+    scaled = {n: lr[n] * v[n] for n in v} if isinstance(lr, dict) else {n: lr * v[n] for n in v}
     if hessian_mode == "exact":
-        hv = hessian_vector_product(model, params, hessian_batch, loss_fn, scaled)
+        hv = hessian_vector_product(model, theta, hessian_batch, loss_fn, scaled)
     else:
-        hv = finite_difference_hvp(model, params, hessian_batch, loss_fn, scaled, fd_delta)
+        hv = finite_difference_hvp(model, theta, hessian_batch, loss_fn, scaled, fd_delta)
     return MetaGradient(
         params={n: v[n] - hv[n] for n in v},
-        inner_lr={n: -g_support[n] * v[n] for n in v} if isinstance(inner_lr, dict) else None,
-        support_loss=float(support_loss.detach()),
-        query_loss=float(query_loss.detach()),
+        inner_lr={n: -g_support[n] * v[n] for n in v} if isinstance(lr, dict) else None,
+        support_loss=support_loss,
+        query_loss=query_loss,
     )
-
-
-def _detached(lr: StepSize) -> StepSize:
-    return {n: v.detach() for n, v in lr.items()} if isinstance(lr, dict) else lr

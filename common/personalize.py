@@ -1,25 +1,35 @@
 """Personalise a functional copy of theta on a client's train split; score on its test split.
 
-This is the only evaluation path, used by clients every round and by the server for
-clients never seen in training. Adaptation reads ``x_train``/``y_train`` only and
-scoring reads ``x_test``/``y_test`` only, so no score is ever taken on data the model
-adapted on (the evaluation leak common in public Per-FedAvg code).
+This is the only evaluation path, used by clients every round (one or a whole cohort at a
+time) and by the server for clients never seen in training. Adaptation reads
+``x_train``/``y_train`` only and scoring reads ``x_test``/``y_test`` only, so no score is
+ever taken on data the model adapted on (the evaluation leak common in public Per-FedAvg
+code).
+
+:func:`personalize_scores` is the per-task function: pure, tensors in and out, so
+:func:`evaluate_cohort` runs it for many clients at once under ``torch.func.vmap``. A
+client is scored after each requested number of steps along *one* adaptation (the scores
+after 1 and after 10 steps come from the same batches), and test splits of different
+sizes are zero-padded and masked, so batching changes speed, never a score beyond float
+rounding.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from common.config import Task
 from common.data.episodes import EpisodicData, evaluation_episodes
 from common.data.types import ClientData
 from common.meta import Batch, LossFn, Params, StepSize, adapt
+from common.tasks import HostBatch, draw_indices
 
 
 def loss_fn_for(task: Task) -> LossFn:
@@ -32,65 +42,216 @@ class Score:
     accuracy: float | None  # None for regression
 
 
-@torch.no_grad()
-def score(model: nn.Module, params: Params, x: Tensor, y: Tensor, task: Task) -> Score:
-    out = functional_call(model, params, (x,))
-    loss = float(loss_fn_for(task)(out, y))
-    if task is Task.REGRESSION:
-        return Score(loss, None)
-    return Score(loss, float((out.argmax(dim=1) == y).float().mean()))
-
-
-def sample_batch(x: Tensor, y: Tensor, size: int, rng: np.random.Generator) -> Batch:
-    """``size`` distinct examples (all of them when the split is not larger)."""
-    n = x.shape[0]
-    if n <= size:
-        return x, y
-    idx = torch.from_numpy(rng.choice(n, size=size, replace=False)).to(x.device)
-    return x[idx], y[idx]
-
-
-def personalize(
-    model: nn.Module,
-    params: Params,
-    inner_lr: StepSize,
-    x_train: Tensor,
-    y_train: Tensor,
-    *,
-    steps: int,
-    batch_size: int,
-    task: Task,
-    rng: np.random.Generator,
-) -> Params:
-    """k gradient steps from theta on batches of the train split; theta is not touched."""
-    if steps == 0:
-        return params
-    support = [sample_batch(x_train, y_train, batch_size, rng) for _ in range(steps)]
-    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    lr = {n: a.detach() for n, a in inner_lr.items()} if isinstance(inner_lr, dict) else inner_lr
-    with torch.enable_grad():
-        adapted = adapt(model, leaves, support, loss_fn_for(task), lr, steps, create_graph=False)
-    return {n: p.detach() for n, p in adapted.items()}
-
-
-def tensors_of(data: ClientData, task: Task, device: torch.device) -> tuple[Tensor, ...]:
-    """(x_train, y_train, x_test, y_test) as tensors on ``device`` with the task's dtypes."""
-    y_dtype = torch.float32 if task is Task.REGRESSION else torch.int64
-    return (
-        torch.as_tensor(data.x_train, dtype=torch.float32, device=device),
-        torch.as_tensor(data.y_train, dtype=y_dtype, device=device),
-        torch.as_tensor(data.x_test, dtype=torch.float32, device=device),
-        torch.as_tensor(data.y_test, dtype=y_dtype, device=device),
-    )
-
-
 @dataclass(frozen=True)
 class Personalized:
     """Scores before and after adaptation, and the adapted parameters themselves."""
 
     before: Score
-    after: Score
-    params: Params  # theta after ``steps`` steps on the train split (theta when steps == 0)
+    after: Score  # after the largest requested step count
+    params: Params  # theta after that many steps on the train split (theta for 0 steps)
+    by_steps: dict[int, Score]  # every requested step count (0 = before)
+
+
+def masked_scores(
+    model: nn.Module, params: Params, test: tuple[Tensor, Tensor, Tensor], task: Task
+) -> tuple[Tensor, Tensor]:
+    """(mean loss, accuracy) over the rows of ``test`` = (x, y, mask) where mask is 1."""
+    x, y, mask = test
+    out = functional_call(model, params, (x,))
+    if task is Task.REGRESSION:
+        per_row = ((out - y) ** 2).flatten(1).mean(1)
+        correct = torch.zeros_like(per_row)
+    else:
+        per_row = F.cross_entropy(out, y, reduction="none")
+        correct = (out.argmax(dim=1) == y).to(per_row.dtype)
+    count = mask.sum()
+    return (per_row * mask).sum() / count, (correct * mask).sum() / count
+
+
+def personalize_scores(
+    model: nn.Module,
+    params: Params,
+    inner_lr: StepSize,
+    support: Batch,
+    test: tuple[Tensor, Tensor, Tensor],
+    *,
+    steps: tuple[int, ...],
+    task: Task,
+) -> tuple[Tensor, Tensor, Params]:
+    """Per task: losses and accuracies after each count in ``steps``, and the last params.
+
+    Step i adapts on ``support[i % len(support)]`` (``support`` has a leading step axis).
+    theta itself is never changed.
+    """
+    xs, ys = support
+    batches = [(xs[i], ys[i]) for i in range(xs.shape[0])]
+    loss_fn = loss_fn_for(task)
+    losses, accuracies = [], []
+    adapted, done = params, 0
+    for k in sorted(set(steps)):
+        if k > done:
+            adapted = adapt(
+                model, adapted, batches[done:] + batches[:done], loss_fn, inner_lr, k - done,
+                create_graph=False,
+            )  # fmt: skip
+            done = k
+        loss, acc = masked_scores(model, adapted, test, task)
+        losses.append(loss)
+        accuracies.append(acc)
+    return torch.stack(losses), torch.stack(accuracies), adapted
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One personalisation task on the host: adaptation batches and the scored split."""
+
+    client: int  # position of its client in the cohort
+    support: HostBatch  # leading step axis
+    test: HostBatch
+
+
+def _tasks_of(
+    data: ClientData, index: int, rng: np.random.Generator, max_steps: int, batch_size: int
+) -> list[_Task]:
+    if isinstance(data, EpisodicData):
+        # Each of ``eval_episodes`` N-way K-shot tasks adapts on its whole K-shot support
+        # (every step) and is scored on the held-out drawings of its N classes.
+        return [
+            _Task(index, (e.x_train[None], e.y_train[None]), (e.x_test, e.y_test))
+            for e in evaluation_episodes(data, rng)
+        ]
+    idx = draw_indices(rng, data.num_train, batch_size, max(max_steps, 1))
+    return [_Task(index, (data.x_train[idx], data.y_train[idx]), (data.x_test, data.y_test))]
+
+
+def evaluate_cohort(
+    model: nn.Module,
+    params: Params,
+    inner_lr: StepSize,
+    clients: Sequence[ClientData],
+    rngs: Sequence[np.random.Generator],
+    *,
+    steps: Sequence[int],
+    batch_size: int,
+    task: Task,
+    device: torch.device,
+    cohort_size: int = 0,
+    per_client_params: bool = False,
+) -> list[Personalized]:
+    """Personalise and score every client of ``clients`` (each with its own ``rng``).
+
+    ``params`` is theta for all clients, or (``per_client_params``) a stack with one row
+    per client (the 'local' baseline's own models). ``cohort_size`` > 0 bounds how many
+    tasks run in one vmapped call (memory); 0 runs them all at once. An episodic client is
+    scored on ``eval_episodes`` tasks and gets their mean; its ``params`` are those of its
+    last episode.
+    """
+    steps = tuple(sorted({0, *steps}))
+    tasks = [
+        t
+        for i, (data, rng) in enumerate(zip(clients, rngs, strict=True))
+        for t in _tasks_of(data, i, rng, max(steps), batch_size)
+    ]
+    losses = np.zeros((len(tasks), len(steps)))
+    accuracies = np.zeros((len(tasks), len(steps)))
+    adapted: list[Params] = [{} for _ in tasks]
+    lr = {n: a.detach() for n, a in inner_lr.items()} if isinstance(inner_lr, dict) else inner_lr
+    shared = {n: p.detach() for n, p in params.items()}
+    for group in _chunks(_by_support_shape(tasks), cohort_size):
+        chosen = [tasks[i] for i in group]
+        support, test = (
+            _stack_support(chosen, task, device),
+            _stack_padded_test(chosen, task, device),
+        )
+        if per_client_params:
+            rows = torch.as_tensor([t.client for t in chosen], device=device)
+            start, in_dim = {n: p.index_select(0, rows) for n, p in shared.items()}, 0
+        else:
+            start, in_dim = shared, None
+
+        def one(p: Params, s: Batch, t: tuple[Tensor, Tensor, Tensor]) -> tuple:
+            return personalize_scores(model, p, lr, s, t, steps=steps, task=task)
+
+        chunk_loss, chunk_acc, chunk_params = vmap(one, in_dims=(in_dim, 0, 0))(
+            start, support, test
+        )
+        losses[group] = chunk_loss.double().cpu().numpy()
+        accuracies[group] = chunk_acc.double().cpu().numpy()
+        for j, i in enumerate(group):
+            adapted[i] = {n: p[j] for n, p in chunk_params.items()}
+    return [
+        _client_result(
+            [j for j, t in enumerate(tasks) if t.client == c],
+            losses,
+            accuracies,
+            adapted,
+            steps,
+            task,
+        )  # fmt: skip
+        for c in range(len(clients))
+    ]
+
+
+def _client_result(
+    rows: list[int],
+    losses: np.ndarray,
+    accuracies: np.ndarray,
+    adapted: list[Params],
+    steps: tuple[int, ...],
+    task: Task,
+) -> Personalized:
+    loss, acc = losses[rows].mean(axis=0), accuracies[rows].mean(axis=0)
+    by_steps = {
+        k: Score(float(loss[j]), None if task is Task.REGRESSION else float(acc[j]))
+        for j, k in enumerate(steps)
+    }
+    return Personalized(by_steps[0], by_steps[steps[-1]], adapted[rows[-1]], by_steps)
+
+
+def _by_support_shape(tasks: list[_Task]) -> list[list[int]]:
+    """Task positions grouped by the shape of their adaptation batches (stackable)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tasks):
+        groups.setdefault(t.support[0].shape, []).append(i)
+    return list(groups.values())
+
+
+def _chunks(groups: list[list[int]], size: int) -> list[list[int]]:
+    if size <= 0:
+        return groups
+    return [g[i : i + size] for g in groups for i in range(0, len(g), size)]
+
+
+def _y_dtype(task: Task) -> torch.dtype:
+    return torch.float32 if task is Task.REGRESSION else torch.int64
+
+
+def _stack_support(tasks: list[_Task], task: Task, device: torch.device) -> Batch:
+    x = np.stack([t.support[0] for t in tasks])
+    y = np.stack([t.support[1] for t in tasks])
+    return (
+        torch.as_tensor(x, dtype=torch.float32).to(device),
+        torch.as_tensor(y, dtype=_y_dtype(task)).to(device),
+    )
+
+
+def _stack_padded_test(
+    tasks: list[_Task], task: Task, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Test splits zero-padded to the longest one, with a 0/1 mask of the real rows."""
+    longest = max(len(t.test[0]) for t in tasks)
+    x0, y0 = tasks[0].test
+    x = np.zeros((len(tasks), longest, *x0.shape[1:]), np.float32)
+    y = np.zeros((len(tasks), longest, *y0.shape[1:]), y0.dtype)
+    mask = np.zeros((len(tasks), longest), np.float32)
+    for i, t in enumerate(tasks):
+        n = len(t.test[0])
+        x[i, :n], y[i, :n], mask[i, :n] = t.test[0], t.test[1], 1.0
+    return (
+        torch.as_tensor(x).to(device),
+        torch.as_tensor(y, dtype=_y_dtype(task)).to(device),
+        torch.as_tensor(mask).to(device),
+    )
 
 
 def personalize_and_score(
@@ -105,58 +266,21 @@ def personalize_and_score(
     rng: np.random.Generator,
     device: torch.device,
 ) -> Personalized:
-    """Score theta, personalise it with ``steps`` steps, score the result; test split only.
+    """One client: score theta, personalise it ``steps`` steps, score the result.
 
-    An episodic client is scored on ``eval_episodes`` N-way K-shot tasks instead, each
-    adapted on its whole K-shot support and scored on held-out drawings of its classes.
+    The same computation as a cohort of one (:func:`evaluate_cohort`).
     """
-    if isinstance(data, EpisodicData):
-        return _mean_over_episodes(
-            model, params, inner_lr, data, steps=steps, task=task, rng=rng, device=device
-        )
-    x_tr, y_tr, x_te, y_te = tensors_of(data, task, device)
-    before = score(model, params, x_te, y_te, task)
-    adapted = personalize(
-        model, params, inner_lr, x_tr, y_tr, steps=steps, batch_size=batch_size, task=task, rng=rng
-    )
-    after = score(model, adapted, x_te, y_te, task) if steps > 0 else before
-    return Personalized(before, after, adapted)
+    return evaluate_cohort(
+        model, params, inner_lr, [data], [rng], steps=(steps,), batch_size=batch_size,
+        task=task, device=device,
+    )[0]  # fmt: skip
 
 
-def _mean_over_episodes(
-    model: nn.Module,
-    params: Params,
-    inner_lr: StepSize,
-    data: EpisodicData,
-    *,
-    steps: int,
-    task: Task,
-    rng: np.random.Generator,
-    device: torch.device,
-) -> Personalized:
-    """Scores averaged over episodes; ``params`` of the last episode's adapted model."""
-    results = [
-        personalize_and_score(
-            model,
-            params,
-            inner_lr,
-            episode,
-            steps=steps,
-            batch_size=episode.num_train,
-            task=task,
-            rng=rng,
-            device=device,
-        )  # fmt: skip
-        for episode in evaluation_episodes(data, rng)
-    ]
-
-    def mean(scores: list[Score]) -> Score:
-        accuracies = [s.accuracy for s in scores if s.accuracy is not None]
-        return Score(
-            float(np.mean([s.loss for s in scores])),
-            float(np.mean(accuracies)) if accuracies else None,
-        )
-
-    return Personalized(
-        mean([r.before for r in results]), mean([r.after for r in results]), results[-1].params
+def tensors_of(data: ClientData, task: Task, device: torch.device) -> tuple[Tensor, ...]:
+    """(x_train, y_train, x_test, y_test) as tensors on ``device`` with the task's dtypes."""
+    return (
+        torch.as_tensor(data.x_train, dtype=torch.float32, device=device),
+        torch.as_tensor(data.y_train, dtype=_y_dtype(task), device=device),
+        torch.as_tensor(data.x_test, dtype=torch.float32, device=device),
+        torch.as_tensor(data.y_test, dtype=_y_dtype(task), device=device),
     )

@@ -132,8 +132,8 @@ def finish(
     model_path = folder.save_model(state, settings_to_run_config(settings))
     summary: dict[str, float] = {**last_eval, "rounds": settings.num_rounds, "seconds": seconds}
     if settings.new_clients > 0:
-        device = select_device(settings.device)
         model = model_for(settings)
+        device = select_device(settings.device, model)
         theta, alpha = split_state(state)
         lr = to_tensors(alpha, device) if alpha is not None else settings.inner_lr
         summary |= evaluate_new_clients(settings, model, to_tensors(theta, device), lr, device)

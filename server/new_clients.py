@@ -19,8 +19,10 @@ from torch import nn
 from common.config import Settings, Task
 from common.data.registry import load_new_client_data
 from common.meta import Params, StepSize
-from common.personalize import personalize_and_score
+from common.personalize import evaluate_cohort
 from server.aggregate import client_stats
+
+NEW_CLIENT_PURPOSE = 3  # rng stream of new-client evaluation (0, 1: a round's train/evaluate)
 
 
 def evaluate_new_clients(
@@ -28,29 +30,30 @@ def evaluate_new_clients(
 ) -> dict[str, float]:
     """Mean/std/worst-10% after 0 and each of ``new-client-steps`` adaptation steps.
 
-    Keys ``new-<metric>-k<k>-<stat>``: metric ``mse`` for regression, ``acc`` (accuracy)
-    for classification, plus ``new-loss-k<k>-mean`` for classification.
+    Every new client adapts once, for the largest step count, and is scored after each
+    requested count along the way: the scores after 1 and after 10 steps are paired (same
+    client, same batches). All new clients run as one vmapped cohort (``cohort-size`` at
+    a time). Keys ``new-<metric>-k<k>-<stat>``: metric ``mse`` for regression, ``acc``
+    (accuracy) for classification, plus ``new-loss-k<k>-mean`` for classification.
     """
     regression = settings.task is Task.REGRESSION
-    per_k: dict[int, list[tuple[float, float | None]]] = {0: []} | {
-        k: [] for k in settings.new_client_step_list
-    }
-    for index in range(settings.new_clients):
-        data = load_new_client_data(settings, index)
-        for k in per_k:
-            after = personalize_and_score(
-                model, theta, inner_lr, data, steps=k, batch_size=settings.batch_size,
-                task=settings.task, rng=np.random.default_rng([settings.seed, index, k]),
-                device=device,
-            ).after  # fmt: skip
-            per_k[k].append((after.loss, after.accuracy))
+    steps = (0, *settings.new_client_step_list)
+    clients = [load_new_client_data(settings, index) for index in range(settings.new_clients)]
+    results = evaluate_cohort(
+        model, theta, inner_lr, clients,
+        [np.random.default_rng([settings.seed, index, NEW_CLIENT_PURPOSE])
+         for index in range(settings.new_clients)],
+        steps=steps, batch_size=settings.batch_size, task=settings.task, device=device,
+        cohort_size=settings.cohort_size,
+    )  # fmt: skip
     out: dict[str, float] = {"new-clients": settings.new_clients}
-    for k, scores in per_k.items():
-        losses = [loss for loss, _ in scores]
+    for k in sorted(set(steps)):
+        scores = [r.by_steps[k] for r in results]
+        losses = [s.loss for s in scores]
         if regression:
             out |= _stats(f"new-mse-k{k}", losses, higher_is_better=False)
         else:
-            accuracies = [acc for _, acc in scores if acc is not None]
+            accuracies = [s.accuracy for s in scores if s.accuracy is not None]
             out |= _stats(f"new-acc-k{k}", accuracies, higher_is_better=True)
             out[f"new-loss-k{k}-mean"] = float(np.mean(losses))
     return out

@@ -1,9 +1,11 @@
-"""Which nodes are connected and which data partition each serves.
+"""Which nodes are connected and which clients (data partitions) each one hosts.
 
 Node ids are random per run (Flower draws them), so sampling by node id could not be
-reproduced. Each node is asked once, by a ``query`` message, for its ``partition-id``;
-clients are then sampled by partition with an RNG seeded from (seed, round, purpose), so a
-rerun with the same seed trains the same clients in the same rounds.
+reproduced. Each node is asked once, by a ``query`` message, for the partitions it hosts
+(one, or ``clients-per-node`` of them); clients are then sampled by partition with an RNG
+seeded from (seed, round, purpose), so a rerun with the same seed trains the same clients
+in the same rounds, however many clients share a node: 100 clients on 100 nodes and the
+same 100 clients on 2 nodes are sampled alike.
 """
 
 from __future__ import annotations
@@ -29,40 +31,55 @@ class NodeDirectory:
         self.min_nodes = min_nodes
         self.wait_timeout = wait_timeout
         self.query_timeout = query_timeout
-        self._partition: dict[int, int] = {}
+        self._partitions: dict[int, tuple[int, ...]] = {}  # node id -> hosted partitions
 
-    def partition_of(self, node_id: int) -> int | None:
-        return self._partition.get(node_id)
+    def partitions_of(self, node_id: int) -> tuple[int, ...]:
+        return self._partitions.get(node_id, ())
 
     def live(self) -> list[tuple[int, int]]:
-        """(partition, node id) of every connected node that told us its partition."""
+        """(partition, node id) of every client on a connected node, by partition."""
         connected = set(self.grid.get_node_ids())
         self._discover(connected)
-        return sorted((p, n) for n, p in self._partition.items() if n in connected)
+        return sorted(
+            (p, n) for n, parts in self._partitions.items() if n in connected for p in parts
+        )
 
     def wait(self) -> list[tuple[int, int]]:
-        """Wait up to ``wait_timeout`` s for ``min_nodes`` nodes, else raise NodesUnavailable."""
+        """Wait up to ``wait_timeout`` s for ``min_nodes`` nodes, else raise NodesUnavailable.
+
+        Returns every client of the live nodes as (partition, node id), by partition.
+        """
         deadline = time.monotonic() + self.wait_timeout
-        while len(nodes := self.live()) < self.min_nodes:
+        while True:
+            clients = self.live()
+            connected = len({n for _, n in clients})
+            if connected >= self.min_nodes:
+                return clients
             if time.monotonic() > deadline:
                 raise NodesUnavailable(
-                    f"only {len(nodes)} node(s) available after waiting {self.wait_timeout:g} s; "
+                    f"only {connected} node(s) available after waiting {self.wait_timeout:g} s; "
                     f"min-available-nodes={self.min_nodes}. Start more SuperNodes, lower "
                     "min-available-nodes, or raise node-wait-timeout."
                 )
-            log(INFO, "waiting for nodes: %d of %d connected", len(nodes), self.min_nodes)
+            log(INFO, "waiting for nodes: %d of %d connected", connected, self.min_nodes)
             time.sleep(1.0)
-        return nodes
 
-    def sample(self, fraction: float, seed: int, server_round: int, purpose: int) -> list[int]:
-        nodes = self.wait()
-        k = min(len(nodes), max(1, int(len(nodes) * fraction)))
+    def sample(
+        self, fraction: float, seed: int, server_round: int, purpose: int
+    ) -> dict[int, list[int]]:
+        """A ``fraction`` of all clients, grouped by node: node id -> partitions, ascending."""
+        clients = self.wait()
+        k = min(len(clients), max(1, int(len(clients) * fraction)))
         rng = np.random.default_rng([seed, server_round, purpose])
-        picked = rng.choice(len(nodes), size=k, replace=False)
-        return [nodes[i][1] for i in sorted(picked)]
+        picked = rng.choice(len(clients), size=k, replace=False)
+        by_node: dict[int, list[int]] = {}
+        for i in sorted(picked):
+            partition, node = clients[i]
+            by_node.setdefault(node, []).append(partition)
+        return by_node
 
     def _discover(self, node_ids: set[int]) -> None:
-        unknown = sorted(n for n in node_ids if n not in self._partition)
+        unknown = sorted(n for n in node_ids if n not in self._partitions)
         if not unknown:
             return
         t0 = time.monotonic()
@@ -75,7 +92,9 @@ class NodeDirectory:
             if reply.has_error():
                 log(WARNING, "node %d did not say its partition: %s", node, reply.error.reason)
                 continue
-            self._partition[node] = int(reply.content["identity"]["partition-id"])
+            identity = reply.content["identity"]
+            hosted = identity.get("partitions", [identity["partition-id"]])
+            self._partitions[node] = tuple(int(p) for p in hosted)  # type: ignore[union-attr]
         log(
             INFO,
             "asked %d node(s) for their partition in %.1f s",

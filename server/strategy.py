@@ -1,14 +1,19 @@
-"""A thin Flower strategy: sample clients reproducibly, screen every reply before it touches
-theta, aggregate with server/aggregate.py, and summarise per-client evaluation.
+"""A thin Flower strategy: sample clients reproducibly, screen every client's update before it
+touches theta, aggregate with server/aggregate.py, and summarise per-client evaluation.
 
-A reply that errored, was skipped by its client (too little data), lacks the expected
-records, or whose update differs from theta in keys, shapes or dtypes or holds a
-non-finite value is dropped with a logged reason; the round goes on with the rest.
+A node hosts one or many clients and answers for all of its sampled clients in one reply
+(client/app.py): per-client lists in its ``metrics`` and, for training, every client's
+update stacked on a leading axis of its ``updates`` ArrayRecord. Screening stays per
+client: a reply that errored or is malformed as a whole (missing records, keys, shapes or
+dtypes that differ from theta) drops every client it answers for; within a well-formed
+reply, a client that was skipped (too little data), that the server did not ask for, that
+claims a non-positive number of examples, or whose update holds a non-finite value is
+dropped alone, with its reason logged, and the round goes on with the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import WARNING
 
@@ -18,7 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from common.arrays import UpdateRejected, check_update, from_record, to_record
+from common.arrays import UpdateRejected, check_stacked, from_record, nonfinite_rows, to_record
 from common.config import Settings, Task
 from server.aggregate import (
     OptimizerConfig,
@@ -32,28 +37,76 @@ from server.nodes import NodeDirectory
 NON_METRICS = ("num-examples", "skipped", "partition-id")
 
 
-def screen_update(content: RecordDict, reference: Mapping[str, np.ndarray]) -> tuple[dict, float]:
-    """(update, weight) of a train reply, or :class:`UpdateRejected` saying what is wrong."""
+@dataclass(frozen=True)
+class ClientUpdate:
+    partition: int
+    update: dict[str, np.ndarray]
+    weight: float
+    metrics: dict[str, float]
+
+
+def _column(metrics: MetricRecord, key: str, size: int) -> list:
+    values = metrics.get(key)
+    if not isinstance(values, list) or len(values) != size:
+        raise UpdateRejected(f"metrics '{key}' must be a list of {size} values, got {values!r}")
+    return values
+
+
+def screen_train_reply(
+    content: RecordDict, reference: Mapping[str, np.ndarray], asked: Sequence[int]
+) -> tuple[list[ClientUpdate], dict[int, str]]:
+    """Accepted client updates of one node's reply, and partition -> reason for the rest.
+
+    Raises :class:`UpdateRejected` when the reply as a whole cannot be read.
+    """
     metrics = content.metric_records.get("metrics")
     if metrics is None:
         raise UpdateRejected("reply has no 'metrics' MetricRecord")
-    if metrics.get("skipped", 0):
-        skip = content.config_records.get("skip")
-        raise UpdateRejected(f"client skipped: {skip['reason'] if skip else 'no reason given'}")
-    record = content.array_records.get("arrays")
+    partitions = metrics.get("partition-id")
+    if not isinstance(partitions, list):
+        raise UpdateRejected("metrics 'partition-id' must list the clients of the reply")
+    size = len(partitions)
+    record = content.array_records.get("updates")
     if record is None:
-        raise UpdateRejected("reply has no 'arrays' ArrayRecord")
-    weight = metrics.get("num-examples")
-    if not isinstance(weight, int | float) or not np.isfinite(weight) or weight <= 0:
-        raise UpdateRejected(f"'num-examples' must be a positive number, got {weight!r}")
-    update = from_record(record)
-    check_update(update, reference)
-    return update, float(weight)
+        raise UpdateRejected("reply has no 'updates' ArrayRecord")
+    stacked = from_record(record)
+    check_stacked(stacked, reference, size)
+    skipped, examples = _column(metrics, "skipped", size), _column(metrics, "num-examples", size)
+    skip = content.config_records.get("skip")
+    reasons = skip.get("reasons") if skip is not None else None
+    bad_rows = nonfinite_rows(stacked, size)
+    extra = [k for k, v in metrics.items() if k not in NON_METRICS and isinstance(v, list)]
+    accepted, dropped = [], {}
+    wanted, seen = set(asked), set()
+    for j, raw in enumerate(partitions):
+        pid = int(raw)
+        if pid not in wanted or pid in seen:
+            dropped[pid] = "a result for a client the server did not ask this node for"
+            continue
+        seen.add(pid)
+        if skipped[j]:
+            why = reasons[j] if isinstance(reasons, list) and j < len(reasons) else ""
+            dropped[pid] = f"client skipped: {why or 'no reason given'}"
+            continue
+        weight = examples[j]
+        if not isinstance(weight, int | float) or not np.isfinite(weight) or weight <= 0:
+            dropped[pid] = f"'num-examples' must be a positive number, got {weight!r}"
+            continue
+        if j in bad_rows:
+            dropped[pid] = f"'{bad_rows[j]}' contains NaN or infinite values"
+            continue
+        update = {k: v[j] for k, v in stacked.items()}
+        values = {k: float(metrics[k][j]) for k in extra if len(metrics[k]) == size}  # type: ignore[index,arg-type]
+        accepted.append(ClientUpdate(pid, update, float(weight), values))
+    for pid in asked:
+        if pid not in seen and pid not in dropped:
+            dropped[pid] = "the node's reply has no result for this client"
+    return accepted, dropped
 
 
 @dataclass
 class RoundReport:
-    """What happened to the replies of one round, for the run log."""
+    """What happened to the clients of one round, for the run log."""
 
     accepted: int = 0
     dropped: list[str] = field(default_factory=list)
@@ -81,6 +134,7 @@ class MetaStrategy(FedAvg):
         self.optimizer_state = optimizer_state or OptimizerState()
         self.current: dict[str, np.ndarray] | None = None
         self.report = RoundReport()
+        self.asked: dict[int, list[int]] = {}  # node id -> partitions asked this round
 
     # ---- sampling -------------------------------------------------------------------
     def _messages(
@@ -94,10 +148,15 @@ class MetaStrategy(FedAvg):
             else self.settings.fraction_evaluate
         )  # fmt: skip  (the final round scores every client, for the summary table)
         purpose = 0 if kind == MessageType.TRAIN else 1
-        node_ids = self.nodes.sample(fraction, self.settings.seed, server_round, purpose)
-        config["server-round"] = server_round
-        record = RecordDict({"arrays": arrays, "config": config})
-        return [Message(content=record, dst_node_id=n, message_type=kind) for n in node_ids]
+        self.asked = self.nodes.sample(fraction, self.settings.seed, server_round, purpose)
+        messages = []
+        for node, partitions in self.asked.items():
+            node_config = ConfigRecord(
+                {**dict(config), "server-round": server_round, "clients": partitions}
+            )
+            record = RecordDict({"arrays": arrays, "config": node_config})
+            messages.append(Message(content=record, dst_node_id=node, message_type=kind))
+        return messages
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -112,70 +171,124 @@ class MetaStrategy(FedAvg):
         return self._messages(server_round, arrays, config, MessageType.EVALUATE)
 
     # ---- aggregation ----------------------------------------------------------------
-    def _drop(self, msg: Message, reason: str) -> None:
+    def _drop(self, node: int, partition: int | None, reason: str) -> None:
+        who = f"partition {partition} (node {node})" if partition is not None else f"node {node}"
+        log(WARNING, "dropped %s: %s", who, reason)
+        self.report.dropped.append(f"{who}: {reason}")
+
+    def _drop_node(self, msg: Message, reason: str) -> None:
         node = msg.metadata.src_node_id
-        text = f"node {node} (partition {self.nodes.partition_of(node)}): {reason}"
-        log(WARNING, "dropped reply from %s", text)
-        self.report.dropped.append(text)
+        for pid in self.asked.get(node, []) or [None]:
+            self._drop(node, pid, reason)
+
+    def _with_silent_nodes(self, replies: Iterable[Message], kind: str) -> list[Message]:
+        """The replies; each asked node that sent none has its clients dropped by name."""
+        replies = list(replies)
+        answered = {m.metadata.src_node_id for m in replies}
+        for node, partitions in self.asked.items():
+            if node not in answered:
+                for pid in partitions:
+                    self._drop(node, pid, f"no {kind} reply within round-timeout")
+        return replies
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self.current is None:
             raise RuntimeError("aggregate_train called before configure_train")
-        updates, weights, metrics = [], [], []
-        # Aggregate in partition order, not arrival order: floating-point sums then do not
-        # depend on which client answered first, and a rerun reproduces theta bit for bit.
-        for msg in sorted(replies, key=self._partition_order):
+        accepted: list[ClientUpdate] = []
+        replies = self._with_silent_nodes(replies, "train")
+        for msg in replies:
+            node = msg.metadata.src_node_id
             if msg.has_error():
-                self._drop(msg, f"error reply: {msg.error.reason}")
+                self._drop_node(msg, f"error reply: {msg.error.reason}")
                 continue
             try:
-                update, weight = screen_update(msg.content, self.current)
+                good, dropped = screen_train_reply(
+                    msg.content, self.current, self.asked.get(node, [])
+                )
             except UpdateRejected as err:
-                self._drop(msg, str(err))
+                self._drop_node(msg, str(err))
                 continue
-            updates.append(update)
-            weights.append(weight)
-            metrics.append(msg.content["metrics"])
-        self.report.accepted = len(updates)
-        if not updates:
+            accepted += good
+            for pid, reason in sorted(dropped.items()):
+                self._drop(node, pid, reason)
+        # Aggregate in partition order, not arrival order: floating-point sums then do not
+        # depend on which node answered first, and a rerun reproduces theta bit for bit.
+        accepted.sort(key=lambda c: c.partition)
+        self.report.accepted = len(accepted)
+        if not accepted:
             log(WARNING, "round %d: no valid update; theta unchanged", server_round)
             return None, None
-        delta = weighted_mean(updates, weights)
+        weights = [c.weight for c in accepted]
+        delta = weighted_mean([c.update for c in accepted], weights)
         new_state, self.optimizer_state = server_step(
             self.current, delta, self.optimizer, self.optimizer_state
         )
-        return to_record(new_state), _weighted_metrics(metrics, weights)
-
-    def _partition_order(self, msg: Message) -> tuple[int, int]:
-        node = msg.metadata.src_node_id
-        partition = self.nodes.partition_of(node)
-        return (partition if partition is not None else 1 << 62, node)
+        return to_record(new_state), _weighted_metrics([c.metrics for c in accepted], weights)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         rows = []
+        replies = self._with_silent_nodes(replies, "evaluate")
         for msg in replies:
+            node = msg.metadata.src_node_id
             if msg.has_error():
-                self._drop(msg, f"error reply to evaluate: {msg.error.reason}")
+                self._drop_node(msg, f"error reply to evaluate: {msg.error.reason}")
                 continue
-            metrics = msg.content.metric_records.get("metrics")
-            if metrics is None or metrics.get("skipped", 0):
-                self._drop(msg, "evaluation skipped by client (too little data)")
+            try:
+                good, dropped = evaluation_rows(msg.content, self.asked.get(node, []))
+            except UpdateRejected as err:
+                self._drop_node(msg, f"evaluation reply: {err}")
                 continue
-            rows.append({k: float(v) for k, v in metrics.items()})  # type: ignore[arg-type]
+            rows += good
+            for pid, reason in sorted(dropped.items()):
+                self._drop(node, pid, f"evaluation: {reason}")
+        rows.sort(key=lambda r: r["partition-id"])
         self.report.eval_clients = rows
         return summarise_evaluation(rows, self.settings.task) if rows else None
 
 
-def _weighted_metrics(records: list[MetricRecord], weights: list[float]) -> MetricRecord:
+def evaluation_rows(
+    content: RecordDict, asked: Sequence[int]
+) -> tuple[list[dict[str, float]], dict[int, str]]:
+    """One row of scores per evaluated client of a node's reply, and the clients dropped."""
+    metrics = content.metric_records.get("metrics")
+    if metrics is None:
+        raise UpdateRejected("reply has no 'metrics' MetricRecord")
+    partitions = metrics.get("partition-id")
+    if not isinstance(partitions, list):
+        raise UpdateRejected("metrics 'partition-id' must list the clients of the reply")
+    size = len(partitions)
+    skipped = _column(metrics, "skipped", size)
+    skip = content.config_records.get("skip")
+    reasons = skip.get("reasons") if skip is not None else None
+    columns = {k: v for k, v in metrics.items() if isinstance(v, list) and len(v) == size}
+    rows, dropped, wanted = [], {}, set(asked)
+    for j, raw in enumerate(partitions):
+        pid = int(raw)
+        if pid not in wanted:
+            dropped[pid] = "a result for a client the server did not ask this node for"
+            continue
+        wanted.discard(pid)
+        if skipped[j]:
+            why = reasons[j] if isinstance(reasons, list) and j < len(reasons) else ""
+            dropped[pid] = f"client skipped: {why or 'no reason given'}"
+            continue
+        if "loss-before" not in columns or "loss-after" not in columns:
+            dropped[pid] = "no 'loss-before'/'loss-after' scores"
+            continue
+        rows.append({k: float(v[j]) for k, v in columns.items() if k != "skipped"})  # type: ignore[arg-type,index]
+    for pid in wanted:
+        dropped[pid] = "the node's reply has no result for this client"
+    return rows, dropped
+
+
+def _weighted_metrics(records: list[dict[str, float]], weights: list[float]) -> MetricRecord:
     total = sum(weights)
-    keys = [k for k in records[0] if k not in NON_METRICS]
-    out = {
-        k: sum(float(r[k]) * w / total for r, w in zip(records, weights, strict=True)) for k in keys
-    }  # type: ignore[arg-type]
+    keys = [k for k in records[0] if all(k in r for r in records)]
+    out = {k: sum(r[k] * w / total for r, w in zip(records, weights, strict=True)) for k in keys}
     return MetricRecord({**out, "clients": len(records)})
 
 

@@ -14,7 +14,7 @@ from common.arrays import to_tensors
 from common.config import parse_settings
 from common.data.sinusoid import NEW_CLIENT_STREAM, X_RANGE, sinusoid_client, sinusoid_task
 from common.models import model_for
-from common.personalize import personalize
+from common.personalize import personalize_and_score
 
 PREFERRED = ("maml", "fedavg-ft", "perfedavg-fo", "perfedavg-hf", "metasgd", "fedavg", "local")
 
@@ -43,17 +43,10 @@ def plot_new_clients(exp, algorithms: list[str], out: Path, clients: int = 4) ->
                 task = sinusoid_task(s.seed, i, NEW_CLIENT_STREAM)
                 ax.plot(x, task(x.numpy()), "k-", lw=2, label="true function")
                 ax.plot(data.x_train, data.y_train, "k^", ms=8, label=f"{len(data.x_train)} shots")
-            adapted = personalize(
-                model,
-                theta,
-                lr,
-                torch.from_numpy(data.x_train),
-                torch.from_numpy(data.y_train),
-                steps=steps,
-                batch_size=s.batch_size,
-                task=s.task,
-                rng=np.random.default_rng(i),
-            )
+            adapted = personalize_and_score(
+                model, theta, lr, data, steps=steps, batch_size=s.batch_size, task=s.task,
+                rng=np.random.default_rng(i), device=torch.device("cpu"),
+            ).params  # fmt: skip
             with torch.no_grad():
                 before = functional_call(model, theta, (x,))
                 after = functional_call(model, adapted, (x,))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from common.config import parse_settings
 from common.data.episodes import (
@@ -14,8 +13,7 @@ from common.data.episodes import (
     draw_episode,
     evaluation_episodes,
 )
-from common.personalize import sample_batch
-from common.tasks import BatchSampler, EpisodeSampler, task_sampler
+from common.tasks import BatchSampler, EpisodeSampler, draw_indices, task_sampler
 
 
 def _labels(classes: int = 12, per_class: int = 15) -> np.ndarray:
@@ -58,27 +56,52 @@ def test_evaluation_episodes_adapt_on_train_split_score_on_test_split():
 
 
 def test_episode_sampler_meta_batches_share_classes_and_labels():
-    labels = torch.from_numpy(_labels())
-    x = torch.arange(len(labels), dtype=torch.float32)[:, None]
+    labels = _labels()
+    x = np.arange(len(labels), dtype=np.float32)[:, None]
     sampler = EpisodeSampler(x, labels, EpisodeSpec(5, 1, 3, 1))
-    d, d_prime, d_second = sampler.meta_batches(np.random.default_rng(1))
-    assert not set(d[0][:, 0].tolist()) & set(d_prime[0][:, 0].tolist())
-    for xs, ys in (d, d_prime, d_second):
-        assert sorted(set(ys.tolist())) == list(range(5))
-        original = {int(y): int(labels[int(v)]) for v, y in zip(xs[:, 0], ys, strict=True)}
-        assert original == {int(y): int(labels[int(d[0][i, 0])]) for i, y in enumerate(d[1])}
+    got = sampler.meta_batches(np.random.default_rng(1), steps=4)
+    assert got.support[0].shape == (4, 5, 1) and got.query[0].shape == (4, 15, 1)
+    for t in range(4):
+        d, d_prime, d_second = ((b[0][t], b[1][t]) for b in (got.support, got.query, got.hessian))
+        assert not set(d[0][:, 0].tolist()) & set(d_prime[0][:, 0].tolist())
+        for xs, ys in (d, d_prime, d_second):
+            assert sorted(set(ys.tolist())) == list(range(5))
+            original = {int(y): int(labels[int(v)]) for v, y in zip(xs[:, 0], ys, strict=True)}
+            assert original == {int(y): int(labels[int(d[0][i, 0])]) for i, y in enumerate(d[1])}
 
 
-def test_plain_sampler_draws_exactly_what_the_old_code_drew():
-    x, y = torch.randn(40, 3), torch.randint(0, 4, (40,))
+def test_plain_sampler_draws_distinct_rows_independently_and_reproducibly():
+    x = np.arange(40, dtype=np.float32)[:, None]  # value = row: traceable
+    y = np.arange(40) % 4
     settings = parse_settings({"dataset": "digits", "partition": "dirichlet", "batch-size": 7})
     sampler = task_sampler(x, y, settings)
     assert isinstance(sampler, BatchSampler)
-    got = sampler.meta_batches(np.random.default_rng(3))
-    rng = np.random.default_rng(3)
-    for batch in got:
-        expected = sample_batch(x, y, 7, rng)
-        torch.testing.assert_close(batch[0], expected[0])
+    got = sampler.meta_batches(np.random.default_rng(3), steps=5)
+    again = sampler.meta_batches(np.random.default_rng(3), steps=5)
+    rows = [got.support[0], got.query[0], got.hessian[0]]
+    for b, b_again in zip(rows, [again.support[0], again.query[0], again.hessian[0]], strict=True):
+        assert b.shape == (5, 7, 1)
+        np.testing.assert_array_equal(b, b_again)  # same rng, same batches
+        for step in b[..., 0]:
+            assert len(set(step.tolist())) == 7  # distinct rows within a batch
+    np.testing.assert_array_equal(got.support[1], y[got.support[0][..., 0].astype(int)])
+    assert not np.array_equal(rows[0], rows[1])  # D and D' are independent draws
+    plain = sampler.batches(np.random.default_rng(4), steps=3)
+    assert plain[0].shape == (3, 7, 1)
+
+
+def test_draw_indices_is_uniform_over_rows():
+    counts = np.bincount(
+        draw_indices(np.random.default_rng(0), 10, 3, 20_000).ravel(), minlength=10
+    )
+    expected = 20_000 * 3 / 10
+    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected))
+
+
+def test_a_split_no_larger_than_the_batch_is_taken_whole_in_order():
+    np.testing.assert_array_equal(
+        draw_indices(np.random.default_rng(0), 5, 5, 2), [list(range(5))] * 2
+    )
 
 
 def test_too_few_classes_for_the_way_is_a_named_error():

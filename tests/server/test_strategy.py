@@ -1,4 +1,5 @@
-"""The strategy screens replies before they touch theta and aggregates the rest."""
+"""The strategy screens every client's update before it touches theta and aggregates the rest,
+whether a node answers for one client or for a cohort."""
 
 from __future__ import annotations
 
@@ -16,11 +17,10 @@ THETA = {"w": np.array([1.0, 2.0], np.float32), "b": np.array([0.5], np.float32)
 
 
 class _Nodes:
-    def sample(self, fraction, seed, server_round, purpose):
-        return [1, 2, 3, 4, 5, 6]
+    """Six one-client nodes (node n hosts partition n - 1) and one node 7 hosting 6..9."""
 
-    def partition_of(self, node_id):
-        return node_id - 1
+    def sample(self, fraction, seed, server_round, purpose):
+        return {n: [n - 1] for n in range(1, 7)} | {7: [6, 7, 8, 9]}
 
 
 @pytest.fixture(autouse=True)
@@ -33,32 +33,55 @@ def _instruction(node: int) -> Message:
     return Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
 
 
-def _reply(node: int, update: dict, n: int) -> Message:
+def _reply(node: int, updates: list[dict], ns: list[int], partitions=None, skipped=None) -> Message:
+    partitions = partitions or ([node - 1] if node < 7 else list(range(6, 6 + len(updates))))
+    stacked = {k: np.stack([u[k] for u in updates]) for k in updates[0]}
     content = RecordDict(
         {
-            "arrays": to_record(update),
-            "metrics": MetricRecord({"num-examples": n, "skipped": 0, "loss": 1.0}),
+            "updates": to_record(stacked),
+            "metrics": MetricRecord(
+                {
+                    "partition-id": partitions,
+                    "num-examples": ns,
+                    "skipped": skipped or [0] * len(ns),
+                    "loss": [1.0] * len(ns),
+                }
+            ),
+            "skip": ConfigRecord({"reasons": ["too small" if s else "" for s in skipped or ns]}),
         }
     )
     return Message(content, reply_to=_instruction(node))
 
 
-def test_bad_replies_are_dropped_and_the_rest_aggregated():
-    settings = parse_settings({"fraction-train": 1.0})
-    strategy = MetaStrategy(settings, _Nodes(), OptimizerConfig("sgd", 1.0))  # type: ignore[arg-type]
+def _strategy(optimizer=("sgd", 1.0), **config) -> MetaStrategy:
+    settings = parse_settings({"fraction-train": 1.0, **config})
+    strategy = MetaStrategy(settings, _Nodes(), OptimizerConfig(*optimizer))  # type: ignore[arg-type]
     strategy.configure_train(1, to_record(THETA), ConfigRecord(), grid=None)  # type: ignore[arg-type]
-    good1 = {"w": np.array([1.0, 1.0], np.float32), "b": np.array([0.0], np.float32)}
-    good2 = {"w": np.array([-1.0, 3.0], np.float32), "b": np.array([2.0], np.float32)}
-    nan = {"w": np.array([np.nan, 0.0], np.float32), "b": np.array([0.0], np.float32)}
-    shape = {"w": np.zeros(3, np.float32), "b": np.array([0.0], np.float32)}
-    dtype = {"w": np.zeros(2, np.float64), "b": np.array([0.0], np.float32)}
+    return strategy
+
+
+def _u(w, b=0.0, dtype=np.float32) -> dict:
+    return {"w": np.asarray(w, dtype), "b": np.array([b], np.float32)}
+
+
+def test_each_node_is_asked_for_its_sampled_clients():
+    strategy = MetaStrategy(parse_settings({}), _Nodes(), OptimizerConfig("sgd", 1.0))  # type: ignore[arg-type]
+    messages = list(strategy.configure_train(3, to_record(THETA), ConfigRecord(), grid=None))  # type: ignore[arg-type]
+    asked = {m.metadata.dst_node_id: m.content["config"]["clients"] for m in messages}
+    assert asked[7] == [6, 7, 8, 9] and asked[1] == [0]
+    assert all(m.content["config"]["server-round"] == 3 for m in messages)
+
+
+def test_bad_replies_are_dropped_and_the_rest_aggregated():
+    strategy = _strategy()
+    good1, good2 = _u([1.0, 1.0]), _u([-1.0, 3.0], 2.0)
     errored = Message(Error(code=1, reason="boom"), reply_to=_instruction(6))
     replies = [
-        _reply(1, good1, 1),
-        _reply(2, nan, 5),
-        _reply(3, shape, 5),
-        _reply(4, good2, 3),
-        _reply(5, dtype, 5),
+        _reply(1, [good1], [1]),
+        _reply(2, [_u([np.nan, 0.0])], [5]),
+        _reply(3, [_u([0.0, 0.0, 0.0])], [5]),  # wrong shape
+        _reply(4, [good2], [3]),
+        _reply(5, [_u([0.0, 0.0], dtype=np.float64)], [5]),
         errored,
     ]
     arrays, metrics = strategy.aggregate_train(1, replies)
@@ -70,32 +93,67 @@ def test_bad_replies_are_dropped_and_the_rest_aggregated():
     assert strategy.report.accepted == 2
     reasons = " | ".join(strategy.report.dropped)
     assert "NaN" in reasons and "shape" in reasons and "dtype" in reasons and "boom" in reasons
+    assert "partition 5 (node 6): error reply: boom" in reasons
     assert metrics["clients"] == 2
 
 
+def test_a_nan_client_inside_a_cohort_is_dropped_alone():
+    strategy = _strategy()
+    cohort = [_u([1.0, 1.0]), _u([np.inf, 0.0]), _u([3.0, 3.0], 1.0), _u([0.0, 0.0])]
+    # partition 9 was skipped by its node (too little data): dropped with the node's reason
+    reply = _reply(7, cohort, [1, 1, 1, 1], skipped=[0, 0, 0, 1])
+    arrays, _ = strategy.aggregate_train(1, [reply])
+    assert arrays is not None and strategy.report.accepted == 2
+    np.testing.assert_allclose(arrays["w"].numpy(), [1.0 + 2.0, 2.0 + 2.0])  # mean of 6 and 8
+    dropped = strategy.report.dropped
+    assert any(d.startswith("partition 7 (node 7)") and "NaN or infinite" in d for d in dropped)
+    assert any(d.startswith("partition 9 (node 7)") and "too small" in d for d in dropped)
+    # every other asked-for client without a reply is reported too, never silently lost
+    assert sum("no train reply" in d for d in dropped) == 6  # partitions 0..5 of nodes 1..6
+
+
+def test_a_node_cannot_answer_for_clients_it_was_not_asked_for():
+    strategy = _strategy()
+    reply = _reply(1, [_u([1.0, 1.0]), _u([100.0, 100.0])], [1, 1], partitions=[0, 3])
+    arrays, _ = strategy.aggregate_train(1, [reply])
+    assert arrays is not None and strategy.report.accepted == 1
+    np.testing.assert_allclose(arrays["w"].numpy(), [2.0, 3.0])
+    assert any("partition 3 (node 1)" in d and "did not ask" in d for d in strategy.report.dropped)
+
+
+def test_a_malformed_cohort_reply_drops_each_of_its_clients_by_name():
+    strategy = _strategy()
+    reply = _reply(7, [_u([1.0, 1.0]), _u([1.0, 1.0])], [1, 1, 1], partitions=[6, 7, 8])
+    arrays, _ = strategy.aggregate_train(1, [reply])
+    assert arrays is None
+    assert (
+        sum(
+            d.startswith(f"partition {p} (node 7)")
+            for p in (6, 7, 8, 9)
+            for d in strategy.report.dropped
+        )
+        == 4
+    )
+
+
 def test_round_with_only_bad_replies_leaves_theta_unchanged():
-    settings = parse_settings({})
-    strategy = MetaStrategy(settings, _Nodes(), OptimizerConfig("adam", 0.1))  # type: ignore[arg-type]
-    strategy.configure_train(1, to_record(THETA), ConfigRecord(), grid=None)  # type: ignore[arg-type]
+    strategy = _strategy(optimizer=("adam", 0.1))
     extra = dict(THETA) | {"z": np.zeros(1, np.float32)}
-    arrays, metrics = strategy.aggregate_train(1, [_reply(1, extra, 3)])
+    arrays, metrics = strategy.aggregate_train(1, [_reply(1, [extra], [3])])
     assert arrays is None and metrics is None
-    assert "extra ['z']" in strategy.report.dropped[0]
+    assert any(
+        d.startswith("partition 0 (node 1)") and "extra ['z']" in d for d in strategy.report.dropped
+    )
     assert strategy.optimizer_state.step == 0  # the optimizer did not move
 
 
 def test_aggregation_does_not_depend_on_reply_order():
-    """Floating-point sums are not associative; replies are summed in partition order."""
-    settings = parse_settings({"fraction-train": 1.0})
+    """Floating-point sums are not associative; clients are summed in partition order."""
     values = [1e16, 1.0, -1e16]  # (a + b) + c != (a + c) + b in floating point
     results = []
     for order in ([0, 1, 2], [0, 2, 1], [2, 1, 0]):
-        strategy = MetaStrategy(settings, _Nodes(), OptimizerConfig("sgd", 1.0))  # type: ignore[arg-type]
-        strategy.configure_train(1, to_record(THETA), ConfigRecord(), grid=None)  # type: ignore[arg-type]
-        replies = [
-            _reply(i + 1, {"w": np.full(2, values[i], np.float32), "b": np.zeros(1, np.float32)}, 1)
-            for i in order
-        ]
+        strategy = _strategy()
+        replies = [_reply(i + 1, [_u(np.full(2, values[i]))], [1]) for i in order]
         arrays, _ = strategy.aggregate_train(1, replies)
         assert arrays is not None
         results.append(arrays["w"].numpy())

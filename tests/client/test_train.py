@@ -1,0 +1,206 @@
+"""A cohort trains every client exactly as that client trains alone: vmapped == one by one,
+for every algorithm (theta, Meta-SGD's alpha, losses), to float tolerance."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from client.train import train_cohort
+from common.config import MetaOrder, parse_settings
+from common.meta import loss_and_gradients, meta_gradient, sgd_step
+from common.models import model_for
+from common.personalize import loss_fn_for
+from common.tasks import task_sampler
+
+CPU = torch.device("cpu")
+CASES = {
+    "maml": {},
+    "maml-2-inner-steps": {"algorithm": "maml", "inner-steps": 2},
+    "perfedavg-fo": {},
+    "perfedavg-hf": {},
+    "perfedavg-hf-fd": {"algorithm": "perfedavg-hf", "hessian-free-mode": "finite-difference"},
+    "metasgd": {},
+    "metasgd-fo": {"algorithm": "metasgd", "metasgd-order": "first-order"},
+    "fedavg": {},
+    "fedavg-ft": {},
+}
+
+
+def _settings(name: str):
+    overrides = {"algorithm": name} | CASES[name]
+    return parse_settings(
+        {
+            "hidden-sizes": "8,8",
+            "local-steps": 3,
+            "batch-size": 4,
+            "inner-lr": 0.1,
+            "outer-lr": 0.05,
+            **overrides,
+        }
+    )
+
+
+def _clients(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Train splits of different sizes (6..15 points): fixed-size batches stack anyway."""
+    out = []
+    for i in range(count):
+        r = np.random.default_rng(100 + i)
+        x = r.uniform(-5, 5, (6 + 3 * i, 1)).astype(np.float32)
+        out.append((x, (np.sin(x + i) * (1 + i)).astype(np.float32)))
+    return out
+
+
+def _theta(settings) -> dict[str, torch.Tensor]:
+    model = model_for(settings, seed=0)
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _alpha(settings, theta):
+    if not settings.learns_inner_lr:
+        return settings.inner_lr
+    r = np.random.default_rng(5)
+    return {
+        n: torch.from_numpy(r.uniform(0.05, 0.15, p.shape).astype(np.float32))
+        for n, p in theta.items()
+    }
+
+
+def _reference(settings, theta, lr, x, y, rng):
+    """One client by hand: a Python loop over meta_gradient / plain gradients, no vmap."""
+    model, loss_fn = model_for(settings), loss_fn_for(settings.task)
+    sampler = task_sampler(x, y, settings)
+    params, losses = dict(theta), []
+    if settings.meta_order is None:
+        xs, ys = sampler.batches(rng, settings.local_steps)
+        for t in range(settings.local_steps):
+            g, loss = loss_and_gradients(
+                model, params, (torch.from_numpy(xs[t]), torch.from_numpy(ys[t])), loss_fn
+            )
+            params = sgd_step(params, g, settings.outer_lr)
+            losses.append(float(loss))
+        return params, None, [np.mean(losses)]
+    b = sampler.meta_batches(rng, settings.local_steps)
+    support, query = [], []
+    for t in range(settings.local_steps):
+        d, d1, d2 = (
+            (torch.from_numpy(v[0][t]), torch.from_numpy(v[1][t]))
+            for v in (b.support, b.query, b.hessian)
+        )
+        g = meta_gradient(
+            model,
+            params,
+            d,
+            d1,
+            loss_fn,
+            order=settings.meta_order,
+            inner_lr=lr,
+            inner_steps=settings.inner_steps,
+            hessian_batch=d2,
+            hessian_mode=settings.hessian_free_mode,
+            fd_delta=settings.hessian_free_delta,
+        )
+        params = sgd_step(params, g.params, settings.outer_lr)
+        if g.inner_lr is not None:
+            lr = sgd_step(lr, g.inner_lr, settings.outer_lr)
+        support.append(float(g.support_loss))
+        query.append(float(g.query_loss))
+    return params, lr if settings.learns_inner_lr else None, [np.mean(support), np.mean(query)]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_cohort_equals_each_client_trained_alone_by_hand(name):
+    settings = _settings(name)
+    theta = _theta(settings)
+    lr = _alpha(settings, theta)
+    clients = _clients(4)
+    meta = settings.meta_order is not None
+    # eq. 10's finite difference divides float32 rounding by 2 * delta = 2e-3
+    atol = 2e-5 if settings.hessian_free_mode == "finite-difference" else 1e-6
+    rngs = [np.random.default_rng([9, i]) for i in range(4)]
+    cohort = train_cohort(model_for(settings), theta, lr, clients, rngs, settings, CPU, meta=meta)
+    for i, (x, y) in enumerate(clients):
+        params, alpha, losses = _reference(settings, theta, lr, x, y, np.random.default_rng([9, i]))
+        for n in theta:
+            torch.testing.assert_close(cohort.params[n][i], params[n], rtol=1e-5, atol=atol)
+        if alpha is not None:
+            assert cohort.inner_lr is not None
+            for n in theta:
+                torch.testing.assert_close(cohort.inner_lr[n][i], alpha[n], rtol=1e-5, atol=1e-6)
+        else:
+            assert cohort.inner_lr is None
+        keys = ["train-support-loss", "train-query-loss"] if meta else ["train-loss"]
+        for key, expected in zip(keys, losses, strict=True):
+            assert cohort.metrics[key][i] == pytest.approx(expected, rel=1e-5)
+        # the client really trained: its state moved away from theta
+        assert any(not torch.equal(cohort.params[n][i], theta[n]) for n in theta)
+
+
+@pytest.mark.parametrize("name", ["maml", "metasgd", "perfedavg-hf"])
+def test_chunked_cohorts_equal_one_cohort(name):
+    settings = _settings(name)
+    theta = _theta(settings)
+    lr = _alpha(settings, theta)
+    clients = _clients(5)
+    whole = train_cohort(
+        model_for(settings),
+        theta,
+        lr,
+        clients,
+        [np.random.default_rng(i) for i in range(5)],
+        settings,
+        CPU,
+        meta=True,
+    )
+    chunked_settings = dataclasses.replace(settings, cohort_size=2)
+    chunked = train_cohort(
+        model_for(settings),
+        theta,
+        lr,
+        clients,
+        [np.random.default_rng(i) for i in range(5)],
+        chunked_settings,
+        CPU,
+        meta=True,
+    )
+    for n in theta:
+        torch.testing.assert_close(chunked.params[n], whole.params[n], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        chunked.metrics["train-query-loss"], whole.metrics["train-query-loss"], rtol=1e-5
+    )
+
+
+def test_each_client_starts_from_its_own_row_when_given():
+    settings = _settings("fedavg")
+    theta = _theta(settings)
+    start = {n: torch.stack([p, p + 0.5]) for n, p in theta.items()}
+    clients = _clients(2)
+    out = train_cohort(
+        model_for(settings),
+        theta,
+        settings.inner_lr,
+        clients,
+        [np.random.default_rng(0), np.random.default_rng(1)],
+        settings,
+        CPU,
+        meta=False,
+        start=start,
+    )
+    shifted = {n: p + 0.5 for n, p in theta.items()}
+    params, _, _ = _reference(settings, shifted, None, *clients[1], np.random.default_rng(1))
+    for n in theta:
+        torch.testing.assert_close(out.params[n][1], params[n], rtol=1e-5, atol=1e-6)
+
+
+def test_the_one_by_one_reference_is_itself_exact_second_order():
+    """Guard against a reference that silently went first-order: FO and SO must differ."""
+    s_so, s_fo = _settings("maml"), _settings("perfedavg-fo")
+    theta = _theta(s_so)
+    x, y = _clients(1)[0]
+    so, _, _ = _reference(s_so, theta, 0.1, x, y, np.random.default_rng(0))
+    fo, _, _ = _reference(s_fo, theta, 0.1, x, y, np.random.default_rng(0))
+    assert s_so.meta_order is MetaOrder.SECOND
+    assert any(not torch.allclose(so[n], fo[n], rtol=1e-6, atol=1e-7) for n in theta)
