@@ -49,6 +49,29 @@ def test_two_rounds_write_metrics_summary_and_model(superlink, tmp_path):
     assert "round 2/2 [maml]" in log
 
 
+def test_two_nodes_hosting_ten_clients_train_like_ten_nodes(superlink, tmp_path):
+    """The cohort layout on the Simulation Engine: the same clients, rounds and theta."""
+    base = {"algorithm": "maml", "num-rounds": 2, "local-steps": 2, "fraction-train": 0.4}
+    superlink.run(base | {"run-dir": str(tmp_path / "alone")}, num_supernodes=10, timeout=300)
+    superlink.run(
+        base | {"run-dir": str(tmp_path / "cohort"), "clients-per-node": 5},
+        num_supernodes=2,
+        timeout=300,
+    )
+
+    def clients(name: str) -> list[list[int]]:
+        lines = (tmp_path / name / "clients.jsonl").read_text().splitlines()
+        return [[c["partition-id"] for c in json.loads(x)["clients"]] for x in lines]
+
+    assert clients("cohort") == clients("alone") and len(clients("cohort")[-1]) == 10
+    rows = [json.loads(x) for x in (tmp_path / "cohort" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["accepted"] == 4 and not r["dropped"] for r in rows)
+    alone = torch.load(tmp_path / "alone" / "model.pt", weights_only=True)["theta"]
+    cohort = torch.load(tmp_path / "cohort" / "model.pt", weights_only=True)["theta"]
+    for name, value in alone.items():
+        torch.testing.assert_close(cohort[name], value, rtol=1e-4, atol=1e-5)
+
+
 def test_bad_config_stops_the_run_before_round_one_with_a_named_error(superlink, tmp_path):
     with pytest.raises(SimulationError):
         superlink.run(
