@@ -12,6 +12,10 @@ One folder (a SuperNode's ``model-dir``, or the ``--out`` of ``python -m client.
 
 Files are written to a temporary name and renamed, so a node that dies mid-write leaves the
 previous model intact rather than a truncated one.
+
+Whatever device the node computes on, both files hold CPU tensors only (the TorchScript
+export stores its weights and its traced example input): a file saved from CUDA tensors would
+load only where CUDA exists, and there onto the GPU.
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ class ModelStoreError(OSError):
 def save_personalized(
     folder: str | Path, params: Mapping[str, Tensor], info: Mapping[str, Any]
 ) -> Path:
-    """Write ``params`` (state_dict) and ``info`` (JSON) atomically into ``folder``."""
+    """Write ``params`` (state_dict) and ``info`` (JSON) atomically into ``folder``.
+
+    ``params`` may live on any device; the file holds detached CPU copies of them.
+    """
     path = Path(folder).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -60,7 +67,9 @@ def export_torchscript(
     """Trace ``model`` with ``params`` loaded and save it; check the saved file reproduces it.
 
     Tracing (not scripting) works for any module without data-dependent control flow, which
-    holds for the model zoo; the check below catches a model for which it would not.
+    holds for the model zoo; the check below catches a model for which it would not. The
+    model, ``params`` and ``example`` may live on any device: a CPU copy of each is traced,
+    so no device is baked into the graph or the file.
     """
     module = copy.deepcopy(model).cpu().eval()  # the caller's skeleton stays untouched
     module.load_state_dict({k: v.detach().cpu() for k, v in params.items()}, strict=True)

@@ -1,5 +1,6 @@
 """Shared fixtures. Real datasets are read from ``$FEDMETA_DATA_DIR`` or, by default, the
-``shared/data`` folder beside the project checkout (never from inside the project)."""
+``shared/data`` folder beside the project checkout (never from inside the project).
+Tests marked ``cuda`` are skipped where no CUDA device is visible."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,3 +23,13 @@ def data_dir() -> Path:
     if not d.is_dir():
         pytest.skip(f"shared datasets not found at {d} (set FEDMETA_DATA_DIR)")
     return d
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` run where a CUDA device is visible and are skipped elsewhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from common.data.registry import load_client_data
 from common.models import model_for
 from server.app import initial_state
 from server.run_folder import RunFolder
+from tests.torch_files import storage_locations
 
 SINUSOID = {"hidden-sizes": "40,40", "inner-lr": 0.01}
 
@@ -50,12 +52,13 @@ def test_zero_steps_keep_the_global_model(tmp_path):
         torch.testing.assert_close(result.params[name], value, rtol=0, atol=0)
 
 
-# Runs with plain torch only: no site hooks (the project's editable install lives there),
-# only torch's own folder on sys.path, so nothing of this project can be imported.
+PROJECT_PACKAGES = ("common", "client", "server", "simulations", "deploy")
+# Runs with plain torch only: no site hooks (the project's editable install lives there) and
+# none of the folders that hold this project, so nothing of the project can be imported.
 PLAIN_TORCH = """
-import importlib.util, sys
-sys.path = [p for p in sys.path if p] + [sys.argv[1]]
-for name in ("common", "client", "server", "simulations", "deploy"):
+import importlib.util, os, sys
+sys.path = [p for p in sys.path if p] + sys.argv[1].split(os.pathsep)
+for name in sys.argv[5].split(","):
     assert importlib.util.find_spec(name) is None, name + " is importable"
 import torch
 model = torch.jit.load(sys.argv[2])
@@ -63,28 +66,43 @@ torch.save(model(torch.load(sys.argv[3])), sys.argv[4])
 """
 
 
+def _import_path_without_the_project() -> str:
+    """This interpreter's import path less every folder that holds one of our packages.
+
+    Torch and what it imports are found wherever they are installed (one site-packages here,
+    several on a GPU image); the project is not. Entries that are no folder (an editable
+    install's path-hook marker) are left out too: the child has no hook to read them.
+    """
+    ours = [p for p in sys.path if any((Path(p) / name).exists() for name in PROJECT_PACKAGES)]
+    return os.pathsep.join(p for p in sys.path if Path(p).exists() and p not in ours)
+
+
 # Tracing BatchNorm warns that its batch-size-1 check becomes a constant; the model here is
 # always called on batches, and the outputs are compared below.
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-def test_the_export_runs_with_plain_torch_and_matches_the_model(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_the_export_runs_with_plain_torch_and_matches_the_model(tmp_path, device):
     config = {"dataset": "digits", "partition": "dirichlet", "model": "cnn", "hidden-sizes": "8,8"}
     model_path = _saved_model(tmp_path / "run", config)
     out = tmp_path / "out"
-    result = personalize_saved_model(model_path, 1, 5, out, steps=3)
+    result = personalize_saved_model(model_path, 1, 5, out, steps=3, device=device)
+    # Whatever device personalised, both files hold CPU tensors only: they load anywhere.
+    assert storage_locations(out / STATE_FILE) == {"cpu"} == storage_locations(out / EXPORT_FILE)
     settings = parse_settings(config)
     x = torch.as_tensor(load_client_data(settings, 1, 5).x_test[:17], dtype=torch.float32)
     torch.save(x, tmp_path / "x.pt")
-    site_packages = str(Path(torch.__file__).parents[1])
     subprocess.run(
-        [sys.executable, "-S", "-I", "-c", PLAIN_TORCH, site_packages, str(out / EXPORT_FILE),
-         str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        [sys.executable, "-S", "-I", "-c", PLAIN_TORCH, _import_path_without_the_project(),
+         str(out / EXPORT_FILE), str(tmp_path / "x.pt"), str(tmp_path / "y.pt"),
+         ",".join(PROJECT_PACKAGES)],
         check=True, cwd=tmp_path, timeout=120,
     )  # fmt: skip
     model = model_for(settings)
-    model.load_state_dict(result.params)
+    model.load_state_dict(result.params)  # copies the (possibly CUDA) params onto the CPU
     with torch.no_grad():
         expected = model(x)
-    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected)
+    # Another process runs the TorchScript graph: equal up to float32 summation order.
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_file_that_is_not_a_run_model_is_refused_with_the_fix(tmp_path, capsys):
