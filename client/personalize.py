@@ -89,9 +89,10 @@ def personalize_saved_model(
     if data_path is not None:  # this device's own copy of the data
         settings = dataclasses.replace(settings, data_path=data_path)
     steps = settings.eval_steps if steps is None else steps
-    torch_device = select_device(device)
     data = load_client_data(settings, partition_id, num_partitions)
-    model = model_for(settings).to(torch_device)
+    model = model_for(settings)
+    torch_device = select_device(device, model)  # 'auto': CUDA only for a large enough model
+    model = model.to(torch_device)
     theta = {k: v.to(torch_device) for k, v in saved.theta.items()}
     lr: Any = settings.inner_lr
     if saved.alpha is not None:
