@@ -198,13 +198,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     params = _personal_params(context, node, got, cohort.ready) if local else got.theta
     lr = got.alpha if got.alpha is not None else s.inner_lr
     steps = s.eval_steps if s.adapts_at_evaluation else 0
+    model_dir = str(context.node_config.get("model-dir", ""))
     results = evaluate_cohort(
         node.model, params, lr, [rt.data for rt in cohort.ready],
         [rt.rng(got.server_round, EVALUATE_PURPOSE) for rt in cohort.ready],
         steps=(steps,), batch_size=s.batch_size, task=s.task, device=node.device,
-        cohort_size=s.cohort_size, per_client_params=local,
+        cohort_size=s.cohort_size, per_client_params=local, keep_params=bool(model_dir),
     )  # fmt: skip
-    model_dir = str(context.node_config.get("model-dir", ""))
     for rt, result in zip(cohort.ready, results, strict=True):
         before, after = result.before, result.after
         row: dict[str, float | int] = {

@@ -118,6 +118,8 @@ class Settings:
     clients_per_node: int = _spec(_POS_INT, 1)
     # at most this many of a node's clients run in one vmapped call (memory); 0: all at once
     cohort_size: int = _spec(_NONNEG_INT, 0)
+    # evaluate every this many rounds (and always in the final round, which scores everyone)
+    evaluate_every: int = _spec(_POS_INT, 1)
     min_available_nodes: int = _spec(_POS_INT, 2)
     node_wait_timeout: float = _spec(_POS, 120.0)  # seconds to wait for min-available-nodes
     round_timeout: float = _spec(_POS, 600.0)  # seconds a round waits for replies

@@ -137,6 +137,7 @@ def evaluate_cohort(
     device: torch.device,
     cohort_size: int = 0,
     per_client_params: bool = False,
+    keep_params: bool = True,
 ) -> list[Personalized]:
     """Personalise and score every client of ``clients`` (each with its own ``rng``).
 
@@ -177,8 +178,9 @@ def evaluate_cohort(
         )
         losses[group] = chunk_loss.double().cpu().numpy()
         accuracies[group] = chunk_acc.double().cpu().numpy()
-        for j, i in enumerate(group):
-            adapted[i] = {n: p[j] for n, p in chunk_params.items()}
+        if keep_params:
+            for j, i in enumerate(group):
+                adapted[i] = {n: p[j] for n, p in chunk_params.items()}
     return [
         _client_result(
             [j for j, t in enumerate(tasks) if t.client == c],

@@ -80,13 +80,17 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
         if new_record is not None:
             record, state = new_record, from_record(new_record)
         final = rnd == settings.num_rounds
-        eval_config = ConfigRecord({"final": final})
-        replies = send_and_receive(
-            grid,
-            strategy.configure_evaluate(rnd, record, eval_config, grid),
-            timeout=settings.round_timeout,
-        )
-        eval_metrics = strategy.aggregate_evaluate(rnd, replies)
+        eval_metrics = None
+        if final or rnd % settings.evaluate_every == 0:
+            eval_config = ConfigRecord({"final": final})
+            replies = send_and_receive(
+                grid,
+                strategy.configure_evaluate(rnd, record, eval_config, grid),
+                timeout=settings.round_timeout,
+            )
+            eval_metrics = strategy.aggregate_evaluate(rnd, replies)
+        else:
+            strategy.report.eval_clients = []
         last_eval = dict(eval_metrics or {})  # type: ignore[arg-type]
         row = {
             "round": rnd,
@@ -116,6 +120,11 @@ def progress_line(s: Settings, row: dict) -> str:
     metric = "mse" if s.task.value == "regression" else "acc"
     if f"{metric}-after-mean" not in ev:
         dropped = len(row["dropped"])
+        if row["round"] % s.evaluate_every and row["round"] != s.num_rounds:
+            return (
+                f"round {row['round']}/{s.num_rounds} [{s.algorithm}] trained "
+                f"{row['accepted']} clients, dropped {dropped} {row['seconds']:.2f}s"
+            )
         return f"round {row['round']}/{s.num_rounds}: no evaluation results ({dropped} dropped)"
     return (
         f"round {row['round']}/{s.num_rounds} [{s.algorithm}] "

@@ -57,6 +57,23 @@ class Experiment:
     algorithms: dict[str, dict[str, Any]]
     source: Path
 
+    @property
+    def clients_per_node(self) -> int:
+        return int(self.base.get("clients-per-node", 1))
+
+    @property
+    def num_clients(self) -> int:
+        """Clients in the federation: nodes x clients-per-node."""
+        return self.num_supernodes * self.clients_per_node
+
+    def describe_layout(self) -> str:
+        if self.clients_per_node == 1:
+            return f"{self.num_clients} clients (one per node)"
+        return (
+            f"{self.num_clients} clients ({self.num_supernodes} nodes x "
+            f"{self.clients_per_node} clients each)"
+        )
+
     def cells(self, out_dir: Path) -> list[Cell]:
         return [
             Cell(name, seed, self.run_config(name, seed, out_dir))
@@ -147,6 +164,13 @@ def validate_experiment(exp: Experiment) -> None:
         raise ExperimentError(p, "num-supernodes", "must be >= 1")
     if not exp.seeds or not all(isinstance(s, int) and s >= 0 for s in exp.seeds):
         raise ExperimentError(p, "seeds", f"must be a list of integers >= 0, got {list(exp.seeds)}")
+    for name, overrides in exp.algorithms.items():
+        if "clients-per-node" in overrides:
+            raise ExperimentError(
+                p, f"algorithms.{name}.clients-per-node",
+                "is a property of the federation; set it under base so every row has the "
+                "same clients",
+            )  # fmt: skip
     for key in ("seed", "run-dir"):
         if key in exp.base:
             raise ExperimentError(p, f"base.{key}", "is set per run by the experiment runner")

@@ -90,7 +90,7 @@ def _write_markdown(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> 
     lines = [
         f"# {exp.name}",
         "",
-        f"{len(exp.seeds)} seeds {list(exp.seeds)}, {exp.num_supernodes} clients, "
+        f"{len(exp.seeds)} seeds {list(exp.seeds)}, {exp.describe_layout()}, "
         f"engine `{exp.engine}`. Mean ± std over seeds of the across-client mean "
         f"({better} is better). Shared settings: `{json.dumps(exp.base, sort_keys=True)}`.",
         "",

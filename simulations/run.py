@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{exp.name}: {len(cells)} runs "
         f"({len(exp.algorithms)} algorithms x {len(exp.seeds)} seeds) "
-        f"on the {exp.engine} engine, {exp.num_supernodes} clients -> {out}",
+        f"on the {exp.engine} engine, {exp.describe_layout()} -> {out}",
         flush=True,
     )
     t0 = time.monotonic()

@@ -79,3 +79,12 @@ def test_a_too_small_client_inside_a_cohort_is_skipped_alone(tmp_path):
     assert skipped and row["accepted"] > 0
     assert row["accepted"] + len({d.split(":")[0] for d in skipped}) == 30
     assert np.isfinite(row["eval"]["acc-after-mean"])
+
+
+def test_evaluate_every_skips_evaluation_but_never_in_the_final_round(tmp_path):
+    config = FAST | {"clients-per-node": 5, "evaluate-every": 2, "num-rounds": 3}
+    run_in_loop(config | {"run-dir": str(tmp_path)}, num_nodes=2)
+    rows = _rows(tmp_path)
+    assert [bool(r["eval"]) for r in rows] == [False, True, True]
+    assert rows[2]["eval"]["clients"] == 10  # the final round scores every client
+    assert [len(r["clients"]) for r in _rows(tmp_path, "clients.jsonl")] == [0, 3, 10]
