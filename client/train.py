@@ -55,13 +55,14 @@ def meta_train_steps(
     batches: dict[str, Batch],
     cfg: MetaStepConfig,
 ) -> dict[str, Tensor | Params]:
-    """tau local meta-steps of one client; ``batches`` = support/query/hessian, step-major."""
+    """tau local meta-steps of one client; ``batches`` = support, query (and hessian for
+    Per-FedAvg HF), each with a leading step axis."""
     support_losses, query_losses = [], []
     steps = batches["support"][0].shape[0]
     for t in range(steps):
-        d, d_prime, d_second = (
-            (batches[k][0][t], batches[k][1][t]) for k in ("support", "query", "hessian")
-        )
+        d, d_prime = ((batches[k][0][t], batches[k][1][t]) for k in ("support", "query"))
+        hessian = batches.get("hessian")
+        d_second = (hessian[0][t], hessian[1][t]) if hessian is not None else None
         g = meta_gradient(
             model, params, d, d_prime, loss_fn,
             order=cfg.order, inner_lr=inner_lr, inner_steps=cfg.inner_steps,
@@ -174,10 +175,10 @@ def _train_chunk(
         drawn = [
             sm.meta_batches(rng, s.local_steps) for sm, rng in zip(samplers, rngs, strict=True)
         ]
-        batches = {
-            k: _to_device([getattr(m, k) for m in drawn], s, device)
-            for k in ("support", "query", "hessian")
-        }
+        # Every client draws D'' (one random stream for every order); only Per-FedAvg (HF)
+        # computes with it.
+        used = ["support", "query"] + (["hessian"] if cfg.order is MetaOrder.HESSIAN_FREE else [])
+        batches = {k: _to_device([getattr(m, k) for m in drawn], s, device) for k in used}
 
         def one_meta(p: Params, b: dict[str, Batch]) -> dict:
             return meta_train_steps(model, loss_fn, p, inner_lr, b, cfg)

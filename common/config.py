@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -152,6 +153,14 @@ class Settings:
     resume: bool = _spec((lambda v: True, "true or false"), False)
 
     # ---- derived views (computed, never stored twice) ----
+    @functools.cached_property
+    def _hash(self) -> int:
+        return hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+
+    def __hash__(self) -> int:
+        """Computed once: settings key the per-process caches, looked up per client."""
+        return self._hash
+
     @property
     def algo(self) -> Algorithm:
         return Algorithm(self.algorithm)

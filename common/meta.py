@@ -136,13 +136,12 @@ def meta_gradient(
         query_loss = task_loss(model, adapted, query, loss_fn)
         return query_loss, (support_loss, query_loss)
 
-    theta = _detached(params)
     if isinstance(inner_lr, dict):
         (g, g_lr), (support_loss, query_loss) = grad(objective, argnums=(0, 1), has_aux=True)(
-            theta, _detached(inner_lr)
+            params, inner_lr
         )
         return MetaGradient(g, g_lr, support_loss, query_loss)
-    g, (support_loss, query_loss) = grad(objective, has_aux=True)(theta, inner_lr)
+    g, (support_loss, query_loss) = grad(objective, has_aux=True)(params, inner_lr)
     return MetaGradient(g, None, support_loss, query_loss)
 
 

@@ -90,9 +90,11 @@ def personalize_scores(
     adapted, done = params, 0
     for k in sorted(set(steps)):
         if k > done:
+            # Nothing differentiates through an evaluation, so the inner gradients need no
+            # detaching (create_graph=False would only add a detach per tensor and step).
             adapted = adapt(
                 model, adapted, batches[done:] + batches[:done], loss_fn, inner_lr, k - done,
-                create_graph=False,
+                create_graph=True,
             )  # fmt: skip
             done = k
         loss, acc = masked_scores(model, adapted, test, task)
@@ -181,17 +183,10 @@ def evaluate_cohort(
         if keep_params:
             for j, i in enumerate(group):
                 adapted[i] = {n: p[j] for n, p in chunk_params.items()}
-    return [
-        _client_result(
-            [j for j, t in enumerate(tasks) if t.client == c],
-            losses,
-            accuracies,
-            adapted,
-            steps,
-            task,
-        )  # fmt: skip
-        for c in range(len(clients))
-    ]
+    rows_of: list[list[int]] = [[] for _ in clients]
+    for j, t in enumerate(tasks):
+        rows_of[t.client].append(j)
+    return [_client_result(rows, losses, accuracies, adapted, steps, task) for rows in rows_of]
 
 
 def _client_result(
@@ -202,7 +197,10 @@ def _client_result(
     steps: tuple[int, ...],
     task: Task,
 ) -> Personalized:
-    loss, acc = losses[rows].mean(axis=0), accuracies[rows].mean(axis=0)
+    if len(rows) == 1:  # one task (plain clients): its row as it is
+        loss, acc = losses[rows[0]], accuracies[rows[0]]
+    else:  # episodic clients: the mean over their episodes
+        loss, acc = losses[rows].mean(axis=0), accuracies[rows].mean(axis=0)
     by_steps = {
         k: Score(float(loss[j]), None if task is Task.REGRESSION else float(acc[j]))
         for j, k in enumerate(steps)

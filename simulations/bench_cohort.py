@@ -369,7 +369,8 @@ def measure(
     run_dir = out / f"c{cell.size}" / f"{cell.engine}-{cell.layout}"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     config, nodes = project_config(
-        cell, run_dir, fraction=opts.fraction, cohort_nodes=opts.cohort_nodes,
+        cell, run_dir, fraction=opts.fraction,
+        cohort_nodes=opts.loop_cohort_nodes if cell.engine == "loop" else opts.cohort_nodes,
         cohort_size=opts.cohort_size, cohort_keys=cohort_keys,
     )  # fmt: skip
     result = Result(cell, nodes, warmup=opts.warmup)
@@ -631,7 +632,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="rounds of one-by-one runs of >= 1000 clients per round")  # fmt: skip
     p.add_argument("--warmup", type=int, help="rounds before the median (default 2; quick 1)")
     p.add_argument("--bare-rounds", type=int, default=12, help="bare-loop rounds (2 are warm-up)")
-    p.add_argument("--cohort-nodes", type=int, default=2, help="nodes of the cohort layout")
+    p.add_argument(
+        "--cohort-nodes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="nodes of the cohort layout on the engine (default: one per core)",
+    )
+    p.add_argument(
+        "--loop-cohort-nodes",
+        type=int,
+        default=1,
+        help="nodes of the cohort layout in the loop (one process: 1)",
+    )
     p.add_argument("--cohort-size", type=int, default=0, help="cohort-size (0: all at once)")
     p.add_argument(
         "--engine-max-nodes",
