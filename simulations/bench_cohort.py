@@ -627,11 +627,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--layouts", default="one-by-one,cohort", help="some of one-by-one,cohort")
     p.add_argument("--fraction", type=float, default=0.1,
                    help="fraction-train = fraction-evaluate; N = size / fraction")  # fmt: skip
-    p.add_argument("--rounds", type=int, help="rounds per project run (default 6; quick 4)")
+    p.add_argument("--rounds", type=int, help="rounds per one-by-one run (default 6; quick 4)")
+    p.add_argument(
+        "--rounds-cohort",
+        type=int,
+        help="rounds per cohort run (default 30; quick 6): cheap, and round times "
+        "of this shared machine drift, so more rounds steady the median",
+    )
     p.add_argument("--rounds-slow", type=int, default=3,
                    help="rounds of one-by-one runs of >= 1000 clients per round")  # fmt: skip
     p.add_argument("--warmup", type=int, help="rounds before the median (default 2; quick 1)")
-    p.add_argument("--bare-rounds", type=int, default=12, help="bare-loop rounds (2 are warm-up)")
+    p.add_argument("--bare-rounds", type=int, default=30, help="bare-loop rounds (2 are warm-up)")
     p.add_argument(
         "--cohort-nodes",
         type=int,
@@ -663,6 +669,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sizes = args.sizes or ("10,100" if args.quick else "10,100,1000")
     args.sizes = [int(s) for s in sizes.split(",")]
     args.rounds = args.rounds or (4 if args.quick else 6)
+    args.rounds_cohort = args.rounds_cohort or (6 if args.quick else 30)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     args.engine_max_nodes = args.engine_max_nodes or (100 if args.quick else 1000)
     args.engines = [e for e in ENGINES if e in args.engines.split(",")]
@@ -682,7 +689,8 @@ def cells(opts: argparse.Namespace) -> list[Cell]:
         for engine in opts.engines:
             for layout in opts.layouts:
                 slow = layout == "one-by-one" and size >= 1000
-                out.append(Cell(size, layout, engine, opts.rounds_slow if slow else opts.rounds))
+                rounds = opts.rounds_cohort if layout == "cohort" else opts.rounds
+                out.append(Cell(size, layout, engine, opts.rounds_slow if slow else rounds))
     return out
 
 

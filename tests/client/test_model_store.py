@@ -106,3 +106,18 @@ def test_rewriting_replaces_the_previous_model(tmp_path):
     save_personalized(tmp_path, {"w": torch.ones(2)}, {"round": 2})
     assert torch.equal(torch.load(tmp_path / STATE_FILE, weights_only=True)["w"], torch.ones(2))
     assert json.loads((tmp_path / INFO_FILE).read_text())["round"] == 2
+
+
+def test_a_node_hosting_several_clients_keeps_one_model_folder_per_client(tmp_path):
+    config = CONFIG | {"run-dir": str(tmp_path / "run"), "clients-per-node": 3,
+                       "min-available-nodes": 1, "num-rounds": 1}  # fmt: skip
+    grid = LoopGrid(client_app, config, 2)
+    for node_id, context in grid.contexts.items():
+        context.node_config["model-dir"] = str(tmp_path / f"node-{node_id - 1}")
+    run_federation(parse_settings(config), grid)
+    for node in range(2):
+        folders = sorted(p.name for p in (tmp_path / f"node-{node}").iterdir())
+        assert folders == [f"partition-{3 * node + j}" for j in range(3)]
+        for j in range(3):
+            info = json.loads((tmp_path / f"node-{node}" / folders[j] / INFO_FILE).read_text())
+            assert info["partition-id"] == 3 * node + j and info["num-partitions"] == 6
