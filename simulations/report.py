@@ -157,10 +157,12 @@ def _curves(plt: Any, exp: Experiment, rows: list[dict], out: Path, metric: str)
             f = out / r["algorithm"] / f"seed{seed}" / "metrics.jsonl"
             if f.exists():
                 rounds = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-                per_seed.append({x["round"]: x["eval"].get(f"{metric}-after-mean") for x in rounds})
+                # only rounds that evaluated (every `evaluate-every` rounds, and the last)
+                scored = {x["round"]: x["eval"].get(f"{metric}-after-mean") for x in rounds}
+                per_seed.append({k: v for k, v in scored.items() if v is not None})
         common = sorted(set.intersection(*(set(d) for d in per_seed))) if per_seed else []
-        ys = [np.mean([d[k] for d in per_seed if d[k] is not None]) for k in common]
-        ax.plot(common, ys, label=r["algorithm"])
+        ys = [np.mean([d[k] for d in per_seed]) for k in common]
+        ax.plot(common, ys, marker="." if len(common) < 50 else None, label=r["algorithm"])
     ax.set_xlabel("round")
     ax.set_ylabel(f"personalised {metric} (sampled clients)")
     if metric == "mse":
