@@ -1,8 +1,9 @@
 """Named arrays <-> Flower ``ArrayRecord``s, and the checks a reply must pass.
 
 One record carries the shared state: theta under each parameter's own name and, for
-Meta-SGD, the learned step size of parameter ``n`` under ``alpha/n``. Clients reply with
-an update (their local state minus the state they received) under the same keys.
+Meta-SGD, the learned step size of parameter ``n`` under ``alpha/n``. A node replies with
+its clients' updates (local state minus the state it received) under the same keys,
+stacked on a leading client axis.
 """
 
 from __future__ import annotations
@@ -56,26 +57,11 @@ def to_tensors(arrays: Mapping[str, np.ndarray], device: torch.device) -> dict[s
     return {k: torch.from_numpy(np.array(v)).to(device) for k, v in arrays.items()}
 
 
-def check_update(update: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> None:
-    """Raise :class:`UpdateRejected` naming the first thing wrong with ``update``."""
-    missing = sorted(set(reference) - set(update))
-    extra = sorted(set(update) - set(reference))
-    if missing or extra:
-        raise UpdateRejected(f"keys differ from the shared state: missing {missing}, extra {extra}")
-    for key, ref in reference.items():
-        got = update[key]
-        if got.shape != ref.shape:
-            raise UpdateRejected(f"'{key}' has shape {got.shape}, expected {ref.shape}")
-        if got.dtype != ref.dtype:
-            raise UpdateRejected(f"'{key}' has dtype {got.dtype}, expected {ref.dtype}")
-        if not np.all(np.isfinite(got)):
-            raise UpdateRejected(f"'{key}' contains NaN or infinite values")
-
-
 def check_stacked(
     stacked: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], clients: int
 ) -> None:
-    """Like :func:`check_update` for ``clients`` updates stacked on a leading axis.
+    """Raise :class:`UpdateRejected` naming the first way in which ``clients`` updates,
+    stacked on a leading axis, differ from the shared state in keys, shapes or dtypes.
 
     Finiteness is left to :func:`nonfinite_rows`: one bad client must not sink the others.
     """
