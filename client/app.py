@@ -36,6 +36,7 @@ from client.runtime import ClientRuntime, NodeRuntime, node_runtime
 from client.train import CohortResult, train_cohort
 from common.arrays import ALPHA_PREFIX, from_record, split_state, to_record, to_tensors
 from common.config import Algorithm, settings_to_run_config
+from common.meta import bounded_step_sizes
 from common.personalize import evaluate_cohort
 
 app = ClientApp()
@@ -196,7 +197,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         return _reply(msg, cohort, values, None)
     local = s.algo is Algorithm.LOCAL
     params = _personal_params(context, node, got, cohort.ready) if local else got.theta
-    lr = got.alpha if got.alpha is not None else s.inner_lr
+    lr = bounded_step_sizes(got.alpha, s.alpha_bounds) if got.alpha is not None else s.inner_lr
     steps = s.eval_steps if s.adapts_at_evaluation else 0
     model_dir = str(context.node_config.get("model-dir", ""))
     results = evaluate_cohort(

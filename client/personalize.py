@@ -35,6 +35,7 @@ from client.model_store import EXPORT_FILE, INFO_FILE, export_torchscript, save_
 from common.config import Settings, parse_settings, settings_to_run_config
 from common.data.registry import load_client_data
 from common.device import select_device
+from common.meta import bounded_step_sizes
 from common.models import model_for
 from common.personalize import Personalized, personalize_and_score, tensors_of
 
@@ -96,7 +97,8 @@ def personalize_saved_model(
     theta = {k: v.to(torch_device) for k, v in saved.theta.items()}
     lr: Any = settings.inner_lr
     if saved.alpha is not None:
-        lr = {k: v.to(torch_device) for k, v in saved.alpha.items()}
+        alpha = {k: v.to(torch_device) for k, v in saved.alpha.items()}
+        lr = bounded_step_sizes(alpha, settings.alpha_bounds)  # as the federation used it
     rng = np.random.default_rng([settings.seed, partition_id, OFFLINE_PURPOSE])
     result = personalize_and_score(
         model, theta, lr, data, steps=steps, batch_size=settings.batch_size,

@@ -26,7 +26,7 @@ import torch
 from flwr.app import Context
 from torch import nn
 
-from common.config import Settings, parse_settings
+from common.config import MetaOrder, Settings, parse_settings
 from common.data.registry import load_client_data
 from common.data.types import ClientData
 from common.device import select_device
@@ -49,6 +49,12 @@ class ClientRuntime:
             return (
                 f"partition {self.partition_id} has {n} training examples, fewer than "
                 f"batch-size={b}; lower batch-size or give this client more data"
+            )
+        s, h = self.settings, self.settings.hessian_batch_size
+        if s.meta_order is MetaOrder.HESSIAN_FREE and not s.episodic and n < h:
+            return (
+                f"partition {self.partition_id} has {n} training examples, fewer than "
+                f"hessian-batch-size={h} for perfedavg-hf's D''; lower hessian-batch-size"
             )
         if self.data.num_test == 0:
             return f"partition {self.partition_id} has no test examples to score on"

@@ -30,6 +30,7 @@ from common.meta import (
     LossFn,
     Params,
     StepSize,
+    bounded_step_sizes,
     loss_and_gradients,
     meta_gradient,
     sgd_step,
@@ -45,6 +46,7 @@ class MetaStepConfig:
     outer_lr: float
     hessian_mode: str
     fd_delta: float
+    alpha_bounds: tuple[float, float] | None = None  # Meta-SGD: clamp alpha after each step
 
 
 def meta_train_steps(
@@ -70,7 +72,9 @@ def meta_train_steps(
         )  # fmt: skip
         params = sgd_step(params, g.params, cfg.outer_lr)
         if g.inner_lr is not None and isinstance(inner_lr, dict):
-            inner_lr = sgd_step(inner_lr, g.inner_lr, cfg.outer_lr)
+            inner_lr = bounded_step_sizes(
+                sgd_step(inner_lr, g.inner_lr, cfg.outer_lr), cfg.alpha_bounds
+            )
         support_losses.append(g.support_loss)
         query_losses.append(g.query_loss)
     out: dict[str, Tensor | Params] = {
@@ -122,9 +126,12 @@ def train_cohort(
     All clients start from ``theta`` or, with ``start``, each from its own row of it (the
     'local' baseline's personal models). ``meta`` picks meta-steps with the settings'
     order, else plain SGD. At most ``cohort-size`` clients run in one vmapped call.
+    Meta-SGD's alpha starts, and stays after every local step, inside ``alpha_bounds``
+    when the settings bound it (the reply's alpha update then includes that projection).
     """
     if not clients:
         raise ValueError("train_cohort needs at least one client")
+    inner_lr = bounded_step_sizes(inner_lr, settings.alpha_bounds)
     size = settings.cohort_size or len(clients)
     parts = [
         _train_chunk(
@@ -170,8 +177,9 @@ def _train_chunk(
         if s.meta_order is None:
             raise ValueError(f"algorithm {s.algorithm!r} has no meta-gradient order")
         cfg = MetaStepConfig(
-            s.meta_order, s.inner_steps, s.outer_lr, s.hessian_free_mode, s.hessian_free_delta
-        )
+            s.meta_order, s.inner_steps, s.outer_lr, s.hessian_free_mode, s.hessian_free_delta,
+            s.alpha_bounds,
+        )  # fmt: skip
         drawn = [
             sm.meta_batches(rng, s.local_steps) for sm, rng in zip(samplers, rngs, strict=True)
         ]

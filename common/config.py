@@ -75,6 +75,7 @@ _FRACTION = (lambda v: 0 < v <= 1, "a number in (0, 1]")
 _OPEN_UNIT = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 _INT_LIST = (_int_list, "comma-separated positive integers, e.g. '40,40'")
 _ANY = (lambda v: True, "any string")
+_ANY_NUMBER = (lambda v: True, "a finite number")
 
 
 def _spec(check: tuple[Callable[[Any], bool], str], default: Any) -> Any:
@@ -89,9 +90,12 @@ class Settings:
     algorithm: str = _spec(_choice(Algorithm), "maml")
     # data
     dataset: str = _spec(
-        _one_of("sinusoid", "synthetic", "digits", "mnist", "fashion-mnist", "femnist", "omniglot"),
+        _one_of(
+            "sinusoid", "synthetic", "digits", "mnist", "fashion-mnist", "femnist", "omniglot",
+            "shakespeare",
+        ),
         "sinusoid",
-    )
+    )  # fmt: skip
     data_path: str = _spec(_ANY, "")
     partition: str = _spec(_one_of("natural", "dirichlet", "pathological", "perfedavg"), "natural")
     classes_per_client: int = _spec(_POS_INT, 2)
@@ -106,8 +110,12 @@ class Settings:
     k_shot: int = _spec(_POS_INT, 1)
     query_shots: int = _spec(_POS_INT, 5)  # query examples per class in a training episode
     eval_episodes: int = _spec(_POS_INT, 10)  # episodes averaged per client evaluation
+    # shakespeare (common/data/shakespeare.py): one client per speaking role
+    shakespeare_seq_len: int = _spec(_POS_INT, 80)  # characters of context per window (LEAF)
+    shakespeare_min_chars: int = _spec(_POS_INT, 2000)  # shorter roles are left out
+    shakespeare_stride: int = _spec(_POS_INT, 1)  # one target every this many characters
     # model
-    model: str = _spec(_one_of("mlp", "logreg", "cnn"), "mlp")
+    model: str = _spec(_one_of("mlp", "logreg", "cnn", "lstm"), "mlp")
     hidden_sizes: str = _spec(_INT_LIST, "40,40")
     activation: str = _spec(_one_of("relu", "elu"), "relu")
     # federation
@@ -126,7 +134,11 @@ class Settings:
     round_timeout: float = _spec(_POS, 600.0)  # seconds a round waits for replies
     # client optimisation (Per-FedAvg Algorithm 1 notation)
     local_steps: int = _spec(_POS_INT, 5)  # tau
-    batch_size: int = _spec(_POS_INT, 5)  # |D| = |D'| = |D''|
+    batch_size: int = _spec(_POS_INT, 5)  # |D| = |D'| (= |D''| unless hessian-batch-size)
+    # stability options (docs/benchmarks.md, "Stability options")
+    hessian_batch_size: int = _spec(_NONNEG_INT, 0)  # |D''| of perfedavg-hf; 0: batch-size
+    metasgd_alpha_min: float = _spec(_ANY_NUMBER, 0.0)  # lower bound of alpha when bounded
+    metasgd_alpha_max: float = _spec(_NONNEG, 0.0)  # 0: alpha unbounded; > 0: upper bound
     inner_lr: float = _spec(_POS, 0.01)  # alpha (initial alpha for metasgd)
     inner_steps: int = _spec(_POS_INT, 1)  # k during meta-training
     outer_lr: float = _spec(_POS, 0.001)  # beta
@@ -198,6 +210,20 @@ class Settings:
         return self.dataset == "omniglot"
 
     @property
+    def hessian_size(self) -> int:
+        """|D''| of Per-FedAvg (HF): samples, or shots per class for episodic datasets."""
+        if self.hessian_batch_size:
+            return self.hessian_batch_size
+        return self.k_shot if self.episodic else self.batch_size
+
+    @property
+    def alpha_bounds(self) -> tuple[float, float] | None:
+        """Meta-SGD's safe range of the learned alpha, or None (unbounded, Li et al. 2017)."""
+        if not self.learns_inner_lr or self.metasgd_alpha_max == 0:
+            return None
+        return self.metasgd_alpha_min, self.metasgd_alpha_max
+
+    @property
     def task(self) -> Task:
         return Task.REGRESSION if self.dataset == "sinusoid" else Task.CLASSIFICATION
 
@@ -251,6 +277,8 @@ def _check_combinations(s: Settings) -> None:
             "1 with algorithm 'perfedavg-hf' (the Hessian-free estimate of Fallah et al. "
             "2020, eq. 9, is defined for one inner step; use 'maml' for more)",
         )
+    _check_stability(s)
+    _check_shakespeare(s)
     regression_only = s.dataset == "sinusoid"
     if regression_only and s.partition != "natural":
         raise ConfigError(
@@ -300,6 +328,45 @@ def _check_episodes(s: Settings) -> None:
             f"at most {train_drawers - s.k_shot}: k-shot + query-shots drawings per class "
             f"must fit in the {train_drawers} training drawings a character keeps with "
             f"test-fraction={s.test_fraction}",
+        )  # fmt: skip
+
+
+def _check_stability(s: Settings) -> None:
+    if s.metasgd_alpha_max > 0 and s.metasgd_alpha_min >= s.metasgd_alpha_max:
+        raise ConfigError(
+            "metasgd-alpha-min", s.metasgd_alpha_min,
+            f"a number below metasgd-alpha-max={s.metasgd_alpha_max}",
+        )  # fmt: skip
+    if s.episodic and s.hessian_batch_size:
+        train_drawers = OMNIGLOT_DRAWERS - omniglot_test_drawers(s.test_fraction)
+        if s.hessian_batch_size > train_drawers:
+            raise ConfigError(
+                "hessian-batch-size", s.hessian_batch_size,
+                f"at most {train_drawers} for dataset '{s.dataset}' (D'' shots per class, "
+                f"drawn from the {train_drawers} training drawings a character keeps)",
+            )  # fmt: skip
+
+
+def _check_shakespeare(s: Settings) -> None:
+    """The char-LSTM and the Shakespeare roles belong together (and only together)."""
+    if (s.dataset == "shakespeare") != (s.model == "lstm"):
+        allowed = (
+            "'lstm' for dataset 'shakespeare' (next-character prediction on text windows)"
+            if s.dataset == "shakespeare"
+            else f"'mlp', 'logreg' or 'cnn' for dataset '{s.dataset}' ('lstm' reads text)"
+        )
+        raise ConfigError("model", s.model, allowed)
+    if s.dataset != "shakespeare":
+        return
+    if s.partition != "natural":
+        raise ConfigError(
+            "partition", s.partition, "'natural' for dataset 'shakespeare' (one role per client)"
+        )
+    if not s.data_path:
+        raise ConfigError(
+            "data-path", s.data_path,
+            "tinyshakespeare.txt, a LEAF Shakespeare JSON file, or a LEAF folder with "
+            "train/ and test/ (see docs/benchmarks.md, 'Shakespeare')",
         )  # fmt: skip
 
 

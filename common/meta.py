@@ -51,6 +51,19 @@ def sgd_step(params: Params, grads: Params, lr: StepSize) -> Params:
     return {n: p - lr * grads[n] for n, p in params.items()}
 
 
+def bounded_step_sizes(lr: StepSize, bounds: tuple[float, float] | None) -> StepSize:
+    """A learned per-parameter alpha clamped to ``bounds`` (Meta-SGD's safe range).
+
+    A scalar alpha, or ``bounds=None``, passes through. Clamping is elementwise, so it
+    runs per client under vmap; inside a differentiated step it passes the gradient where
+    alpha is inside the range and none where it sits on a bound.
+    """
+    if bounds is None or not isinstance(lr, dict):
+        return lr
+    lo, hi = bounds
+    return {n: a.clamp(lo, hi) for n, a in lr.items()}
+
+
 def _detached(t: Params) -> Params:
     return {n: v.detach() for n, v in t.items()}
 

@@ -58,6 +58,62 @@ class ConvNet(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
+class LSTMLayer(nn.Module):
+    """One LSTM layer (Hochreiter & Schmidhuber 1997) as a loop over time of Linear gates.
+
+    ``nn.LSTM``'s fused kernel has no vmap batching rule (a cohort of clients cannot run
+    it), so the recurrence is written with plain ops, which ``torch.func`` batches and
+    differentiates twice (second-order MAML through time). Gates i, f, g, o as in
+    ``nn.LSTM``; the forget-gate bias starts at 1, as in LEAF's TensorFlow BasicLSTMCell.
+    """
+
+    def __init__(self, in_features: int, hidden: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.input_gates = nn.Linear(in_features, 4 * hidden)
+        self.hidden_gates = nn.Linear(hidden, 4 * hidden, bias=False)
+        bound = hidden**-0.5  # nn.LSTM's initialization
+        with torch.no_grad():
+            for w in (self.input_gates.weight, self.input_gates.bias, self.hidden_gates.weight):
+                w.uniform_(-bound, bound)
+            self.input_gates.bias[hidden : 2 * hidden] += 1.0
+
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(batch, time, in) -> (batch, time, hidden), or (batch, hidden) at the last step."""
+        pre = self.input_gates(x)  # every time step's input part at once
+        h = c = x.new_zeros(x.shape[0], self.hidden)
+        outputs = []
+        for t in range(x.shape[1]):
+            i, f, g, o = (pre[:, t] + self.hidden_gates(h)).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outputs.append(h)
+        return h if last_only else torch.stack(outputs, dim=1)
+
+
+class CharLSTM(nn.Module):
+    """LEAF's Shakespeare model: embedding 8 -> stacked LSTM -> Linear on the last step.
+
+    Input: character ids (any dtype; they index the embedding), shape (batch, time).
+    Output: logits of the next character, (batch, vocabulary). LEAF uses 2 x 256.
+    """
+
+    def __init__(self, vocabulary: int, hidden: Sequence[int], embedding: int = 8) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary, embedding)
+        widths = [embedding, *hidden]
+        self.layers = nn.ModuleList(
+            LSTMLayer(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.head = nn.Linear(widths[-1], vocabulary)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embedding(x.long())
+        for j, layer in enumerate(self.layers):
+            h = layer(h, last_only=j == len(self.layers) - 1)
+        return self.head(h)
+
+
 def check_no_buffers(model: nn.Module) -> None:
     names = [n for n, _ in model.named_buffers()]
     if names:
@@ -94,6 +150,10 @@ def _build(settings: Settings, input_shape: tuple[int, ...], num_outputs: int) -
         in_features *= d
     if settings.model == "logreg":
         return MLP(in_features, (), num_outputs, nn.ReLU)
+    if settings.model == "lstm":
+        if len(input_shape) != 1:
+            raise ValueError(f"model 'lstm' needs character windows (T,), got {input_shape}")
+        return CharLSTM(num_outputs, settings.hidden)
     if settings.model == "cnn":
         if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
             raise ValueError(f"model 'cnn' needs square image inputs (C, H, H), got {input_shape}")

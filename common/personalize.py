@@ -209,11 +209,17 @@ def _client_result(
 
 
 def _by_support_shape(tasks: list[_Task]) -> list[list[int]]:
-    """Task positions grouped by the shape of their adaptation batches (stackable)."""
+    """Task positions grouped by the shape of their adaptation batches (stackable).
+
+    Within a group, tasks are ordered by the size of their test split, so a chunk of
+    ``cohort-size`` pads its test splits to similar lengths (Shakespeare roles range from
+    tens to thousands of test windows); the order changes which tasks share a call, never
+    a score.
+    """
     groups: dict[tuple, list[int]] = {}
     for i, t in enumerate(tasks):
         groups.setdefault(t.support[0].shape, []).append(i)
-    return list(groups.values())
+    return [sorted(g, key=lambda i: len(tasks[i].test[0])) for g in groups.values()]
 
 
 def _chunks(groups: list[list[int]], size: int) -> list[list[int]]:

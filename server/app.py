@@ -17,9 +17,10 @@ from flwr.supercore import log
 
 from common.arrays import from_record, join_state, split_state, to_record, to_tensors
 from common.config import ConfigError, Settings, parse_settings, settings_to_run_config
-from common.data.registry import check_data_available
+from common.data.registry import check_data_available, smallest_train_split
 from common.device import select_device
 from common.models import model_for
+from common.tasks import batch_warnings
 from server.aggregate import OptimizerConfig, OptimizerState
 from server.delivery import send_and_receive
 from server.new_clients import evaluate_new_clients
@@ -45,6 +46,8 @@ def initial_state(settings: Settings) -> dict[str, np.ndarray]:
 
 def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
     check_data_available(settings)  # fail before round 1, naming the path
+    for warning in batch_warnings(settings, smallest_train_split(settings)):
+        log(WARNING, "%s", warning)
     folder = RunFolder(settings.run_dir)
     state = initial_state(settings)
     optimizer_state, start = OptimizerState(), 1

@@ -18,7 +18,7 @@ from torch import nn
 
 from common.config import Settings, Task
 from common.data.registry import load_new_client_data
-from common.meta import Params, StepSize
+from common.meta import Params, StepSize, bounded_step_sizes
 from common.personalize import evaluate_cohort
 from server.aggregate import client_stats
 
@@ -40,7 +40,7 @@ def evaluate_new_clients(
     steps = (0, *settings.new_client_step_list)
     clients = [load_new_client_data(settings, index) for index in range(settings.new_clients)]
     results = evaluate_cohort(
-        model, theta, inner_lr, clients,
+        model, theta, bounded_step_sizes(inner_lr, settings.alpha_bounds), clients,
         [np.random.default_rng([settings.seed, index, NEW_CLIENT_PURPOSE])
          for index in range(settings.new_clients)],
         steps=steps, batch_size=settings.batch_size, task=settings.task, device=device,

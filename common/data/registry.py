@@ -29,7 +29,7 @@ import numpy as np
 
 from common.config import OMNIGLOT_DRAWERS, Settings, omniglot_test_drawers
 from common.data import partition as part
-from common.data import readers
+from common.data import readers, shakespeare
 from common.data.episodes import EpisodicData, episode_spec
 from common.data.sinusoid import NEW_CLIENT_STREAM as SINUSOID_NEW
 from common.data.sinusoid import sinusoid_client
@@ -69,6 +69,8 @@ _PARTITIONS = {
 def dataset_info(settings: Settings) -> DatasetInfo:
     if settings.dataset == "omniglot":  # an episode's N classes, relabelled 0..N-1
         return DatasetInfo((1, OMNIGLOT_SIZE, OMNIGLOT_SIZE), settings.n_way)
+    if settings.dataset == "shakespeare":  # a window of character ids -> the next one
+        return DatasetInfo((settings.shakespeare_seq_len,), shakespeare.VOCABULARY)
     return _INFO[settings.dataset]
 
 
@@ -94,6 +96,8 @@ def check_data_available(settings: Settings) -> None:
         _omniglot_source(_path(settings), "background")
         if settings.new_clients > 0:
             _omniglot_source(_path(settings), "evaluation")
+    elif settings.dataset == "shakespeare":
+        shakespeare.check_available(settings)
 
 
 def _check_partition_kind(dataset: str, partition: str) -> None:
@@ -157,6 +161,8 @@ def load_client_data(settings: Settings, partition_id: int, num_partitions: int)
         return synthetic_client(settings.seed, partition_id, alpha, beta, settings.test_fraction)
     if settings.dataset == "omniglot":
         return _omniglot_client(settings, "background", partition_id, num_partitions)
+    if settings.dataset == "shakespeare":
+        return shakespeare.shakespeare_client(settings, partition_id, num_partitions)
     _check_partition_kind(settings.dataset, settings.partition)  # before reading anything
     split = _Split.of(settings, num_partitions)
     names, indices = _client_indices(split)
@@ -180,11 +186,22 @@ def load_new_client_data(settings: Settings, index: int) -> ClientData:
         )
     if settings.dataset == "omniglot":
         return _omniglot_client(settings, "evaluation", index, settings.new_clients)
+    if settings.dataset == "shakespeare":
+        return shakespeare.shakespeare_new_client(settings, index)
     _check_partition_kind(settings.dataset, settings.partition)
     split = _Split.of(settings, num_partitions=0)  # new clients do not depend on it
     names, indices = _new_client_indices(split)
     images = _read(split.dataset, split.data_path)
     return _cut(images, indices[index], f"{split.dataset}-new-{names[index]}")
+
+
+def smallest_train_split(settings: Settings) -> int | None:
+    """The fewest train samples of a client, where known before any client runs."""
+    if settings.dataset == "sinusoid":
+        return settings.sinusoid_train_points
+    if settings.dataset == "shakespeare":
+        return shakespeare.smallest_train_split(settings)
+    return None
 
 
 def _cut(

@@ -25,13 +25,20 @@ CASES = {
     "perfedavg-hf-fd": {"algorithm": "perfedavg-hf", "hessian-free-mode": "finite-difference"},
     "metasgd": {},
     "metasgd-fo": {"algorithm": "metasgd", "metasgd-order": "first-order"},
+    # stability options: D'' of its own size; alpha kept in a range (starts outside it)
+    "perfedavg-hf-hessian-batch": {"algorithm": "perfedavg-hf", "hessian-batch-size": 6},
+    "metasgd-bounded": {
+        "algorithm": "metasgd",
+        "metasgd-alpha-min": 0.08,
+        "metasgd-alpha-max": 0.12,
+    },
     "fedavg": {},
     "fedavg-ft": {},
 }
 
 
-def _settings(name: str):
-    overrides = {"algorithm": name} | CASES[name]
+def _settings(name: str, **extra):
+    overrides = {"algorithm": name} | CASES.get(name, {}) | extra
     return parse_settings(
         {
             "hidden-sizes": "8,8",
@@ -85,6 +92,9 @@ def _reference(settings, theta, lr, x, y, rng):
         return params, None, [np.mean(losses)]
     b = sampler.meta_batches(rng, settings.local_steps)
     support, query = [], []
+    bounds = settings.alpha_bounds
+    if bounds is not None:
+        lr = {n: a.clamp(*bounds) for n, a in lr.items()}
     for t in range(settings.local_steps):
         d, d1, d2 = (
             (torch.from_numpy(v[0][t]), torch.from_numpy(v[1][t]))
@@ -106,6 +116,8 @@ def _reference(settings, theta, lr, x, y, rng):
         params = sgd_step(params, g.params, settings.outer_lr)
         if g.inner_lr is not None:
             lr = sgd_step(lr, g.inner_lr, settings.outer_lr)
+            if bounds is not None:
+                lr = {n: a.clamp(*bounds) for n, a in lr.items()}
         support.append(float(g.support_loss))
         query.append(float(g.query_loss))
     return params, lr if settings.learns_inner_lr else None, [np.mean(support), np.mean(query)]
@@ -204,3 +216,74 @@ def test_the_one_by_one_reference_is_itself_exact_second_order():
     fo, _, _ = _reference(s_fo, theta, 0.1, x, y, np.random.default_rng(0))
     assert s_so.meta_order is MetaOrder.SECOND
     assert any(not torch.allclose(so[n], fo[n], rtol=1e-6, atol=1e-7) for n in theta)
+
+
+def test_the_hessian_batch_has_its_own_size_and_leaves_d_and_d_prime_alone():
+    base, own = _settings("perfedavg-hf"), _settings("perfedavg-hf-hessian-batch")
+    x, y = _clients(4)[3]  # 15 points
+    a = task_sampler(x, y, base).meta_batches(np.random.default_rng(0), 3)
+    b = task_sampler(x, y, own).meta_batches(np.random.default_rng(0), 3)
+    assert a.hessian[0].shape == (3, 4, 1) and b.hessian[0].shape == (3, 6, 1)
+    for got, expected in ((b.support, a.support), (b.query, a.query)):
+        np.testing.assert_array_equal(got[0], expected[0])
+    # and it changes the meta-gradient (the option is wired through to the cohort)
+    theta = _theta(base)
+    rngs = lambda: [np.random.default_rng(0)]  # noqa: E731
+    ta = train_cohort(model_for(base), theta, 0.1, [(x, y)], rngs(), base, CPU, meta=True)
+    tb = train_cohort(model_for(own), theta, 0.1, [(x, y)], rngs(), own, CPU, meta=True)
+    assert any(not torch.allclose(ta.params[n], tb.params[n]) for n in theta)
+
+
+def test_bounded_metasgd_alpha_stays_in_range_however_far_it_is_pushed():
+    settings = _settings("metasgd-bounded", **{"outer-lr": 1.0})
+    theta = _theta(settings)
+    lr = _alpha(settings, theta)
+    out = train_cohort(
+        model_for(settings), theta, lr, _clients(3),
+        [np.random.default_rng(i) for i in range(3)], settings, CPU, meta=True,
+    )  # fmt: skip
+    assert out.inner_lr is not None
+    values = torch.cat([a.flatten() for a in out.inner_lr.values()])
+    assert values.min() >= 0.08 and values.max() <= 0.12
+    assert values.min() == 0.08 or values.max() == 0.12  # the bound was needed
+    unbounded = _settings("metasgd", **{"outer-lr": 1.0})
+    free = train_cohort(
+        model_for(unbounded), theta, lr, _clients(3),
+        [np.random.default_rng(i) for i in range(3)], unbounded, CPU, meta=True,
+    )  # fmt: skip
+    assert free.inner_lr is not None
+    spread = torch.cat([a.flatten() for a in free.inner_lr.values()])
+    assert spread.min() < 0.08 or spread.max() > 0.12
+
+
+def _text_clients(count: int, seq_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Character-id windows (float32, as common/data/shakespeare.py gives) of different sizes."""
+    out = []
+    for i in range(count):
+        r = np.random.default_rng(200 + i)
+        n = 6 + 2 * i
+        out.append((r.integers(0, 81, (n, seq_len)).astype(np.float32), r.integers(0, 81, n)))
+    return out
+
+
+@pytest.mark.parametrize("name", ["maml", "perfedavg-hf", "metasgd-bounded", "fedavg"])
+def test_char_lstm_cohort_equals_each_client_trained_alone_by_hand(name):
+    settings = _settings(
+        name, dataset="shakespeare", model="lstm", **{"data-path": "unused",
+        "hidden-sizes": "6,5", "shakespeare-seq-len": 4, "local-steps": 2},
+    )  # fmt: skip
+    theta = _theta(settings)
+    lr = _alpha(settings, theta)
+    clients = _text_clients(3, 4)
+    meta = settings.meta_order is not None
+    cohort = train_cohort(
+        model_for(settings), theta, lr, clients,
+        [np.random.default_rng([4, i]) for i in range(3)], settings, CPU, meta=meta,
+    )  # fmt: skip
+    for i, (x, y) in enumerate(clients):
+        params, alpha, _ = _reference(settings, theta, lr, x, y, np.random.default_rng([4, i]))
+        for n in theta:
+            torch.testing.assert_close(cohort.params[n][i], params[n], rtol=1e-4, atol=1e-6)
+        if alpha is not None:
+            for n in theta:
+                torch.testing.assert_close(cohort.inner_lr[n][i], alpha[n], rtol=1e-4, atol=1e-6)

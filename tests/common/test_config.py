@@ -52,3 +52,32 @@ def test_config_errors_name_key_value_and_allowed(config, key, allowed):
 def test_ints_are_accepted_for_float_keys():
     assert parse_settings({"inner-lr": 1}).inner_lr == 1.0
     assert isinstance(Settings().inner_lr, float)
+
+
+@pytest.mark.parametrize(
+    ("config", "key", "allowed"),
+    [
+        ({"algorithm": "metasgd", "metasgd-alpha-max": 0.1, "metasgd-alpha-min": 0.1},
+         "metasgd-alpha-min", "below metasgd-alpha-max"),
+        ({"hessian-batch-size": -1}, "hessian-batch-size", "an integer >= 0"),
+        ({"dataset": "omniglot", "data-path": "x", "hessian-batch-size": 17},
+         "hessian-batch-size", "at most 16"),
+        ({"dataset": "shakespeare", "data-path": "x"}, "model", "'lstm' for dataset"),
+        ({"model": "lstm"}, "model", "'lstm' reads text"),
+        ({"dataset": "shakespeare", "model": "lstm"}, "data-path", "tinyshakespeare.txt"),
+        ({"dataset": "shakespeare", "model": "lstm", "data-path": "x", "partition": "dirichlet"},
+         "partition", "one role per client"),
+        ({"shakespeare-seq-len": 0}, "shakespeare-seq-len", "an integer >= 1"),
+    ],
+)  # fmt: skip
+def test_stability_and_shakespeare_errors_name_key_value_and_allowed(config, key, allowed):
+    test_config_errors_name_key_value_and_allowed(config, key, allowed)
+
+
+def test_alpha_bounds_apply_to_metasgd_only_and_only_when_set():
+    assert parse_settings({"algorithm": "metasgd"}).alpha_bounds is None
+    bounded = {"metasgd-alpha-min": 0.001, "metasgd-alpha-max": 0.05}
+    assert parse_settings({"algorithm": "metasgd", **bounded}).alpha_bounds == (0.001, 0.05)
+    assert parse_settings({"algorithm": "maml", **bounded}).alpha_bounds is None
+    assert parse_settings({"batch-size": 7}).hessian_size == 7
+    assert parse_settings({"batch-size": 7, "hessian-batch-size": 20}).hessian_size == 20

@@ -183,3 +183,23 @@ def test_per_client_starting_params_are_used_row_by_row():
     )[0]
     assert both[0].before.loss != both[1].before.loss
     assert both[1].before.loss == pytest.approx(alone.before.loss, rel=1e-6)
+
+
+def test_scores_are_paired_across_step_counts_one_adaptation_scored_at_each_k():
+    """k = 1 of a (1, 3, 10) evaluation is exactly a 1-step-only evaluation with the same rng:
+    every k reads the same batches (the first k of one draw), so per-k curves are paired."""
+    model, params = _linear()
+    clients = [_data(seed) for seed in range(3)]
+
+    def scores(steps):
+        return evaluate_cohort(
+            model, params, 0.05, clients, [np.random.default_rng([5, i]) for i in range(3)],
+            steps=steps, batch_size=4, task=Task.REGRESSION, device=CPU,
+        )  # fmt: skip
+
+    together = scores((1, 3, 10))
+    for k in (1, 3):
+        alone = scores((k,))
+        for i in range(3):
+            assert together[i].by_steps[k].loss == pytest.approx(alone[i].by_steps[k].loss)
+            assert together[i].by_steps[0] == alone[i].by_steps[0]

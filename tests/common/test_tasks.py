@@ -13,7 +13,15 @@ from common.data.episodes import (
     draw_episode,
     evaluation_episodes,
 )
-from common.tasks import BatchSampler, EpisodeSampler, draw_indices, task_sampler
+from common.data.registry import smallest_train_split
+from common.tasks import (
+    BatchSampler,
+    EpisodeSampler,
+    batch_warnings,
+    draw_indices,
+    draw_meta_indices,
+    task_sampler,
+)
 
 
 def _labels(classes: int = 12, per_class: int = 15) -> np.ndarray:
@@ -109,3 +117,70 @@ def test_too_few_classes_for_the_way_is_a_named_error():
 
     with pytest.raises(DataError, match="5-way"):
         draw_episode(by_class(np.repeat(np.arange(3), 10)), None, 5, 1, 1, np.random.default_rng(0))
+
+
+# ---- stability options: D'' of its own size; warnings when D, D', D'' cannot differ
+
+
+@pytest.mark.parametrize("n", [3, 5, 9, 40])
+def test_equal_hessian_size_draws_exactly_what_one_size_for_all_three_drew(n):
+    """hessian-batch-size = batch-size keeps every run's batches as they were."""
+    d, d1, d2 = draw_meta_indices(np.random.default_rng(n), n, 5, 5, 4)
+    before = draw_indices(np.random.default_rng(n), n, 5, 3 * 4).reshape(4, 3, -1)
+    for j, got in enumerate((d, d1, d2)):
+        np.testing.assert_array_equal(got, before[:, j])
+
+
+def test_a_larger_hessian_batch_is_drawn_independently_with_distinct_rows():
+    x = np.arange(30, dtype=np.float32)[:, None]
+    b = BatchSampler(x, x, 5, hessian_size=12).meta_batches(np.random.default_rng(0), 6)
+    assert b.support[0].shape == (6, 5, 1) and b.hessian[0].shape == (6, 12, 1)
+    for step in b.hessian[0]:
+        assert len(set(step.ravel())) == 12  # distinct samples
+    # same D and D' as without the option
+    same = BatchSampler(x, x, 5).meta_batches(np.random.default_rng(0), 6)
+    np.testing.assert_array_equal(b.support[0], same.support[0])
+    np.testing.assert_array_equal(b.query[0], same.query[0])
+
+
+def test_episodic_hessian_batch_takes_its_shots_per_class():
+    labels = _labels(classes=6, per_class=15)
+    x = np.arange(len(labels), dtype=np.float32)[:, None]
+    s = parse_settings(
+        {"dataset": "omniglot", "data-path": "x", "n-way": 3, "k-shot": 1, "query-shots": 2,
+         "hessian-batch-size": 4}
+    )  # fmt: skip
+    b = task_sampler(x, labels, s).meta_batches(np.random.default_rng(1), 2)
+    assert b.support[1].shape == (2, 3) and b.hessian[1].shape == (2, 12)
+    for step in range(2):
+        assert np.bincount(b.hessian[1][step]).tolist() == [4, 4, 4]
+        # D'' is labelled as D: the same source class behind each label
+        d, d_second = b.support[0][step].ravel(), b.hessian[0][step].ravel()
+        for label in range(3):
+            source = {int(labels[int(i)]) for i in d_second[b.hessian[1][step] == label]}
+            assert source == {int(labels[int(i)]) for i in d[b.support[1][step] == label]}
+
+
+def _warnings(**config):
+    s = parse_settings({k.replace("_", "-"): v for k, v in config.items()})
+    return batch_warnings(s, smallest_train_split(s))
+
+
+def test_warns_when_d_d_prime_and_d_second_must_be_one_batch():
+    (w,) = _warnings(sinusoid_train_points=5, batch_size=5)
+    assert "D, D' and D''" in w and "batch-size" in w
+    (w,) = _warnings(sinusoid_train_points=4, batch_size=5)
+    assert "skipped every round" in w
+    (w,) = _warnings(algorithm="perfedavg-hf", sinusoid_train_points=20, hessian_batch_size=20)
+    assert "D''" in w and "hessian-batch-size=20" in w
+    assert _warnings(sinusoid_train_points=20, batch_size=5) == []
+    assert _warnings(algorithm="fedavg", sinusoid_train_points=5, batch_size=5) == []
+
+
+def test_warns_when_metasgd_is_scored_beyond_its_trained_steps_with_alpha_unbounded():
+    (w,) = _warnings(algorithm="metasgd", eval_steps=10)
+    assert "metasgd-alpha-max" in w and "10 steps" in w
+    assert _warnings(algorithm="metasgd", eval_steps=1) == []
+    assert _warnings(algorithm="metasgd", eval_steps=10, metasgd_alpha_max=0.05) == []
+    (w,) = _warnings(algorithm="metasgd", eval_steps=1, new_clients=5, new_client_steps="1,10")
+    assert "10 steps" in w

@@ -93,3 +93,33 @@ def test_new_client_metrics_in_the_summary_on_digits(tmp_path):
         for stat in ("mean", "std", "worst10"):
             assert 0.0 <= summary[f"new-acc-k{k}-{stat}"] <= 1.0
     assert "new-mse-k1-mean" not in summary
+
+
+@pytest.mark.parametrize("dataset", ["sinusoid", "omniglot"])
+def test_new_client_scores_are_paired_across_step_counts(dataset, data_dir):
+    """One adaptation per new client, scored at every k: the score after 1 step is the one
+    a run asking for 1 step only gets (same batches or episodes), and so on for 3."""
+    import torch
+
+    from common.models import model_for
+    from server.new_clients import evaluate_new_clients
+
+    extra = {}
+    if dataset == "omniglot":
+        path = _require(data_dir, "omniglot/images_evaluation.npz")
+        extra = {"data-path": str(path.parent), "model": "cnn", "hidden-sizes": "4,4",
+                 "eval-episodes": 2}  # fmt: skip
+    base = {"dataset": dataset, "new-clients": 4, "inner-lr": 0.05, **extra}
+    results = {}
+    for steps in ("1,3,10", "1", "3"):
+        s = parse_settings(base | {"new-client-steps": steps})
+        model = model_for(s, seed=0)
+        theta = {n: p.detach() for n, p in model.named_parameters()}
+        results[steps] = evaluate_new_clients(s, model, theta, s.inner_lr, torch.device("cpu"))
+    metric = "mse" if dataset == "sinusoid" else "acc"
+    for k in ("1", "3"):
+        paired, alone = results["1,3,10"], results[k]
+        assert paired[f"new-{metric}-k{k}-mean"] == pytest.approx(alone[f"new-{metric}-k{k}-mean"])
+        assert paired[f"new-{metric}-k{k}-std"] == pytest.approx(alone[f"new-{metric}-k{k}-std"])
+    loss = "new-mse" if metric == "mse" else "new-loss"
+    assert results["1,3,10"][f"{loss}-k1-mean"] != results["1,3,10"][f"{loss}-k10-mean"]
