@@ -31,11 +31,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.attacks import attack_reply, training_split
 from client.model_store import save_personalized
 from client.runtime import ClientRuntime, NodeRuntime, node_runtime
 from client.train import CohortResult, train_cohort
 from common.arrays import ALPHA_PREFIX, from_record, split_state, to_record, to_tensors
-from common.config import Algorithm, settings_to_run_config
+from common.config import Algorithm, AttackKind, settings_to_run_config
 from common.meta import bounded_step_sizes
 from common.personalize import evaluate_cohort
 
@@ -136,6 +137,13 @@ def train(msg: Message, context: Context) -> Message:
         for j, rt in enumerate(cohort.ready):
             values[rt.partition_id] = {k: float(v[j]) for k, v in result.metrics.items()}
             values[rt.partition_id]["num-examples"] = rt.data.num_train
+    if s.attack_kind is not AttackKind.NONE:  # simulated attackers (client/attacks.py)
+        claims = {p: int(v["num-examples"]) for p, v in values.items()}
+        updates, claims = attack_reply(
+            s, updates, claims, cohort.order, node.num_partitions, got.server_round
+        )
+        for p, n in claims.items():
+            values[p]["num-examples"] = n
     return _reply(msg, cohort, values, to_record(updates))
 
 
@@ -143,7 +151,10 @@ def _train(
     context: Context, node: NodeRuntime, got: Received, ready: list[ClientRuntime]
 ) -> CohortResult:
     s = node.settings
-    clients = [(rt.data.x_train, rt.data.y_train) for rt in ready]
+    clients = [
+        training_split(s, rt.partition_id, rt.num_partitions, rt.data.x_train, rt.data.y_train)
+        for rt in ready
+    ]
     rngs = [rt.rng(got.server_round, TRAIN_PURPOSE) for rt in ready]
     if s.algo is Algorithm.LOCAL:
         start = _personal_params(context, node, got, ready)

@@ -50,6 +50,37 @@ class Task(enum.Enum):
     CLASSIFICATION = "classification"
 
 
+class Aggregation(enum.Enum):
+    """How the server combines the round's accepted updates (server/robust.py)."""
+
+    MEAN = "mean"  # weighted mean (FedAvg)
+    MEDIAN = "median"  # coordinate-wise median (Yin et al. 2018)
+    TRIMMED_MEAN = "trimmed-mean"  # coordinate-wise trimmed mean (Yin et al. 2018)
+    KRUM = "krum"  # the one update closest to its n-f-2 neighbours (Blanchard et al. 2017)
+    MULTI_KRUM = "multi-krum"  # mean of the m best-scored updates by Krum
+    BULYAN = "bulyan"  # Multi-Krum selection, then a trimmed median (El Mhamdi et al. 2018)
+
+
+class Weighting(enum.Enum):
+    """How much each accepted client counts in a weighted rule (mean, (multi-)krum)."""
+
+    EXAMPLES = "examples"  # its claimed num-examples
+    UNIFORM = "uniform"  # 1 each (Per-FedAvg's plain average)
+    CAPPED = "capped"  # its claim, at most max-examples-weight (0: the round's median claim)
+
+
+class AttackKind(enum.Enum):
+    """What a simulated malicious client sends (client/attacks.py)."""
+
+    NONE = "none"
+    SCALED = "scaled"  # its honest update times attack-scale
+    SIGN_FLIP = "sign-flip"  # its honest update times -attack-scale
+    GAUSSIAN = "gaussian"  # pure noise N(0, attack-noise-std^2)
+    NUM_EXAMPLES_LIE = "num-examples-lie"  # -update, claiming attack-scale x its examples
+    LABEL_FLIP = "label-flip"  # trains honestly on flipped labels (data poisoning)
+    SAME_BAD_UPDATE = "same-bad-update"  # every attacker the same crafted vector (colluding)
+
+
 def _choice(enum_cls: type[enum.Enum]) -> tuple[Callable[[Any], bool], str]:
     values = [m.value for m in enum_cls]
     return (lambda v: v in values), "one of " + ", ".join(repr(v) for v in values)
@@ -146,6 +177,20 @@ class Settings:
     hessian_free_mode: str = _spec(_one_of("exact", "finite-difference"), "exact")
     hessian_free_delta: float = _spec(_POS, 1e-3)
     metasgd_order: str = _spec(_one_of("second-order", "first-order"), "second-order")
+    # robust aggregation (server/robust.py; docs/robustness.md): replaces the weighted mean
+    aggregation: str = _spec(_choice(Aggregation), "mean")
+    trim_fraction: float = _spec((lambda v: 0 <= v < 0.5, "a number in [0, 0.5)"), 0.2)
+    krum_byzantine: int = _spec(_NONNEG_INT, 1)  # f, for krum, multi-krum and bulyan
+    multi_krum_keep: int = _spec(_NONNEG_INT, 0)  # m; 0: n - f
+    norm_bound: float = _spec(_NONNEG, 0.0)  # clip each update's L2 norm to this; 0: off
+    norm_bound_median_factor: float = _spec(_NONNEG, 0.0)  # bound = factor x median; 0: off
+    weighting: str = _spec(_choice(Weighting), "examples")
+    max_examples_weight: float = _spec(_NONNEG, 0.0)  # 'capped' weighting; 0: round's median
+    # simulated attackers (client/attacks.py): a seeded attack-fraction of all clients
+    attack: str = _spec(_choice(AttackKind), "none")
+    attack_fraction: float = _spec((lambda v: 0 <= v <= 1, "a number in [0, 1]"), 0.0)
+    attack_scale: float = _spec(_POS, 10.0)
+    attack_noise_std: float = _spec(_POS, 1.0)
     # server optimizer
     server_optimizer: str = _spec(_one_of("sgd", "adam"), "adam")
     server_lr: float = _spec(_POS, 0.03)
@@ -176,6 +221,18 @@ class Settings:
     @property
     def algo(self) -> Algorithm:
         return Algorithm(self.algorithm)
+
+    @property
+    def aggregation_rule(self) -> Aggregation:
+        return Aggregation(self.aggregation)
+
+    @property
+    def weighting_rule(self) -> Weighting:
+        return Weighting(self.weighting)
+
+    @property
+    def attack_kind(self) -> AttackKind:
+        return AttackKind(self.attack)
 
     @property
     def meta_order(self) -> MetaOrder | None:
@@ -305,6 +362,25 @@ def _check_combinations(s: Settings) -> None:
         _check_episodes(s)
     if s.model == "cnn" and s.dataset in ("sinusoid", "synthetic"):
         raise ConfigError("model", s.model, "'mlp' or 'logreg' for vector inputs")
+    _check_attack(s)
+
+
+def _check_attack(s: Settings) -> None:
+    attacking = s.attack != AttackKind.NONE.value
+    if attacking and s.attack_fraction == 0:
+        raise ConfigError(
+            "attack-fraction", s.attack_fraction, f"a number in (0, 1] with attack '{s.attack}'"
+        )
+    if not attacking and s.attack_fraction > 0:
+        raise ConfigError(
+            "attack", s.attack, "an attack kind other than 'none' when attack-fraction > 0"
+        )
+    if s.attack == AttackKind.LABEL_FLIP.value and s.episodic:
+        raise ConfigError(
+            "attack", s.attack,
+            f"another kind for dataset '{s.dataset}' (episodes relabel classes 0..N-1, so a "
+            "flipped label is only another name)",
+        )  # fmt: skip
 
 
 OMNIGLOT_DRAWERS = 20  # drawings per Omniglot character

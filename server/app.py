@@ -101,6 +101,7 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
             "eval": last_eval,
             "accepted": strategy.report.accepted,
             "dropped": strategy.report.dropped,
+            "robust": strategy.report.robust,
             "seconds": round(time.monotonic() - t0, 3),
         }
         folder.append_jsonl("metrics.jsonl", row)

@@ -1,5 +1,7 @@
 """A thin Flower strategy: sample clients reproducibly, screen every client's update before it
-touches theta, aggregate with server/aggregate.py, and summarise per-client evaluation.
+touches theta, aggregate the accepted ones with the configured rule (server/robust.py: the
+weighted mean by default, or a Byzantine-robust rule), step theta with the server optimizer
+(server/aggregate.py), and summarise per-client evaluation.
 
 A node hosts one or many clients and answers for all of its sampled clients in one reply
 (client/app.py): per-client lists in its ``metrics`` and, for training, every client's
@@ -25,14 +27,9 @@ from flwr.supercore import log
 
 from common.arrays import UpdateRejected, check_stacked, from_record, nonfinite_rows, to_record
 from common.config import Settings, Task
-from server.aggregate import (
-    OptimizerConfig,
-    OptimizerState,
-    client_stats,
-    server_step,
-    weighted_mean,
-)
+from server.aggregate import OptimizerConfig, OptimizerState, client_stats, server_step
 from server.nodes import NodeDirectory
+from server.robust import Aggregate, RobustConfig, check_round_size, robust_aggregate
 
 NON_METRICS = ("num-examples", "skipped", "partition-id")
 
@@ -111,6 +108,22 @@ class RoundReport:
     accepted: int = 0
     dropped: list[str] = field(default_factory=list)
     eval_clients: list[dict[str, float]] = field(default_factory=list)
+    robust: dict = field(default_factory=dict)  # what the aggregation rule did, per client
+
+
+def robust_log(result: Aggregate, accepted: Sequence[ClientUpdate]) -> dict:
+    """metrics.jsonl's view of one round's aggregation: the rule that ran, the norm bound,
+    and every client whose update was clipped, down-weighted or excluded."""
+    out: dict = {"rule": result.rule.value}
+    if result.bound is not None:
+        out["bound"] = result.bound
+    if result.note:
+        out["note"] = result.note
+    out["clients"] = [
+        {"partition": accepted[a.index].partition, "norm": a.norm, "action": a.action}
+        for a in result.actions
+    ]
+    return out
 
 
 class MetaStrategy(FedAvg):
@@ -132,6 +145,7 @@ class MetaStrategy(FedAvg):
         self.nodes = nodes
         self.optimizer = optimizer
         self.optimizer_state = optimizer_state or OptimizerState()
+        self.robust = RobustConfig.from_settings(settings)
         self.current: dict[str, np.ndarray] | None = None
         self.report = RoundReport()
         self.asked: dict[int, list[int]] = {}  # node id -> partitions asked this round
@@ -149,6 +163,8 @@ class MetaStrategy(FedAvg):
         )  # fmt: skip  (the final round scores every client, for the summary table)
         purpose = 0 if kind == MessageType.TRAIN else 1
         self.asked = self.nodes.sample(fraction, self.settings.seed, server_round, purpose)
+        if kind == MessageType.TRAIN:  # before anything is sent: a start-up error in round 1
+            check_round_size(self.robust, sum(len(p) for p in self.asked.values()))
         messages = []
         for node, partitions in self.asked.items():
             node_config = ConfigRecord(
@@ -220,12 +236,27 @@ class MetaStrategy(FedAvg):
         if not accepted:
             log(WARNING, "round %d: no valid update; theta unchanged", server_round)
             return None, None
-        weights = [c.weight for c in accepted]
-        delta = weighted_mean([c.update for c in accepted], weights)
+        result = self._robust_delta(server_round, accepted)
         new_state, self.optimizer_state = server_step(
-            self.current, delta, self.optimizer, self.optimizer_state
+            self.current, result.delta, self.optimizer, self.optimizer_state
         )
-        return to_record(new_state), _weighted_metrics([c.metrics for c in accepted], weights)
+        metrics = _weighted_metrics([c.metrics for c in accepted], result.weights)
+        return to_record(new_state), metrics
+
+    def _robust_delta(self, server_round: int, accepted: list[ClientUpdate]) -> Aggregate:
+        """The configured rule over the accepted updates; what it did goes to the run log."""
+        result = robust_aggregate(
+            [c.update for c in accepted], [c.weight for c in accepted], self.robust
+        )
+        self.report.robust = robust_log(result, accepted)
+        if result.actions or result.note:
+            said = [result.note] if result.note else []
+            said += [
+                f"partition {c['partition']} (norm {c['norm']:.4g}) {c['action']}"
+                for c in self.report.robust["clients"]
+            ]
+            log(WARNING, "round %d %s: %s", server_round, result.rule.value, "; ".join(said))
+        return result
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
