@@ -2,7 +2,12 @@
 
 The round loop is written out here (instead of ``Strategy.start``) so that after every
 round the server writes the metrics and a checkpoint of theta, alpha and the server
-optimizer's state: a killed run resumes from its last completed round (``resume=true``).
+optimizer's state: a killed run resumes from its last completed round (``resume=true``),
+with the settings recorded in config.json (server/run_folder.py says which may change).
+
+A run in which no client update was ever accepted has trained nothing: it raises
+:class:`TrainingFailed` (in round 1 already when every client replied with an error) and
+writes no checkpoint, model.pt or summary.json, so a rerun after the fix starts afresh.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import time
 from logging import INFO, WARNING
 
 import numpy as np
-from flwr.app import ConfigRecord, Context
+from flwr.app import ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
@@ -25,10 +30,14 @@ from server.aggregate import OptimizerConfig, OptimizerState
 from server.delivery import send_and_receive
 from server.new_clients import evaluate_new_clients
 from server.nodes import NodeDirectory
-from server.run_folder import Checkpoint, RunFolder
+from server.run_folder import Checkpoint, RunFolder, check_matches
 from server.strategy import MetaStrategy
 
 app = ServerApp()
+
+
+class TrainingFailed(RuntimeError):
+    """No client update was ever accepted: there is no trained model to save or score."""
 
 
 @app.main()
@@ -45,20 +54,16 @@ def initial_state(settings: Settings) -> dict[str, np.ndarray]:
 
 
 def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
-    check_data_available(settings)  # fail before round 1, naming the path
+    check_data_available(settings)  # fail before round 1, naming the file and the problem
     for warning in batch_warnings(settings, smallest_train_split(settings)):
         log(WARNING, "%s", warning)
     folder = RunFolder(settings.run_dir)
     state = initial_state(settings)
     optimizer_state, start = OptimizerState(), 1
-    ckpt = folder.load_checkpoint(expected=state)
-    if ckpt is not None and not settings.resume:
-        raise ConfigError(
-            "run-dir", settings.run_dir,
-            f"a folder without a checkpoint ({folder.path} holds one at round "
-            f"{ckpt.server_round}); set resume=true to continue that run or pick a new run-dir",
-        )  # fmt: skip
-    if ckpt is not None:
+    ckpt = resume_point(settings, folder, state)
+    if ckpt is None:
+        folder.start_over()
+    else:
         state, optimizer_state, start = ckpt.state, ckpt.optimizer, ckpt.server_round + 1
         for name in ("metrics.jsonl", "clients.jsonl"):
             folder.truncate_jsonl_after(name, ckpt.server_round)
@@ -72,16 +77,26 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
     t_run = time.monotonic()
     last_eval: dict[str, float] = {}
     record = to_record(state)  # theta as sent; replaced only when a round aggregates
+    trained = ckpt is not None  # a checkpoint is written only once an update was accepted
     for rnd in range(start, settings.num_rounds + 1):
         t0 = time.monotonic()
-        replies = send_and_receive(
-            grid,
-            strategy.configure_train(rnd, record, ConfigRecord(), grid),
-            timeout=settings.round_timeout,
+        replies = list(
+            send_and_receive(
+                grid,
+                strategy.configure_train(rnd, record, ConfigRecord(), grid),
+                timeout=settings.round_timeout,
+            )
         )
         new_record, train_metrics = strategy.aggregate_train(rnd, replies)
         if new_record is not None:
-            record, state = new_record, from_record(new_record)
+            record, state, trained = new_record, from_record(new_record), True
+        elif not trained and replies and all(m.has_error() for m in replies):
+            folder.append_jsonl("metrics.jsonl", _round_row(rnd, strategy, None, {}, t0))
+            raise TrainingFailed(
+                f"round {rnd}: every client failed and no update was ever accepted, so the "
+                f"run stops ({_first_drop(strategy)}); nothing was saved as trained. Every "
+                f"dropped client and why: {folder.file('metrics.jsonl')}"
+            )
         final = rnd == settings.num_rounds
         eval_metrics = None
         if final or rnd % settings.evaluate_every == 0:
@@ -95,22 +110,74 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
         else:
             strategy.report.eval_clients = []
         last_eval = dict(eval_metrics or {})  # type: ignore[arg-type]
-        row = {
-            "round": rnd,
-            "train": dict(train_metrics or {}),
-            "eval": last_eval,
-            "accepted": strategy.report.accepted,
-            "dropped": strategy.report.dropped,
-            "robust": strategy.report.robust,
-            "seconds": round(time.monotonic() - t0, 3),
-        }
+        row = _round_row(rnd, strategy, train_metrics, last_eval, t0)
         folder.append_jsonl("metrics.jsonl", row)
         folder.append_jsonl(
             "clients.jsonl", {"round": rnd, "clients": strategy.report.eval_clients}
         )
-        folder.save_checkpoint(Checkpoint(rnd, state, strategy.optimizer_state))
+        if trained:  # before that, theta is the seeded initial one: nothing to keep
+            folder.save_checkpoint(Checkpoint(rnd, state, strategy.optimizer_state))
         log(INFO, "%s", progress_line(settings, row))
+    if not trained:
+        raise TrainingFailed(
+            f"no client update was accepted in rounds {start}..{settings.num_rounds} "
+            f"({_first_drop(strategy)}), so there is no trained model: no model.pt or "
+            f"summary.json written. Every dropped client and why: {folder.file('metrics.jsonl')}"
+        )
     return finish(settings, folder, state, last_eval, time.monotonic() - t_run)
+
+
+def resume_point(
+    settings: Settings, folder: RunFolder, state: dict[str, np.ndarray]
+) -> Checkpoint | None:
+    """The checkpoint to continue from, or None to start at round 1.
+
+    Refuses (ConfigError) a checkpoint without ``resume=true`` and a resume whose settings
+    differ from config.json where theta depends on them; CheckpointMismatch if its arrays
+    are not this model's. A checkpoint with no server step (left by a run that never
+    accepted an update) holds the seeded initial theta: starting over loses nothing.
+    """
+    ckpt = folder.load_checkpoint()
+    if ckpt is None:
+        return None
+    if ckpt.optimizer.step == 0:
+        log(INFO, "%s holds no accepted update; starting over at round 1", folder.path)
+        return None
+    if not settings.resume:
+        raise ConfigError(
+            "run-dir", settings.run_dir,
+            f"a folder without a checkpoint ({folder.path} holds one at round "
+            f"{ckpt.server_round}); set resume=true to continue that run or pick a new run-dir",
+        )  # fmt: skip
+    now, defaults = settings_to_run_config(settings), settings_to_run_config(Settings())
+    for key, (was, new) in folder.check_resumable(now, defaults).items():
+        level = WARNING if key == "data-path" else INFO  # it must still be the same data
+        log(level, "resuming with %s = %r (was %r)", key, new, was)
+    check_matches(ckpt, folder.file("checkpoint.npz"), state)
+    return ckpt
+
+
+def _round_row(
+    rnd: int, strategy: MetaStrategy, train_metrics: MetricRecord | None,
+    eval_metrics: dict[str, float], t0: float,
+) -> dict:  # fmt: skip
+    return {
+        "round": rnd,
+        "train": dict(train_metrics or {}),
+        "eval": eval_metrics,
+        "accepted": strategy.report.accepted,
+        "dropped": strategy.report.dropped,
+        "robust": strategy.report.robust,
+        "seconds": round(time.monotonic() - t0, 3),
+    }
+
+
+def _first_drop(strategy: MetaStrategy) -> str:
+    """The round's first dropped client and why, on one line, for an error message."""
+    if not strategy.report.dropped:
+        return "no client replied"
+    first = " ".join(strategy.report.dropped[0].split())
+    return f"first: {first[:300]}{'...' if len(first) > 300 else ''}"
 
 
 def optimizer_config(s: Settings) -> OptimizerConfig:

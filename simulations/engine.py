@@ -34,6 +34,18 @@ class SimulationError(RuntimeError):
     """The SuperLink did not start, or a run did not finish cleanly."""
 
 
+def app_dir() -> Path:
+    """The Flower app's folder, which ``flwr run`` packages: this project's source checkout."""
+    if not (PROJECT_ROOT / "pyproject.toml").is_file():
+        raise SimulationError(
+            "the Simulation Engine runs the Flower app from its source folder (`flwr run` "
+            f"reads [tool.flwr.app] from its pyproject.toml), but {PROJECT_ROOT} is an "
+            "installed copy without one: run from a checkout (pip install -e .) or use "
+            "--engine loop"
+        )
+    return PROJECT_ROOT
+
+
 def _bin(name: str) -> str:
     """The console script next to this interpreter (works inside a venv not on PATH)."""
     candidate = Path(sys.executable).parent / name
@@ -71,7 +83,7 @@ class SuperLink:
         self, overrides: Mapping[str, Any], num_supernodes: int, cpus_per_client: int = 1
     ) -> list[str]:
         return [
-            _bin("flwr"), "run", str(PROJECT_ROOT), CONNECTION, "--stream",
+            _bin("flwr"), "run", str(app_dir()), CONNECTION, "--stream",
             "--run-config", run_config_arg(overrides),
             "--federation-config",
             f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}",
@@ -147,6 +159,7 @@ def simulation_superlink(
 
     ``extra_env`` reaches every process it starts (the ServerApp and ClientApps included).
     """
+    app_dir()  # before starting anything
     owned = workdir is None
     home = Path(tempfile.mkdtemp(prefix="fedmeta-flwr-")) if owned else Path(workdir)  # type: ignore[arg-type]
     home.mkdir(parents=True, exist_ok=True)

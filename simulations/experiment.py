@@ -13,7 +13,8 @@ own overrides, stated in the table), the seeds, and the engine that runs them.
       fedavg: {outer-lr: 0.01}
 
 Every run-config key is checked by common.config before anything runs, so an invalid
-file stops with the file, the key and the problem named.
+file stops with the file, the key and the problem named. The keys the runner sets per run
+(:data:`PER_RUN`) are refused where they would be ignored.
 """
 
 from __future__ import annotations
@@ -27,7 +28,21 @@ import yaml
 from common.config import Algorithm, ConfigError, parse_settings
 
 ENGINES = ("simulation", "loop")
+SHIPPED = Path(__file__).resolve().parent / "experiments"  # installed with the package
 TOP_LEVEL = ("name", "engine", "num-supernodes", "cpus-per-client", "seeds", "base", "algorithms")
+
+# Run-config keys the runner sets for each run, with why they cannot be set in `base`
+# (or with --set); only `algorithm` may be set inside a row.
+PER_RUN = {
+    "algorithm": (
+        "is chosen per row: each name under 'algorithms' runs that algorithm (to run "
+        "another algorithm under a row's name, set 'algorithm' inside the row); pick rows "
+        "with --only"
+    ),
+    "seed": "is set per run from 'seeds'",
+    "run-dir": "is set per run by the runner (<out>/<row>/seed<k>; choose <out> with --out)",
+    "resume": "is set per run by the runner (a run that left a checkpoint resumes from it)",
+}
 
 
 class ExperimentError(ValueError):
@@ -92,12 +107,27 @@ class Experiment:
         }
 
 
+def find_experiment(name: str | Path) -> Path:
+    """A YAML file's path as given, or the experiment of that name shipped with the package
+    (``quickstart`` is ``simulations/experiments/quickstart.yaml``, also in an installed copy)."""
+    path = Path(name)
+    shipped = SHIPPED / f"{path.name.removesuffix('.yaml')}.yaml"
+    if not path.exists() and path.parent == Path(".") and shipped.is_file():
+        return shipped
+    return path
+
+
+def shipped_names() -> list[str]:
+    return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+
+
 def load_experiment(path: str | Path) -> Experiment:
-    path = Path(path)
+    path = find_experiment(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ExperimentError(path, "-", "file not found") from None
+        problem = f"file not found; shipped experiments, run by name: {', '.join(shipped_names())}"
+        raise ExperimentError(path, "-", problem) from None
     except yaml.YAMLError as err:
         raise ExperimentError(path, "-", f"not valid YAML: {err}") from None
     if not isinstance(raw, dict):
@@ -171,9 +201,12 @@ def validate_experiment(exp: Experiment) -> None:
                 "is a property of the federation; set it under base so every row has the "
                 "same clients",
             )  # fmt: skip
-    for key in ("seed", "run-dir"):
+    for key, why in PER_RUN.items():
         if key in exp.base:
-            raise ExperimentError(p, f"base.{key}", "is set per run by the experiment runner")
+            raise ExperimentError(p, f"base.{key}", why)
+        for name, overrides in exp.algorithms.items():
+            if key in overrides and key != "algorithm":
+                raise ExperimentError(p, f"algorithms.{name}.{key}", why)
     valid = {a.value for a in Algorithm}
     for name in exp.algorithms:
         run_config = exp.run_config(name, exp.seeds[0], Path("."))

@@ -1,13 +1,17 @@
 """Run every cell of an experiment and write its results folder.
 
     python -m simulations.run simulations/experiments/quickstart.yaml
+    python -m simulations.run quickstart        # the same file, by name, from any folder
 
 Each (algorithm, seed) cell is one run of the Flower app (``engine: simulation``: one
 SuperLink started for the whole experiment, one ``flwr run`` per cell) or of the same
 server loop in this process (``engine: loop``). A cell whose folder already holds a
 ``summary.json`` from the same settings is reused, and one that was interrupted resumes
-from its checkpoint, so a killed sweep continues where it stopped. Results:
-``<out>/<algorithm>/seed<k>/`` per run, then ``summary.md``, ``summary.csv`` and plots.
+from its checkpoint, so a killed sweep continues where it stopped. A run that failed (bad
+data, no update ever accepted) leaves no summary, so it runs again once the cause is fixed.
+Results: ``<out>/<algorithm>/seed<k>/`` per run, then ``summary.md``, ``summary.csv`` and
+plots. A named error (bad file or settings, unreadable data or checkpoint, a run that
+failed) stops the sweep with one ``error:`` line and exit status 1 (2 for a bad file).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -24,6 +29,7 @@ import yaml
 
 from simulations.engine import SimulationError, SuperLink, simulation_superlink
 from simulations.experiment import (
+    PER_RUN,
     Cell,
     Experiment,
     ExperimentError,
@@ -37,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("experiment", type=Path, help="experiment YAML file")
+    parser.add_argument(
+        "experiment",
+        type=Path,
+        help="experiment YAML file, or the name of a shipped one (quickstart, digits, ...)",
+    )
     parser.add_argument("--out", type=Path, help="results folder (default: results/<name>)")
     parser.add_argument(
         "--engine", choices=("simulation", "loop"), help="override the file's engine"
@@ -69,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         run_cells(exp, cells)
-    except (SimulationError, ExperimentError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        if not isinstance(err, named_errors()):
+            raise  # a bug: its traceback is the useful report
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     write_report(exp, out)
     print(f"done in {time.monotonic() - t0:.0f} s; table: {out / 'summary.md'}", flush=True)
@@ -78,13 +90,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _apply_cli(exp: Experiment, args: argparse.Namespace) -> Experiment:
+def named_errors() -> tuple[type[Exception], ...]:
+    """What a run raises for a cause the user can fix; its message says what and where.
 
+    Imported when needed: server modules pull in torch, which ``--help`` should not wait for.
+    """
+    from common.config import ConfigError
+    from common.data.types import DataError
+    from server.app import TrainingFailed
+    from server.nodes import NodesUnavailable
+    from server.run_folder import RunFolderError
+
+    return (
+        ExperimentError, SimulationError, ConfigError, DataError, RunFolderError,
+        TrainingFailed, NodesUnavailable,
+    )  # fmt: skip
+
+
+def _apply_cli(exp: Experiment, args: argparse.Namespace) -> Experiment:
     base = dict(exp.base)
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise ExperimentError(exp.source, item, "--set needs KEY=VALUE")
+        if key in PER_RUN:
+            raise ExperimentError(exp.source, f"--set {key}", PER_RUN[key])
         base[key] = yaml.safe_load(value)
     algorithms = exp.algorithms
     if args.only:
@@ -104,7 +134,7 @@ def _state(cell: Cell) -> str:
     """'done' (same settings finished), 'resume' (checkpoint, no summary) or 'new'."""
     run_dir = Path(cell.run_config["run-dir"])
     config = run_dir / "config.json"
-    if (run_dir / "summary.json").exists() and config.exists():
+    if (run_dir / "summary.json").exists() and config.exists() and _trained(run_dir):
         recorded = json.loads(config.read_text())
         if all(recorded.get(k) == v for k, v in cell.run_config.items() if k != "resume"):
             return "done"
@@ -114,6 +144,19 @@ def _state(cell: Cell) -> str:
             "holds a finished run with different settings; use another --out or delete it",
         )
     return "resume" if (run_dir / "checkpoint.npz").exists() else "new"
+
+
+def _trained(run_dir: Path) -> bool:
+    """Whether any round accepted an update. Runs never write a summary otherwise, but a
+    folder from before that rule may hold one from a run that trained nothing."""
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            if json.loads(line).get("accepted", 0) > 0:
+                return True
+        except (ValueError, AttributeError, TypeError):
+            continue  # a row cut short by a crash
+    return False
 
 
 def run_cells(exp: Experiment, cells: list[Cell]) -> None:
@@ -150,6 +193,9 @@ def _run_in_loop(exp: Experiment, cell: Cell, state: str, tag: str) -> None:
     )
 
 
+_PROGRESS = re.compile(r"INFO\s*:\s*(round \d+/\d+.*)")
+
+
 def _run_on_engine(link: SuperLink, exp: Experiment, cell: Cell, state: str, tag: str) -> None:
     run_dir = Path(cell.run_config["run-dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -165,20 +211,17 @@ def _run_on_engine(link: SuperLink, exp: Experiment, cell: Cell, state: str, tag
         for line in proc.stdout:
             log.write(line)
             lines.append(line)
-            if " round " in line or "ERROR" in line or "Traceback" in line:
-                print(
-                    f"  [{cell.algorithm} s{cell.seed}] {line.split('INFO', 1)[-1].strip(' :')}",
-                    end="",
-                    flush=True,
-                )
+            if progress := _PROGRESS.search(line):  # the server's round lines, nothing else
+                print(f"  [{cell.algorithm} s{cell.seed}] {progress.group(1)}", flush=True)
         code = proc.wait()
-    if code == 0:
-        link.check_finished("".join(lines))
+    where = f"run {cell.algorithm} seed {cell.seed}"
+    try:
+        if code == 0:
+            link.check_finished("".join(lines))  # the ServerApp's exception, if it raised
+    except SimulationError as err:
+        raise SimulationError(f"{where}: {err}; log: {run_dir / 'flwr.log'}") from None
     if code != 0 or not (run_dir / "summary.json").exists():
-        raise SimulationError(
-            f"run {cell.algorithm} seed {cell.seed} failed (exit {code}); "
-            f"see {run_dir / 'flwr.log'}"
-        )
+        raise SimulationError(f"{where} failed (exit {code}); see {run_dir / 'flwr.log'}")
     print(
         f"[{tag}] {cell.algorithm} seed {cell.seed} finished in {time.monotonic() - t:.0f} s",
         flush=True,

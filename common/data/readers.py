@@ -6,7 +6,9 @@ store white background high), so a model sees the same kind of input from every 
 Images carry a channel axis: ``(n, 1, H, W)``.
 
 Nothing here knows where the data lives: every reader takes a path, and a missing or
-unreadable one raises :class:`DataError` naming the path and where to get the data.
+unreadable one raises :class:`DataError` naming the path and where to get the data. A
+reader checks what it reads (lengths, label ranges, complete compressed streams), so a
+corrupt file is named in one line by the server's start-up check, not by every client.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import io
 import json
 import struct
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +53,28 @@ WHERE_TO_GET = {
 }
 
 
+MNIST_CLASSES = 10  # MNIST and Fashion-MNIST
+FEMNIST_CLASSES = 62  # 10 digits, 26 upper, 26 lower case
+
+# What a damaged archive raises: zipfile and gzip (OSError, EOFError), zlib on flipped
+# bytes inside a compressed stream, numpy's npy reader (ValueError) on a cut-short array.
+CORRUPT = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
+
+
 def unreadable(what: str, path: Path | str, problem: str, source: str) -> DataError:
     """The one error every reader raises: what, where, why, and where to get it."""
     return DataError(f"{what} {problem} at '{path}'. {WHERE_TO_GET[source]}")
+
+
+def check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
+    """DataError unless every label is a class index 0..num_classes-1."""
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise DataError(
+            f"{where}: label {y[first]} at position {first} is outside 0..{num_classes - 1} "
+            f"({int(bad.sum())} of {len(y)} labels are out of range)"
+        )
 
 
 @dataclass(frozen=True)
@@ -110,12 +132,11 @@ def _parse_idx_header(head: bytes, path: Path) -> tuple[np.dtype, tuple[int, ...
     return np.dtype(_IDX_TYPES[head[2]]), shape, offset
 
 
-def _read_bytes(path: Path, limit: int = -1) -> bytes:
-    """The file's (decompressed, if gzip) bytes, or its first ``limit`` of them."""
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed if it is gzip (checked to its end: length and CRC)."""
     with open(path, "rb") as f:
-        gzipped = f.read(2) == _GZIP_MAGIC
-    with (gzip.open if gzipped else open)(path, "rb") as f:
-        return f.read(limit)
+        raw = f.read()
+    return gzip.decompress(raw) if raw[:2] == _GZIP_MAGIC else raw
 
 
 def read_idx(path: Path | str) -> np.ndarray:
@@ -123,8 +144,12 @@ def read_idx(path: Path | str) -> np.ndarray:
     path = Path(path)
     try:
         raw = _read_bytes(path)
-    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"cannot read IDX file '{path}': {err}") from err
+    except EOFError as err:
+        raise DataError(f"IDX file '{path}' is cut short (gzip: {err}); download it again") from err
+    except (gzip.BadGzipFile, zlib.error) as err:
+        raise DataError(f"IDX file '{path}' is corrupt (gzip: {err}); download it again") from err
+    except OSError as err:
+        raise DataError(f"IDX file '{path}' cannot be read: {err}") from err
     dtype, shape, offset = _parse_idx_header(raw, path)
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - offset != expected:
@@ -150,18 +175,6 @@ def find_idx_files(folder: Path | str, source: str = "mnist") -> dict[str, Path]
     return found
 
 
-def check_idx_folder(folder: Path | str, source: str = "mnist") -> None:
-    """Cheap start-up check: the four files exist and their headers agree, no data read."""
-    shapes = {}
-    for key, path in find_idx_files(folder, source).items():
-        try:
-            head = _read_bytes(path, 16)
-        except (OSError, EOFError) as err:
-            raise unreadable(f"{source} file", path, f"is unreadable ({err})", source) from err
-        shapes[key] = _parse_idx_header(head, path)[1]
-    _check_idx_shapes(shapes, Path(folder))
-
-
 def _check_idx_shapes(shapes: dict[str, tuple[int, ...]], folder: Path) -> None:
     for split in ("train", "test"):
         images, labels = shapes[f"{split}-images"], shapes[f"{split}-labels"]
@@ -174,10 +187,14 @@ def _check_idx_shapes(shapes: dict[str, tuple[int, ...]], folder: Path) -> None:
 
 def read_mnist_folder(folder: Path | str, source: str = "mnist") -> LabeledImages:
     """MNIST or Fashion-MNIST: train and t10k pooled, ``is_test`` marking the t10k rows."""
-    arrays = {key: read_idx(path) for key, path in find_idx_files(folder, source).items()}
+    paths = find_idx_files(folder, source)
+    arrays = {key: read_idx(path) for key, path in paths.items()}
     _check_idx_shapes({k: a.shape for k, a in arrays.items()}, Path(folder))
-    if arrays["train-images"].dtype != np.uint8 or arrays["test-images"].dtype != np.uint8:
-        raise DataError(f"IDX images in '{folder}' are not unsigned bytes (0..255)")
+    for key in ("train-images", "test-images"):
+        if arrays[key].dtype != np.uint8:
+            raise DataError(f"IDX images in '{paths[key]}' are {arrays[key].dtype}, not ubyte")
+    for key in ("train-labels", "test-labels"):
+        check_labels(arrays[key], MNIST_CLASSES, f"IDX labels '{paths[key]}'")
     images = np.concatenate([arrays["train-images"], arrays["test-images"]])
     x = images[:, None, :, :].astype(np.float32)
     x /= 255.0  # MNIST is already ink-high: 0 = background
@@ -204,29 +221,19 @@ def femnist_layout(path: Path | str) -> str:
     )
 
 
-def check_femnist(path: Path | str) -> None:
-    """Cheap start-up check: the npz has its keys, or each LEAF split has JSON files."""
-    path = Path(path)
-    if femnist_layout(path) == "npz":
-        with _open_npz(path, "FEMNIST npz", "femnist") as data:
-            _require_keys(data, _FEMNIST_KEYS, path)
-    else:
-        for split in ("train", "test"):
-            if not any((path / split).glob("*.json")):
-                raise unreadable(f"LEAF {split}/*.json", path / split, "not found", "femnist")
-
-
-def _open_npz(path: Path, what: str, source: str) -> np.lib.npyio.NpzFile:
+def _read_npz(path: Path, keys: tuple[str, ...], what: str, source: str) -> tuple[np.ndarray, ...]:
+    """The arrays ``keys`` of an npz, each read whole (so a damaged member is found here)."""
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise unreadable(what, path, f"is unreadable ({err})", source) from err
-
-
-def _require_keys(data: np.lib.npyio.NpzFile, keys: tuple[str, ...], path: Path) -> None:
-    missing = [k for k in keys if k not in data.files]
-    if missing:
-        raise DataError(f"npz '{path}' lacks keys {missing} (has {data.files})")
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                raise DataError(f"{what} '{path}' lacks keys {missing} (has {data.files})")
+            return tuple(data[k] for k in keys)
+    except DataError:
+        raise
+    except CORRUPT as err:
+        problem = f"is unreadable, cut short or corrupt ({err})"
+        raise unreadable(what, path, problem, source) from err
 
 
 def read_femnist(path: Path | str) -> LabeledImages:
@@ -240,11 +247,16 @@ def read_femnist(path: Path | str) -> LabeledImages:
 
 
 def _read_femnist_npz(path: Path) -> LabeledImages:
-    with _open_npz(path, "FEMNIST npz", "femnist") as data:
-        _require_keys(data, _FEMNIST_KEYS, path)
-        raw, y, writer, split = (data[k] for k in _FEMNIST_KEYS)
+    raw, y, writer, split = _read_npz(path, _FEMNIST_KEYS, "FEMNIST npz", "femnist")
     if raw.ndim != 3 or not (len(raw) == len(y) == len(writer) == len(split)):
-        raise DataError(f"FEMNIST npz '{path}' has inconsistent shapes x {raw.shape}, y {y.shape}")
+        raise DataError(
+            f"FEMNIST npz '{path}' has inconsistent shapes: x {raw.shape}, y {y.shape}, "
+            f"writer {writer.shape}, split {split.shape}"
+        )
+    check_labels(y, FEMNIST_CLASSES, f"FEMNIST npz '{path}'")
+    unknown = set(np.unique(split).tolist()) - {"train", "test"}
+    if unknown:
+        raise DataError(f"FEMNIST npz '{path}': split holds {sorted(unknown)}, not train/test")
     x = (255.0 - raw[:, None, :, :].astype(np.float32)) / 255.0
     return LabeledImages(
         x=x, y=y.astype(np.int64), writer=writer.astype(str), is_test=split == "test"
@@ -275,17 +287,40 @@ def _read_leaf(folder: Path) -> LabeledImages:
 def _leaf_users(file: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(writer, x float32 (n, 1, 28, 28) ink-high, y int64) for each user of one shard."""
     try:
-        with open(file) as f:
-            shard = json.load(f)
+        with open(file, "rb") as f:
+            shard = json.loads(f.read())
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"LEAF shard '{file}' is unreadable ({err})") from err
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"LEAF shard '{file}' is not complete JSON ({err}): cut short while being written? "
+            "Rerun LEAF's preprocess.sh"
+        ) from err
+    try:
         for user in shard["users"]:
-            record = shard["user_data"][user]
-            pixels = np.asarray(record["x"], dtype=np.float64).reshape(-1, 1, 28, 28)
-            y = np.asarray(record["y"], dtype=np.int64)
-            if len(y) != len(pixels):
-                raise ValueError(f"user {user} has {len(pixels)} images, {len(y)} labels")
-            yield user, (1.0 - pixels).astype(np.float32), y
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise DataError(f"LEAF shard '{file}' is unreadable: {err}") from err
+            yield (user, *_leaf_user(shard["user_data"][user], user))
+    except KeyError as err:
+        raise DataError(f"LEAF shard '{file}' lacks the key {err}") from err
+    except (ValueError, TypeError) as err:
+        raise DataError(f"LEAF shard '{file}': {err}") from err
+
+
+def _leaf_user(record: dict, user: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        pixels = np.asarray(record["x"], dtype=np.float64)
+        y = np.asarray(record["y"], dtype=np.int64)
+    except ValueError as err:  # ragged rows, strings
+        raise ValueError(f"user {user}'s x or y is not a table of numbers ({err})") from err
+    if pixels.size == 0:
+        pixels = pixels.reshape(0, 28 * 28)
+    if pixels.ndim != 2 or pixels.shape[1] != 28 * 28:
+        raise ValueError(f"user {user}'s x is {pixels.shape}, not (n, 784) pixel rows")
+    if len(y) != len(pixels):
+        raise ValueError(f"user {user} has {len(pixels)} images but {len(y)} labels")
+    if not np.all((pixels >= 0) & (pixels <= 1)):  # NaN fails too
+        raise ValueError(f"user {user}'s pixels are not all in [0, 1] (LEAF's scale)")
+    check_labels(y, FEMNIST_CLASSES, f"user {user}")
+    return (1.0 - pixels).reshape(-1, 1, 28, 28).astype(np.float32), y
 
 
 # ---------------------------------------------------------------- Omniglot
@@ -307,9 +342,7 @@ def read_omniglot(path: Path | str, size: int | None = 28) -> np.ndarray:
     if not path.exists():
         raise unreadable("Omniglot data", path, "not found", "omniglot")
     if path.is_file() and path.suffix == ".npz":
-        with _open_npz(path, "Omniglot npz", "omniglot") as data:
-            _require_keys(data, ("images",), path)
-            background = data["images"]
+        (background,) = _read_npz(path, ("images",), "Omniglot npz", "omniglot")
     else:
         background = _read_omniglot_pngs(path)
     if background.ndim != 4 or background.shape[2:] != (OMNIGLOT_SIZE, OMNIGLOT_SIZE):
@@ -349,8 +382,12 @@ def _read_omniglot_pngs(path: Path) -> np.ndarray:
     for character in sorted(drawings):
         if sorted(drawings[character]) != drawers:
             raise DataError(f"Omniglot character {character} at '{path}' lacks drawers")
-        images = [Image.open(io.BytesIO(drawings[character][d]())) for d in drawers]
-        rows.append(np.stack([np.asarray(im.convert("L")) > 127 for im in images]))
+        try:
+            images = [Image.open(io.BytesIO(drawings[character][d]())) for d in drawers]
+            rows.append(np.stack([np.asarray(im.convert("L")) > 127 for im in images]))
+        except CORRUPT as err:  # PIL's UnidentifiedImageError is an OSError
+            problem = f"holds an unreadable PNG of character {character} ({err})"
+            raise unreadable("Omniglot data", path, problem, "omniglot") from err
     return np.stack(rows)
 
 

@@ -52,9 +52,9 @@ _INFO = {
     "sinusoid": DatasetInfo((1,), None),
     "synthetic": DatasetInfo((SYNTHETIC_FEATURES,), SYNTHETIC_CLASSES),
     "digits": DatasetInfo((1, 8, 8), 10),
-    "mnist": DatasetInfo((1, 28, 28), 10),
-    "fashion-mnist": DatasetInfo((1, 28, 28), 10),
-    "femnist": DatasetInfo((1, 28, 28), 62),  # 10 digits, 26 upper, 26 lower case
+    "mnist": DatasetInfo((1, 28, 28), readers.MNIST_CLASSES),
+    "fashion-mnist": DatasetInfo((1, 28, 28), readers.MNIST_CLASSES),
+    "femnist": DatasetInfo((1, 28, 28), readers.FEMNIST_CLASSES),
 }
 OMNIGLOT_SIZE = 28  # drawings are area-downsampled from 105 x 105, as in MAML
 
@@ -83,19 +83,25 @@ def num_classes(settings: Settings) -> int | None:
 
 
 def check_data_available(settings: Settings) -> None:
-    """Fail before round 1 if the data is missing, unreadable or can't be partitioned so.
+    """Fail before round 1 if the data is missing, corrupt or can't be partitioned so.
 
-    Reads only headers and directory listings, so the server can call it cheaply.
+    Reads what a client will read, whole, through the same per-process caches the clients
+    use: a truncated or corrupt file, an x/y length mismatch or a label out of range is
+    named here, once, as a DataError, instead of failing every client in every round.
+    The server process pays one read (in the loop engine the clients then reuse it).
     """
     _check_partition_kind(settings.dataset, settings.partition)
-    if settings.dataset in ("mnist", "fashion-mnist"):
-        readers.check_idx_folder(_path(settings), settings.dataset)
-    elif settings.dataset == "femnist":
-        readers.check_femnist(_path(settings))
+    if settings.dataset in ("mnist", "fashion-mnist", "femnist"):
+        images = _read(settings.dataset, str(_path(settings)))
+        if images.x.shape[1:] != input_shape(settings):
+            raise DataError(
+                f"{settings.dataset} images at '{_path(settings)}' are "
+                f"{images.x.shape[2:]} pixels; the model takes {input_shape(settings)[1:]}"
+            )
     elif settings.dataset == "omniglot":
-        _omniglot_source(_path(settings), "background")
+        _omniglot(str(_path(settings)), "background")
         if settings.new_clients > 0:
-            _omniglot_source(_path(settings), "evaluation")
+            _omniglot(str(_path(settings)), "evaluation")
     elif settings.dataset == "shakespeare":
         shakespeare.check_available(settings)
 
@@ -333,7 +339,14 @@ def _omniglot_source(folder: Path, which: str) -> Path:
 @functools.lru_cache(maxsize=2)
 def _omniglot(folder: str, which: str) -> np.ndarray:
     """float32 (characters, drawers, 28, 28), read once per process."""
-    return readers.read_omniglot(_omniglot_source(Path(folder), which), OMNIGLOT_SIZE)
+    source = _omniglot_source(Path(folder), which)
+    chars = readers.read_omniglot(source, OMNIGLOT_SIZE)
+    if chars.shape[1] != OMNIGLOT_DRAWERS:
+        raise DataError(
+            f"Omniglot {which} set at '{source}' has {chars.shape[1]} drawers per character, "
+            f"not {OMNIGLOT_DRAWERS}"
+        )
+    return chars
 
 
 def _omniglot_client(settings: Settings, which: str, index: int, num_clients: int) -> EpisodicData:
@@ -342,8 +355,6 @@ def _omniglot_client(settings: Settings, which: str, index: int, num_clients: in
     Each character keeps its last ``test-fraction`` drawings for scoring.
     """
     chars = _omniglot(str(_path(settings)), which)
-    if chars.shape[1] != OMNIGLOT_DRAWERS:
-        raise DataError(f"Omniglot {which} set has {chars.shape[1]} drawers per character")
     block = np.array_split(np.arange(len(chars)), num_clients)[index]
     if len(block) < settings.n_way:
         raise DataError(

@@ -60,11 +60,15 @@ def test_local_shares_nothing_but_trains_personal_models(tmp_path):
 
 
 def test_clients_with_too_little_data_are_reported_and_skipped(tmp_path):
+    from server.app import TrainingFailed
+
     config = FAST | {"run-dir": str(tmp_path), "sinusoid-train-points": 3, "batch-size": 5}
-    run_in_loop(config, 4)
+    with pytest.raises(TrainingFailed, match="no client update was accepted in rounds 1..2"):
+        run_in_loop(config, 4)  # every client skipped: nothing trained, a failed run
     rows = _rows(tmp_path)
-    assert all(r["accepted"] == 0 for r in rows)
+    assert [r["round"] for r in rows] == [1, 2] and all(r["accepted"] == 0 for r in rows)
     assert "3 training examples, fewer than batch-size=5" in rows[0]["dropped"][0]
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "model.pt").exists()
 
 
 def test_same_seed_same_numbers_and_resume_continues(tmp_path):

@@ -60,7 +60,6 @@ def test_mnist_folder_pools_train_and_test_ink_high(tmp_path: Path) -> None:
     np.testing.assert_allclose(data.x[:, 0], images / 255.0, rtol=1e-6)
     assert data.y.dtype == np.int64 and data.y.tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
     assert data.is_test is not None and data.is_test.tolist() == [False] * 6 + [True] * 2
-    readers.check_idx_folder(tmp_path)
 
 
 def test_missing_idx_folder_or_file_names_the_path(tmp_path: Path) -> None:
@@ -70,18 +69,17 @@ def test_missing_idx_folder_or_file_names_the_path(tmp_path: Path) -> None:
     write_idx_folder(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
-        readers.check_idx_folder(tmp_path)
+        readers.read_mnist_folder(tmp_path)
 
 
-def test_idx_header_check_catches_mismatched_counts(tmp_path: Path) -> None:
+def test_idx_reader_catches_mismatched_counts(tmp_path: Path) -> None:
     write_idx_folder(tmp_path)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(3, np.uint8))
     with pytest.raises(DataError, match="test files"):
-        readers.check_idx_folder(tmp_path)
+        readers.read_mnist_folder(tmp_path)
 
 
 def test_real_fashion_mnist(fashion_mnist_dir: Path) -> None:
-    readers.check_idx_folder(fashion_mnist_dir, "fashion-mnist")
     data = readers.read_mnist_folder(fashion_mnist_dir, "fashion-mnist")
     assert data.x.shape == (70_000, 1, 28, 28) and data.x.dtype == np.float32
     assert data.x.min() == 0.0 and data.x.max() == 1.0
@@ -119,7 +117,7 @@ def test_leaf_json_and_npz_give_the_same_writer_identically(
 def test_femnist_missing_or_malformed_path_says_what_to_get(tmp_path: Path) -> None:
     missing = tmp_path / "femnist.npz"
     with pytest.raises(DataError, match="preprocess.sh") as err:
-        readers.check_femnist(missing)
+        readers.read_femnist(missing)
     assert str(missing) in str(err.value)
     (tmp_path / "train").mkdir()  # a folder without test/ is not LEAF's layout
     with pytest.raises(DataError, match="neither an npz file nor a LEAF folder"):

@@ -99,3 +99,37 @@ def test_missing_data_path_is_named(superlink, tmp_path):
             timeout=300,
         )
     assert str(missing) in (tmp_path / "log.txt").read_text()
+
+
+def _engine_experiment(tmp_path, extra: str) -> str:
+    path = tmp_path / "engine.yaml"
+    path.write_text(
+        "engine: simulation\nnum-supernodes: 2\nseeds: [0]\n"
+        f"base: {{num-rounds: 1, local-steps: 1, hidden-sizes: '8'{extra}}}\n"
+        "algorithms: {maml: {}}\n"
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        # every client skipped (too little data): the ServerApp raises TrainingFailed
+        (", sinusoid-train-points: 3, batch-size: 5", "no client update was accepted"),
+        # a damaged file: DataError from the start-up check, before round 1
+        (", dataset: femnist, model: logreg, data-path: '{data}'", "cut short or corrupt"),
+    ],
+    ids=["nothing-trained", "corrupt-data"],
+)
+def test_the_engine_runner_reports_a_failed_run_in_one_line(tmp_path, capfd, extra, expected):
+    from simulations.run import main
+
+    data = tmp_path / "femnist.npz"
+    data.write_bytes(b"PK\x03\x04 half an npz")
+    out = tmp_path / "out"
+    assert main([_engine_experiment(tmp_path, extra.format(data=data)), "--out", str(out)]) == 1
+    stdout, stderr = capfd.readouterr()
+    assert "Traceback" not in stdout + stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], stderr
+    assert not (out / "maml" / "seed0" / "summary.json").exists()

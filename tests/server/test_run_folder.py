@@ -47,6 +47,17 @@ def test_a_fresh_run_does_not_overwrite_a_checkpoint(tmp_path):
     from server.app import initial_state, run_federation
 
     settings = parse_settings({"run-dir": str(tmp_path)})
-    RunFolder(tmp_path).save_checkpoint(Checkpoint(4, initial_state(settings), OptimizerState()))
+    trained = Checkpoint(4, initial_state(settings), OptimizerState(step=4))
+    RunFolder(tmp_path).save_checkpoint(trained)
     with pytest.raises(ConfigError, match="resume=true"):
         run_federation(settings, grid=None)  # type: ignore[arg-type]
+
+
+def test_rows_after_the_checkpoint_and_a_row_cut_short_are_dropped(tmp_path):
+    folder = RunFolder(tmp_path)
+    for rnd in (1, 2, 3):
+        folder.append_jsonl("metrics.jsonl", {"round": rnd})
+    with folder.file("metrics.jsonl").open("a") as f:
+        f.write('{"round": 4, "acc')  # the crash came mid-write
+    folder.truncate_jsonl_after("metrics.jsonl", 2)
+    assert folder.file("metrics.jsonl").read_text() == '{"round": 1}\n{"round": 2}\n'

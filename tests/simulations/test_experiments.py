@@ -42,6 +42,9 @@ def test_relative_data_path_resolves_against_the_yaml_folder(tmp_path, monkeypat
         ("seeds: [-1]\nalgorithms: {maml: {}}\n", "seeds", "integers >= 0"),
         ("engine: gpu\nalgorithms: {maml: {}}\n", "engine", "not one of"),
         ("algorithms: [maml\n", "-", "not valid YAML"),
+        ("base: {algorithm: fedavg}\nalgorithms: {maml: {}}\n", "base.algorithm", "per row"),
+        ("base: {resume: true}\nalgorithms: {maml: {}}\n", "base.resume", "checkpoint"),
+        ("algorithms: {maml: {seed: 3}}\n", "algorithms.maml.seed", "from 'seeds'"),
     ],
 )
 def test_an_invalid_experiment_names_file_key_and_problem(tmp_path, text, key, problem):
@@ -85,3 +88,93 @@ def test_loop_experiment_writes_tables_and_plots(tmp_path):
         "sinusoid_new_clients.png",
     ):
         assert (out / name).stat().st_size > 0
+
+
+def _tiny(tmp_path, hidden: str = "8", extra: str = "") -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        "engine: loop\nnum-supernodes: 4\nseeds: [0]\n"
+        f"base: {{num-rounds: 1, local-steps: 1, hidden-sizes: '{hidden}'{extra}}}\n"
+        "algorithms: {maml: {}}\n"
+    )
+    return path
+
+
+def _only_error_line(capfd) -> str:
+    """The runner's report of a named error: one `error:` line, no traceback anywhere."""
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+def test_set_refuses_a_key_the_runner_sets_per_run(tmp_path, capfd):
+    from simulations.run import main
+
+    assert main([str(_tiny(tmp_path)), "--set", "algorithm=fedavg"]) == 2
+    assert "key '--set algorithm': is chosen per row" in _only_error_line(capfd)
+
+
+def test_a_run_where_every_client_fails_exits_nonzero_and_reruns_after_the_fix(
+    tmp_path, monkeypatch, capfd
+):
+    from common.data.types import DataError
+    from simulations.run import main
+
+    def broken(settings, partition_id, num_partitions):
+        raise DataError("shard.json is cut short")
+
+    args = [str(_tiny(tmp_path)), "--out", str(tmp_path / "out")]
+    run_dir = tmp_path / "out" / "maml" / "seed0"
+    with monkeypatch.context() as patch:
+        patch.setattr("client.runtime.load_client_data", broken)
+        assert main(args) == 1
+    assert "every client failed" in _only_error_line(capfd)
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "model.pt").exists()
+
+    assert main(args) == 0  # the data is fixed: the cell runs again, it is not reused
+    out, _ = capfd.readouterr()
+    assert "(new)" in out and "already done" not in out
+    assert (run_dir / "summary.json").exists()
+
+
+def _corrupt_data(tmp_path: Path) -> tuple[Path, str]:
+    data = tmp_path / "femnist.npz"
+    data.write_bytes(b"PK\x03\x04 half an npz")
+    extra = f", dataset: femnist, model: logreg, data-path: '{data}'"
+    return _tiny(tmp_path, extra=extra), "FEMNIST npz is unreadable, cut short or corrupt"
+
+
+def _interrupted_run(tmp_path: Path) -> Path:
+    """A finished one-round run made to look interrupted: its summary is gone."""
+    from simulations.run import main
+
+    assert main([str(_tiny(tmp_path)), "--out", str(tmp_path / "out")]) == 0
+    run_dir = tmp_path / "out" / "maml" / "seed0"
+    (run_dir / "summary.json").unlink()
+    return run_dir
+
+
+def _resume_with_other_settings(tmp_path: Path) -> tuple[Path, str]:
+    _interrupted_run(tmp_path)
+    return _tiny(tmp_path, hidden="16"), "config key 'hidden-sizes' has value '16'; allowed: '8'"
+
+
+def _truncated_checkpoint(tmp_path: Path) -> tuple[Path, str]:
+    checkpoint = _interrupted_run(tmp_path) / "checkpoint.npz"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    return _tiny(tmp_path), f"checkpoint {checkpoint} is unreadable"
+
+
+NAMED_ERRORS = [_corrupt_data, _resume_with_other_settings, _truncated_checkpoint]
+
+
+@pytest.mark.parametrize("case", NAMED_ERRORS, ids=lambda f: f.__name__.strip("_"))
+def test_the_loop_runner_reports_a_named_error_in_one_line(tmp_path, capfd, case):
+    from simulations.run import main
+
+    experiment, expected = case(tmp_path)
+    capfd.readouterr()
+    assert main([str(experiment), "--out", str(tmp_path / "out")]) == 1
+    assert expected in _only_error_line(capfd)
