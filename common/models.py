@@ -80,11 +80,13 @@ class LSTMLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """(batch, time, in) -> (batch, time, hidden), or (batch, hidden) at the last step."""
-        pre = self.input_gates(x)  # every time step's input part at once
+        # Every time step's input part at once, split by unbind: its backward is one stack,
+        # where indexing pre[:, t] would build and add a full-size gradient per step (T^2).
+        pre = self.input_gates(x).unbind(1)
         h = c = x.new_zeros(x.shape[0], self.hidden)
         outputs = []
-        for t in range(x.shape[1]):
-            i, f, g, o = (pre[:, t] + self.hidden_gates(h)).chunk(4, dim=1)
+        for step in pre:
+            i, f, g, o = (step + self.hidden_gates(h)).chunk(4, dim=1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
             outputs.append(h)
