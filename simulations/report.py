@@ -3,12 +3,22 @@
 The per-seed figure of a run is the across-client mean of its final round (which scores
 every client); the table gives mean +- std of that over seeds, for the personalised
 model (after k adaptation steps) and for the shared model as it is (before).
+
+Plots: ``<metric>_vs_round.png`` (personalised metric per evaluated round, one line per
+algorithm), ``new_clients_<metric>_vs_steps.png`` (never-seen clients after k adaptation
+steps, paired over k) and ``<metric>_per_client.png``. A run that diverged (NaN/inf, or a
+loss-like metric above ``EXPLODED`` times its first value) is left out of its algorithm's
+mean and counted in the legend; an algorithm whose every seed diverged is drawn dashed and
+clipped, and the y-axis stays on the range of the stable curves, so one run at 1e11 does
+not flatten the others into a band.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +152,7 @@ def _plots(exp: Experiment, rows: list[dict[str, Any]], out: Path) -> None:
 
     metric = rows[0]["metric"]
     _curves(plt, exp, rows, out, metric)
+    _new_clients_vs_steps(plt, exp, rows, out, metric)
     _distributions(plt, exp, rows, out, metric)
     if exp.base.get("dataset", "sinusoid") == "sinusoid":
         from simulations.sinusoid_plot import plot_new_clients
@@ -149,28 +160,192 @@ def _plots(exp: Experiment, rows: list[dict[str, Any]], out: Path) -> None:
         plot_new_clients(exp, [r["algorithm"] for r in rows], out)
 
 
+EXPLODED = 10.0  # a lower-is-better curve this many times above its first value diverged
+
+
+def diverged(values: Sequence[float], higher_is_better: bool) -> bool:
+    """A run's curve diverged: a NaN/inf anywhere, or (loss-like metrics) it exploded to
+    more than ``EXPLODED`` times its first value."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return False
+    if not np.isfinite(v).all():
+        return True
+    return not higher_is_better and bool(v.max() > EXPLODED * max(v[0], 1e-12))
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One algorithm's curve: the mean over its stable seeds, or over all if none is."""
+
+    label: str
+    color: str  # the algorithm's colour, the same in every plot
+    x: list[float]
+    y: np.ndarray
+    std: np.ndarray
+    diverged: bool  # no seed is stable: drawn dashed, clipped to the axis
+
+
+def _curve(
+    name: str, color: str, per_seed: list[dict[float, float]], higher_is_better: bool
+) -> Curve | None:
+    """Mean over seeds at the x values every seed has; diverged seeds are left out of the
+    mean and counted in the label (all diverged: the mean of all, marked diverged)."""
+    per_seed = [d for d in per_seed if d]
+    if not per_seed:
+        return None
+    x = sorted(set.intersection(*(set(d) for d in per_seed)))
+    bad = [diverged([d[k] for k in x], higher_is_better) for d in per_seed]
+    stable = [d for d, b in zip(per_seed, bad, strict=True) if not b]
+    used = stable or per_seed
+    with np.errstate(invalid="ignore"):
+        rows = np.array([[d[k] for k in x] for d in used], dtype=float)
+        y, std = rows.mean(axis=0), rows.std(axis=0)
+    label = name
+    if not stable:
+        label += " (diverged" + (f" in {len(bad)}/{len(bad)} seeds)" if len(bad) > 1 else ")")
+    elif any(bad):
+        label += f" ({sum(bad)}/{len(bad)} seeds diverged, left out of the mean)"
+    return Curve(label, color, x, y, std, diverged=not stable)
+
+
+def _stable_limits(curves: list[Curve], log: bool, spread: bool) -> tuple[float, float] | None:
+    """y range of the stable curves (+- their std with ``spread``, and a margin), or None."""
+    ys = np.concatenate(
+        [c.y + sign * c.std * spread for c in curves if not c.diverged for sign in (-1, 1)]
+        or [np.array([])]
+    )
+    ys = ys[np.isfinite(ys) & ((ys > 0) if log else True)]
+    if ys.size == 0:
+        return None
+    lo, hi = float(ys.min()), float(ys.max())
+    if log:
+        return lo / 1.5, hi * 1.5
+    pad = 0.08 * (hi - lo or abs(hi) or 1.0)
+    return lo - pad, hi + pad
+
+
+def _draw(ax: Any, curves: list[Curve], log: bool, errorbars: bool = False) -> None:
+    """Stable curves solid; diverged ones dashed, clipped to the stable range, with a
+    triangle where a value lies off the axis (or is NaN/inf)."""
+    limits = _stable_limits(curves, log, spread=errorbars)
+    for c in curves:
+        many = len(c.x) >= 50
+        if not c.diverged:
+            if errorbars and len(c.x) > 1:
+                ax.errorbar(
+                    c.x, c.y, yerr=c.std, marker="o", capsize=3, color=c.color, label=c.label
+                )
+            else:
+                ax.plot(c.x, c.y, marker=None if many else ".", color=c.color, label=c.label)
+            continue
+        if limits is None:  # nothing stable to keep the axis on: draw as it is
+            ax.plot(c.x, c.y, linestyle="--", color=c.color, label=c.label)
+            continue
+        lo, hi = limits
+        y = np.where(np.isfinite(c.y), c.y, hi)  # NaN/inf: off the top
+        off = (y > hi) | (y < lo) | ~np.isfinite(c.y)
+        ax.plot(c.x, np.clip(y, lo, hi), "--", color=c.color, alpha=0.8, label=c.label)
+        xs = np.asarray(c.x, dtype=float)
+        marks = np.where(y[off] >= hi, hi, lo)
+        ax.plot(xs[off], marks, linestyle="none", marker="^", color=c.color, alpha=0.8)
+    if limits is not None:
+        ax.set_ylim(*limits)
+
+
+def _round_values(path: Path, key: str) -> dict[float, float]:
+    """Evaluated rounds only (every ``evaluate-every`` rounds, and the last): round -> value."""
+    if not path.exists():
+        return {}
+    rounds = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    scored = {x["round"]: x["eval"].get(key) for x in rounds}
+    return {k: float(v) for k, v in scored.items() if v is not None}
+
+
 def _curves(plt: Any, exp: Experiment, rows: list[dict], out: Path, metric: str) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in rows:
-        per_seed = []
-        for seed in exp.seeds:
-            f = out / r["algorithm"] / f"seed{seed}" / "metrics.jsonl"
-            if f.exists():
-                rounds = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-                # only rounds that evaluated (every `evaluate-every` rounds, and the last)
-                scored = {x["round"]: x["eval"].get(f"{metric}-after-mean") for x in rounds}
-                per_seed.append({k: v for k, v in scored.items() if v is not None})
-        common = sorted(set.intersection(*(set(d) for d in per_seed))) if per_seed else []
-        ys = [np.mean([d[k] for d in per_seed]) for k in common]
-        ax.plot(common, ys, marker="." if len(common) < 50 else None, label=r["algorithm"])
-    ax.set_xlabel("round")
-    ax.set_ylabel(f"personalised {metric} (sampled clients)")
+    higher = metric == "acc"
+    curves = [
+        c
+        for i, r in enumerate(rows)
+        if (
+            c := _curve(
+                r["algorithm"],
+                f"C{i % 10}",
+                [
+                    _round_values(
+                        out / r["algorithm"] / f"seed{seed}" / "metrics.jsonl",
+                        f"{metric}-after-mean",
+                    )
+                    for seed in exp.seeds
+                ],
+                higher,
+            )
+        )
+    ]
+    fig, ax = plt.subplots(figsize=(9, 4))
     if metric == "mse":
         ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    ax.set_title(exp.name)
+    _draw(ax, curves, log=metric == "mse")
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"personalised {metric} (sampled clients)")
+    _legend_outside(ax)
+    ax.set_title(exp.name + _diverged_note(curves))
     fig.tight_layout()
     fig.savefig(out / f"{metric}_vs_round.png", dpi=120)
+    plt.close(fig)
+
+
+def _legend_outside(ax: Any) -> None:
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _diverged_note(curves: list[Curve]) -> str:
+    return (
+        "\n(dashed: diverged, clipped to the stable runs' range)"
+        if any(c.diverged for c in curves)
+        else ""
+    )
+
+
+def _new_client_steps(summary: dict[str, Any], metric: str) -> dict[float, float]:
+    """k -> the new clients' mean metric after k steps, from ``new-<metric>-k<k>-mean``."""
+    out = {}
+    for key, value in summary.items():
+        head, sep, tail = key.partition(f"new-{metric}-k")
+        if sep and not head and tail.endswith("-mean") and tail[: -len("-mean")].isdigit():
+            out[float(tail[: -len("-mean")])] = float(value)
+    return out
+
+
+def _new_clients_vs_steps(
+    plt: Any, exp: Experiment, rows: list[dict], out: Path, metric: str
+) -> None:
+    """New clients' metric after k adaptation steps, one line per algorithm (mean +- std over
+    seeds). Paired: each new client adapts once and is scored at every k on the way."""
+    higher = metric == "acc"
+    curves = []
+    for i, r in enumerate(rows):
+        summaries = [_read(out / r["algorithm"] / f"seed{seed}") for seed in exp.seeds]
+        per_seed = [_new_client_steps(s, metric) for s in summaries if s]
+        c = _curve(r["algorithm"], f"C{i % 10}", per_seed, higher)
+        if c is not None and len(c.x) > 1:
+            curves.append(c)
+    if not curves:
+        return
+    fig, ax = plt.subplots(figsize=(8, 4))
+    log = metric == "mse"
+    if log:
+        ax.set_yscale("log")
+    _draw(ax, curves, log=log, errorbars=len(exp.seeds) > 1)
+    ax.set_xscale("symlog", linthresh=1)
+    steps = sorted({k for c in curves for k in c.x})
+    ax.set_xticks(steps, [f"{k:g}" for k in steps])
+    ax.set_xlabel("adaptation steps k on the new client's own data")
+    ax.set_ylabel(f"new clients' {metric} (mean over clients)")
+    _legend_outside(ax)
+    ax.set_title(f"{exp.name}: never-seen clients, paired over k" + _diverged_note(curves))
+    fig.tight_layout()
+    fig.savefig(out / f"new_clients_{metric}_vs_steps.png", dpi=120)
     plt.close(fig)
 
 

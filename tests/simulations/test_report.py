@@ -1,0 +1,86 @@
+"""Report plots: a diverged run is marked apart and never sets the y-axis; new clients are
+plotted against their (paired) adaptation steps."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+
+from simulations.experiment import Experiment
+from simulations.report import _curve, _draw, _new_client_steps, diverged, write_report
+
+matplotlib.use("Agg")
+
+
+def test_a_run_diverged_when_it_holds_nan_or_inf_or_a_loss_explodes():
+    assert diverged([3.0, 2.0, math.nan], higher_is_better=False)
+    assert diverged([0.5, math.inf], higher_is_better=True)
+    assert diverged([3.0, 2.5, 1e11], higher_is_better=False)
+    assert not diverged([3.0, 0.3, 4.0], higher_is_better=False)  # noisy, not exploding
+    assert not diverged([0.1, 0.9], higher_is_better=True)  # accuracy cannot explode
+    assert not diverged([], higher_is_better=False)
+
+
+def test_diverged_seeds_are_left_out_of_the_mean_and_counted():
+    seeds = [{10: 3.0, 20: 2.0}, {10: 3.2, 20: 1.0}, {10: 3.1, 20: math.nan}]
+    c = _curve("maml", "C0", seeds, higher_is_better=False)
+    assert c is not None and not c.diverged
+    assert c.label == "maml (1/3 seeds diverged, left out of the mean)"
+    np.testing.assert_allclose(c.y, [3.1, 1.5])
+    gone = _curve("fedavg-ft", "C1", [{10: 3.0, 20: 1e11}, {10: 3.0, 20: math.inf}], False)
+    assert gone is not None and gone.diverged and "diverged in 2/2 seeds" in gone.label
+    # only rounds every seed evaluated are drawn
+    uneven = _curve("x", "C2", [{1: 1.0, 2: 1.0}, {2: 2.0}], False)
+    assert uneven is not None and uneven.x == [2]
+
+
+def test_the_y_axis_stays_on_the_stable_curves_and_diverged_ones_are_dashed():
+    import matplotlib.pyplot as plt
+
+    stable = _curve("maml", "C0", [{1: 3.0, 2: 1.0, 3: 0.5}], False)
+    blown = _curve("fedavg-ft", "C1", [{1: 3.0, 2: 1e4, 3: 1e11}], False)
+    fig, ax = plt.subplots()
+    ax.set_yscale("log")
+    _draw(ax, [stable, blown], log=True)
+    lo, hi = ax.get_ylim()
+    assert 0.1 < lo < 0.5 and 3.0 < hi < 10  # the stable range, with a margin
+    styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}
+    assert styles["maml"] == "-" and styles["fedavg-ft (diverged)"] == "--"
+    plt.close(fig)
+
+
+def test_new_client_steps_come_from_the_summary_keys():
+    summary = {"new-mse-k0-mean": 3.0, "new-mse-k10-mean": 0.7, "new-mse-k1-mean": 1.0,
+               "new-mse-k1-std": 0.2, "new-loss-k1-mean": 9.0, "mse-after-mean": 0.3}  # fmt: skip
+    assert _new_client_steps(summary, "mse") == {0.0: 3.0, 1.0: 1.0, 10.0: 0.7}
+    assert _new_client_steps({"new-acc-k3-mean": 0.5}, "acc") == {3.0: 0.5}
+
+
+def _fake_run(folder: Path, values: list[float], new: dict[int, float]) -> None:
+    folder.mkdir(parents=True)
+    rows = [{"round": 10 * (i + 1), "eval": {"mse-after-mean": v}} for i, v in enumerate(values)]
+    (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    summary = {"mse-after-mean": values[-1], "rounds": 10 * len(values), "seconds": 1.0}
+    summary |= {f"new-mse-k{k}-mean": v for k, v in new.items()}
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.mark.parametrize("seeds", [(0,), (0, 1)])
+def test_the_report_writes_both_plots_with_a_diverged_algorithm(tmp_path, seeds):
+    exp = Experiment(
+        name="t", engine="loop", num_supernodes=1, cpus_per_client=1, seeds=seeds,
+        base={"dataset": "synthetic"}, algorithms={"maml": {}, "fedavg-ft": {}},
+        source=tmp_path / "t.yaml",
+    )  # fmt: skip
+    for seed in seeds:
+        _fake_run(tmp_path / "maml" / f"seed{seed}", [3.0, 1.0, 0.5], {0: 3.0, 1: 1.0, 10: 0.6})
+        _fake_run(tmp_path / "fedavg-ft" / f"seed{seed}", [3.0, 1e4, math.nan],
+                  {0: 3.0, 1: 14.0, 10: math.nan})  # fmt: skip
+    write_report(exp, tmp_path)
+    for name in ("mse_vs_round.png", "new_clients_mse_vs_steps.png", "summary.md"):
+        assert (tmp_path / name).stat().st_size > 0
