@@ -193,7 +193,7 @@ def _run_in_loop(exp: Experiment, cell: Cell, state: str, tag: str) -> None:
     )
 
 
-_PROGRESS = re.compile(r"INFO\s*:\s*(round \d+/\d+.*)")
+_PROGRESS = re.compile(r"INFO\b[^:]*:\s*(round \d+/\d+.*)")  # [^:]: colour codes
 
 
 def _run_on_engine(link: SuperLink, exp: Experiment, cell: Cell, state: str, tag: str) -> None:

@@ -133,3 +133,5 @@ def test_the_engine_runner_reports_a_failed_run_in_one_line(tmp_path, capfd, ext
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], stderr
     assert not (out / "maml" / "seed0" / "summary.json").exists()
+    if "no client update" in expected:  # rounds ran: their lines are echoed as they come
+        assert "[maml s0] round 1/1" in stdout
