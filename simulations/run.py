@@ -6,12 +6,13 @@
 Each (algorithm, seed) cell is one run of the Flower app (``engine: simulation``: one
 SuperLink started for the whole experiment, one ``flwr run`` per cell) or of the same
 server loop in this process (``engine: loop``). A cell whose folder already holds a
-``summary.json`` from the same settings is reused, and one that was interrupted resumes
-from its checkpoint, so a killed sweep continues where it stopped. A run that failed (bad
-data, no update ever accepted) leaves no summary, so it runs again once the cause is fixed.
-Results: ``<out>/<algorithm>/seed<k>/`` per run, then ``summary.md``, ``summary.csv`` and
-plots. A named error (bad file or settings, unreadable data or checkpoint, a run that
-failed) stops the sweep with one ``error:`` line and exit status 1 (2 for a bad file).
+``summary.json`` from the same settings (and node count, kept in ``federation.json``) is
+reused, and one that was interrupted resumes from its checkpoint, so a killed sweep
+continues where it stopped. A run that failed (bad data, no update ever accepted) leaves
+no summary, so it runs again once the cause is fixed. Results: ``<out>/<algorithm>/
+seed<k>/`` per run, then ``summary.md``, ``summary.csv`` and plots. A named error (bad
+file or settings, unreadable data or checkpoint, a run that failed) stops the sweep with
+one ``error:`` line and exit status 1 (2 for a bad file).
 """
 
 from __future__ import annotations
@@ -130,20 +131,47 @@ def _apply_cli(exp: Experiment, args: argparse.Namespace) -> Experiment:
     return new
 
 
-def _state(cell: Cell) -> str:
+def _state(exp: Experiment, cell: Cell) -> str:
     """'done' (same settings finished), 'resume' (checkpoint, no summary) or 'new'."""
     run_dir = Path(cell.run_config["run-dir"])
     config = run_dir / "config.json"
     if (run_dir / "summary.json").exists() and config.exists() and _trained(run_dir):
+        _check_federation(exp, run_dir)
         recorded = json.loads(config.read_text())
-        if all(recorded.get(k) == v for k, v in cell.run_config.items() if k != "resume"):
-            return "done"
-        raise ExperimentError(
-            Path(cell.run_config["run-dir"]),
-            "run-dir",
-            "holds a finished run with different settings; use another --out or delete it",
-        )
-    return "resume" if (run_dir / "checkpoint.npz").exists() else "new"
+        for key, value in cell.run_config.items():
+            if key != "resume" and recorded.get(key) != value:
+                raise ExperimentError(
+                    run_dir, key,
+                    f"the finished run in this folder has {recorded.get(key)!r}, this "
+                    f"experiment {value!r}; use another --out or delete the folder",
+                )  # fmt: skip
+        return "done"
+    if (run_dir / "checkpoint.npz").exists():
+        _check_federation(exp, run_dir)  # the server checks the settings it records itself
+        return "resume"
+    return "new"
+
+
+FEDERATION = "federation.json"  # the runner's record of the federation a cell trained in
+
+
+def _federation(exp: Experiment) -> dict[str, int]:
+    """What decides the clients and is not a run-config key: how many nodes there are."""
+    return {"num-supernodes": exp.num_supernodes}
+
+
+def _check_federation(exp: Experiment, run_dir: Path) -> None:
+    path = run_dir / FEDERATION
+    if not path.exists():
+        return
+    recorded = json.loads(path.read_text())
+    for key, value in _federation(exp).items():
+        if recorded.get(key, value) != value:
+            raise ExperimentError(
+                exp.source, key,
+                f"is {value}, but the run in {run_dir} trained with {recorded[key]} (other "
+                "clients: each node serves its own data partitions); use another --out",
+            )  # fmt: skip
 
 
 def _trained(run_dir: Path) -> bool:
@@ -160,13 +188,17 @@ def _trained(run_dir: Path) -> bool:
 
 
 def run_cells(exp: Experiment, cells: list[Cell]) -> None:
-    todo = [(c, _state(c)) for c in cells]
+    todo = [(c, _state(exp, c)) for c in cells]
     pending = [(c, s) for c, s in todo if s != "done"]
     for c, s in todo:
         if s == "done":
             print(f"  [{c.algorithm} seed {c.seed}] already done, reused", flush=True)
     if not pending:
         return
+    for cell, _ in pending:
+        run_dir = Path(cell.run_config["run-dir"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / FEDERATION).write_text(json.dumps(_federation(exp)) + "\n")
     if exp.engine == "loop":
         for i, (cell, state) in enumerate(pending, 1):
             _run_in_loop(exp, cell, state, f"{i}/{len(pending)}")

@@ -178,3 +178,15 @@ def test_the_loop_runner_reports_a_named_error_in_one_line(tmp_path, capfd, case
     capfd.readouterr()
     assert main([str(experiment), "--out", str(tmp_path / "out")]) == 1
     assert expected in _only_error_line(capfd)
+
+
+def test_a_finished_cell_from_another_federation_size_is_not_reused(tmp_path, capfd):
+    from simulations.run import main
+
+    experiment, out = _tiny(tmp_path), str(tmp_path / "out")
+    assert main([str(experiment), "--out", out]) == 0
+    assert main([str(experiment), "--out", out]) == 0
+    assert "already done, reused" in capfd.readouterr().out
+    experiment.write_text(experiment.read_text().replace("num-supernodes: 4", "num-supernodes: 6"))
+    assert main([str(experiment), "--out", out]) == 1
+    assert "key 'num-supernodes': is 6, but the run in" in _only_error_line(capfd)
