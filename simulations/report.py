@@ -160,18 +160,28 @@ def _plots(exp: Experiment, rows: list[dict[str, Any]], out: Path) -> None:
         plot_new_clients(exp, [r["algorithm"] for r in rows], out)
 
 
-EXPLODED = 10.0  # a lower-is-better curve this many times above its first value diverged
+EXPLODED = 10.0  # a lower-is-better curve this many times above where runs start diverged
 
 
-def diverged(values: Sequence[float], higher_is_better: bool) -> bool:
+def diverged(
+    values: Sequence[float], higher_is_better: bool, reference: float | None = None
+) -> bool:
     """A run's curve diverged: a NaN/inf anywhere, or (loss-like metrics) it exploded to
-    more than ``EXPLODED`` times its first value."""
+    more than ``EXPLODED`` times ``reference`` (default: its own first value; a plot passes
+    the median first value of all its runs, so a run that starts exploded is caught too)."""
     v = np.asarray(values, dtype=float)
     if v.size == 0:
         return False
     if not np.isfinite(v).all():
         return True
-    return not higher_is_better and bool(v.max() > EXPLODED * max(v[0], 1e-12))
+    start = v[0] if reference is None else reference
+    return not higher_is_better and bool(v.max() > EXPLODED * max(start, 1e-12))
+
+
+def typical_start(per_run: Sequence[dict[float, float]]) -> float | None:
+    """The median over runs of each run's first finite value (None if there is none)."""
+    firsts = [d[min(d)] for d in per_run if d and np.isfinite(d[min(d)])]
+    return float(np.median(firsts)) if firsts else None
 
 
 @dataclass(frozen=True)
@@ -182,12 +192,17 @@ class Curve:
     color: str  # the algorithm's colour, the same in every plot
     x: list[float]
     y: np.ndarray
-    std: np.ndarray
+    low: np.ndarray  # min over the seeds in the mean (the error bar's ends)
+    high: np.ndarray  # max over them
     diverged: bool  # no seed is stable: drawn dashed, clipped to the axis
 
 
 def _curve(
-    name: str, color: str, per_seed: list[dict[float, float]], higher_is_better: bool
+    name: str,
+    color: str,
+    per_seed: list[dict[float, float]],
+    higher_is_better: bool,
+    reference: float | None = None,
 ) -> Curve | None:
     """Mean over seeds at the x values every seed has; diverged seeds are left out of the
     mean and counted in the label (all diverged: the mean of all, marked diverged)."""
@@ -195,24 +210,24 @@ def _curve(
     if not per_seed:
         return None
     x = sorted(set.intersection(*(set(d) for d in per_seed)))
-    bad = [diverged([d[k] for k in x], higher_is_better) for d in per_seed]
+    bad = [diverged([d[k] for k in x], higher_is_better, reference) for d in per_seed]
     stable = [d for d, b in zip(per_seed, bad, strict=True) if not b]
     used = stable or per_seed
     with np.errstate(invalid="ignore"):
         rows = np.array([[d[k] for k in x] for d in used], dtype=float)
-        y, std = rows.mean(axis=0), rows.std(axis=0)
+        y, low, high = rows.mean(axis=0), rows.min(axis=0), rows.max(axis=0)
     label = name
     if not stable:
         label += " (diverged" + (f" in {len(bad)}/{len(bad)} seeds)" if len(bad) > 1 else ")")
     elif any(bad):
         label += f" ({sum(bad)}/{len(bad)} seeds diverged, left out of the mean)"
-    return Curve(label, color, x, y, std, diverged=not stable)
+    return Curve(label, color, x, y, low, high, diverged=not stable)
 
 
 def _stable_limits(curves: list[Curve], log: bool, spread: bool) -> tuple[float, float] | None:
-    """y range of the stable curves (+- their std with ``spread``, and a margin), or None."""
+    """y range of the stable curves (their seeds' min-max with ``spread``, and a margin)."""
     ys = np.concatenate(
-        [c.y + sign * c.std * spread for c in curves if not c.diverged for sign in (-1, 1)]
+        [v for c in curves if not c.diverged for v in ((c.low, c.high) if spread else (c.y,))]
         or [np.array([])]
     )
     ys = ys[np.isfinite(ys) & ((ys > 0) if log else True)]
@@ -233,8 +248,9 @@ def _draw(ax: Any, curves: list[Curve], log: bool, errorbars: bool = False) -> N
         many = len(c.x) >= 50
         if not c.diverged:
             if errorbars and len(c.x) > 1:
+                bars = np.stack([c.y - c.low, c.high - c.y])
                 ax.errorbar(
-                    c.x, c.y, yerr=c.std, marker="o", capsize=3, color=c.color, label=c.label
+                    c.x, c.y, yerr=bars, marker="o", capsize=3, color=c.color, label=c.label
                 )
             else:
                 ax.plot(c.x, c.y, marker=None if many else ".", color=c.color, label=c.label)
@@ -253,6 +269,17 @@ def _draw(ax: Any, curves: list[Curve], log: bool, errorbars: bool = False) -> N
         ax.set_ylim(*limits)
 
 
+def _all_curves(runs: dict[str, list[dict[float, float]]], higher: bool) -> list[Curve]:
+    """One curve per algorithm, in order (colour C0, C1, ...), divergence judged against
+    where all runs of the plot typically start."""
+    reference = typical_start([d for per_seed in runs.values() for d in per_seed])
+    curves = [
+        _curve(name, f"C{i % 10}", per_seed, higher, reference)
+        for i, (name, per_seed) in enumerate(runs.items())
+    ]
+    return [c for c in curves if c is not None]
+
+
 def _round_values(path: Path, key: str) -> dict[float, float]:
     """Evaluated rounds only (every ``evaluate-every`` rounds, and the last): round -> value."""
     if not path.exists():
@@ -264,25 +291,17 @@ def _round_values(path: Path, key: str) -> dict[float, float]:
 
 def _curves(plt: Any, exp: Experiment, rows: list[dict], out: Path, metric: str) -> None:
     higher = metric == "acc"
-    curves = [
-        c
-        for i, r in enumerate(rows)
-        if (
-            c := _curve(
-                r["algorithm"],
-                f"C{i % 10}",
-                [
-                    _round_values(
-                        out / r["algorithm"] / f"seed{seed}" / "metrics.jsonl",
-                        f"{metric}-after-mean",
-                    )
-                    for seed in exp.seeds
-                ],
-                higher,
+    runs = {
+        r["algorithm"]: [
+            _round_values(
+                out / r["algorithm"] / f"seed{seed}" / "metrics.jsonl", f"{metric}-after-mean"
             )
-        )
-    ]
-    fig, ax = plt.subplots(figsize=(9, 4))
+            for seed in exp.seeds
+        ]
+        for r in rows
+    }
+    curves = _all_curves(runs, higher)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     if metric == "mse":
         ax.set_yscale("log")
     _draw(ax, curves, log=metric == "mse")
@@ -322,17 +341,18 @@ def _new_clients_vs_steps(
 ) -> None:
     """New clients' metric after k adaptation steps, one line per algorithm (mean +- std over
     seeds). Paired: each new client adapts once and is scored at every k on the way."""
-    higher = metric == "acc"
-    curves = []
-    for i, r in enumerate(rows):
-        summaries = [_read(out / r["algorithm"] / f"seed{seed}") for seed in exp.seeds]
-        per_seed = [_new_client_steps(s, metric) for s in summaries if s]
-        c = _curve(r["algorithm"], f"C{i % 10}", per_seed, higher)
-        if c is not None and len(c.x) > 1:
-            curves.append(c)
+    runs = {
+        r["algorithm"]: [
+            _new_client_steps(s, metric)
+            for seed in exp.seeds
+            if (s := _read(out / r["algorithm"] / f"seed{seed}"))
+        ]
+        for r in rows
+    }
+    curves = [c for c in _all_curves(runs, metric == "acc") if len(c.x) > 1]
     if not curves:
         return
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     log = metric == "mse"
     if log:
         ax.set_yscale("log")
@@ -340,6 +360,7 @@ def _new_clients_vs_steps(
     ax.set_xscale("symlog", linthresh=1)
     steps = sorted({k for c in curves for k in c.x})
     ax.set_xticks(steps, [f"{k:g}" for k in steps])
+    ax.set_xlim(-0.3, max(steps) * 1.4)  # room for the end points' error bars
     ax.set_xlabel("adaptation steps k on the new client's own data")
     ax.set_ylabel(f"new clients' {metric} (mean over clients)")
     _legend_outside(ax)

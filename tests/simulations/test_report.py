@@ -84,3 +84,21 @@ def test_the_report_writes_both_plots_with_a_diverged_algorithm(tmp_path, seeds)
     write_report(exp, tmp_path)
     for name in ("mse_vs_round.png", "new_clients_mse_vs_steps.png", "summary.md"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_a_run_that_starts_exploded_is_judged_against_where_the_others_start():
+    """A seed whose shared model is already 15x worse at k = 0 has no 'first value' to
+    explode from; the plot's typical start (median of first values) catches it."""
+    from simulations.report import _all_curves, typical_start
+
+    runs = {
+        "maml": [{0: 3.0, 1: 1.0, 10: 0.7}] * 3,
+        "perfedavg-hf": [{0: 3.1, 1: 1.5, 10: 1.0}, {0: 3.2, 1: 1.4, 10: 1.1},
+                         {0: 47.0, 1: 9.0, 10: 9.4}],
+    }  # fmt: skip
+    assert typical_start([d for v in runs.values() for d in v]) == pytest.approx(3.05)
+    maml, hf = _all_curves(runs, higher=False)
+    assert maml.label == "maml" and maml.color == "C0" and hf.color == "C1"
+    assert "1/3 seeds diverged" in hf.label and not hf.diverged
+    np.testing.assert_allclose(hf.y, [3.15, 1.45, 1.05])
+    np.testing.assert_allclose(hf.low, [3.1, 1.4, 1.0])  # error bars: min-max of the seeds
