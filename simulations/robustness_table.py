@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import re
 from pathlib import Path
 
@@ -51,6 +52,9 @@ def table(metric: str, cells: dict[tuple[str, str, str], float], tolerance: floa
             value = cells.get((attack, percent, d))
             if value is None:
                 row.append("")
+                continue
+            if not math.isfinite(value):
+                row.append("NaN (diverged)")
                 continue
             change = (value - clean) / clean
             worse = -change if higher_is_better else change
