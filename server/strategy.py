@@ -49,13 +49,21 @@ def _column(metrics: MetricRecord, key: str, size: int) -> list:
     return values
 
 
-def screen_train_reply(
-    content: RecordDict, reference: Mapping[str, np.ndarray], asked: Sequence[int]
-) -> tuple[list[ClientUpdate], dict[int, str]]:
-    """Accepted client updates of one node's reply, and partition -> reason for the rest.
+@dataclass(frozen=True)
+class _ReplyRows:
+    """A node's reply read per client: the rows left to check, and who was dropped."""
 
-    Raises :class:`UpdateRejected` when the reply as a whole cannot be read.
-    """
+    metrics: MetricRecord
+    size: int  # clients the reply answers for
+    rows: list[tuple[int, int]]  # (row, partition) of asked-for clients that did not skip
+    dropped: dict[int, str]  # partition -> reason
+
+
+def _client_rows(content: RecordDict, asked: Sequence[int]) -> _ReplyRows:
+    """Split a reply into its clients: a row answering a client the server did not ask this
+    node for (or a second answer for one) and a client that skipped are dropped with their
+    reason, as is every asked-for client without a row. Raises :class:`UpdateRejected` when
+    the reply as a whole cannot be read."""
     metrics = content.metric_records.get("metrics")
     if metrics is None:
         raise UpdateRejected("reply has no 'metrics' MetricRecord")
@@ -63,18 +71,10 @@ def screen_train_reply(
     if not isinstance(partitions, list):
         raise UpdateRejected("metrics 'partition-id' must list the clients of the reply")
     size = len(partitions)
-    record = content.array_records.get("updates")
-    if record is None:
-        raise UpdateRejected("reply has no 'updates' ArrayRecord")
-    stacked = from_record(record)
-    check_stacked(stacked, reference, size)
-    skipped, examples = _column(metrics, "skipped", size), _column(metrics, "num-examples", size)
+    skipped = _column(metrics, "skipped", size)
     skip = content.config_records.get("skip")
     reasons = skip.get("reasons") if skip is not None else None
-    bad_rows = nonfinite_rows(stacked, size)
-    extra = [k for k, v in metrics.items() if k not in NON_METRICS and isinstance(v, list)]
-    accepted, dropped = [], {}
-    wanted, seen = set(asked), set()
+    rows, dropped, wanted, seen = [], {}, set(asked), set()
     for j, raw in enumerate(partitions):
         pid = int(raw)
         if pid not in wanted or pid in seen:
@@ -85,6 +85,32 @@ def screen_train_reply(
             why = reasons[j] if isinstance(reasons, list) and j < len(reasons) else ""
             dropped[pid] = f"client skipped: {why or 'no reason given'}"
             continue
+        rows.append((j, pid))
+    for pid in asked:
+        if pid not in seen:
+            dropped.setdefault(pid, "the node's reply has no result for this client")
+    return _ReplyRows(metrics, size, rows, dropped)
+
+
+def screen_train_reply(
+    content: RecordDict, reference: Mapping[str, np.ndarray], asked: Sequence[int]
+) -> tuple[list[ClientUpdate], dict[int, str]]:
+    """Accepted client updates of one node's reply, and partition -> reason for the rest.
+
+    Raises :class:`UpdateRejected` when the reply as a whole cannot be read.
+    """
+    reply = _client_rows(content, asked)
+    metrics, size, dropped = reply.metrics, reply.size, reply.dropped
+    record = content.array_records.get("updates")
+    if record is None:
+        raise UpdateRejected("reply has no 'updates' ArrayRecord")
+    stacked = from_record(record)
+    check_stacked(stacked, reference, size)
+    examples = _column(metrics, "num-examples", size)
+    bad_rows = nonfinite_rows(stacked, size)
+    extra = [k for k, v in metrics.items() if k not in NON_METRICS and isinstance(v, list)]
+    accepted = []
+    for j, pid in reply.rows:
         weight = examples[j]
         if not isinstance(weight, int | float) or not np.isfinite(weight) or weight <= 0:
             dropped[pid] = f"'num-examples' must be a positive number, got {weight!r}"
@@ -95,9 +121,6 @@ def screen_train_reply(
         update = {k: v[j] for k, v in stacked.items()}
         values = {k: float(metrics[k][j]) for k in extra if len(metrics[k]) == size}  # type: ignore[index,arg-type]
         accepted.append(ClientUpdate(pid, update, float(weight), values))
-    for pid in asked:
-        if pid not in seen and pid not in dropped:
-            dropped[pid] = "the node's reply has no result for this client"
     return accepted, dropped
 
 
@@ -285,34 +308,16 @@ def evaluation_rows(
     content: RecordDict, asked: Sequence[int]
 ) -> tuple[list[dict[str, float]], dict[int, str]]:
     """One row of scores per evaluated client of a node's reply, and the clients dropped."""
-    metrics = content.metric_records.get("metrics")
-    if metrics is None:
-        raise UpdateRejected("reply has no 'metrics' MetricRecord")
-    partitions = metrics.get("partition-id")
-    if not isinstance(partitions, list):
-        raise UpdateRejected("metrics 'partition-id' must list the clients of the reply")
-    size = len(partitions)
-    skipped = _column(metrics, "skipped", size)
-    skip = content.config_records.get("skip")
-    reasons = skip.get("reasons") if skip is not None else None
-    columns = {k: v for k, v in metrics.items() if isinstance(v, list) and len(v) == size}
-    rows, dropped, wanted = [], {}, set(asked)
-    for j, raw in enumerate(partitions):
-        pid = int(raw)
-        if pid not in wanted:
-            dropped[pid] = "a result for a client the server did not ask this node for"
-            continue
-        wanted.discard(pid)
-        if skipped[j]:
-            why = reasons[j] if isinstance(reasons, list) and j < len(reasons) else ""
-            dropped[pid] = f"client skipped: {why or 'no reason given'}"
-            continue
+    reply = _client_rows(content, asked)
+    columns = {
+        k: v for k, v in reply.metrics.items() if isinstance(v, list) and len(v) == reply.size
+    }
+    rows, dropped = [], reply.dropped
+    for j, pid in reply.rows:
         if "loss-before" not in columns or "loss-after" not in columns:
             dropped[pid] = "no 'loss-before'/'loss-after' scores"
             continue
         rows.append({k: float(v[j]) for k, v in columns.items() if k != "skipped"})  # type: ignore[arg-type,index]
-    for pid in wanted:
-        dropped[pid] = "the node's reply has no result for this client"
     return rows, dropped
 
 

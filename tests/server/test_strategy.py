@@ -159,3 +159,30 @@ def test_aggregation_does_not_depend_on_reply_order():
         results.append(arrays["w"].numpy())
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0], results[2])
+
+
+def test_evaluation_rows_are_read_per_client_like_training_replies():
+    from server.strategy import evaluation_rows
+
+    content = RecordDict(
+        {
+            "metrics": MetricRecord(
+                {
+                    "partition-id": [6, 7, 8, 3],
+                    "skipped": [0, 1, 0, 0],
+                    "num-examples": [5, 0, 4, 9],
+                    "loss-before": [2.0, 0.0, 3.0, 1.0],
+                    "loss-after": [1.0, 0.0, 2.5, 0.1],
+                }
+            ),
+            "skip": ConfigRecord({"reasons": ["", "no test examples", "", ""]}),
+        }
+    )
+    rows, dropped = evaluation_rows(content, asked=[6, 7, 8, 9])
+    assert [r["partition-id"] for r in rows] == [6, 8]
+    assert rows[1] == {"partition-id": 8, "num-examples": 4, "loss-before": 3.0, "loss-after": 2.5}
+    assert dropped == {
+        7: "client skipped: no test examples",
+        3: "a result for a client the server did not ask this node for",
+        9: "the node's reply has no result for this client",
+    }
