@@ -80,7 +80,8 @@ def _unpack(msg: Message, node: NodeRuntime) -> Received:
 
 def _cohort(node: NodeRuntime, clients: list[int]) -> Cohort:
     ready, skipped = [], {}
-    for pid in dict.fromkeys(clients):  # a repeated id is served once
+    order = list(dict.fromkeys(clients))  # a repeated id is served once
+    for pid in order:
         if pid not in node.partitions:
             skipped[pid] = (
                 f"partition {pid} is not hosted by this node (it hosts "
@@ -92,7 +93,7 @@ def _cohort(node: NodeRuntime, clients: list[int]) -> Cohort:
             skipped[pid] = reason
         else:
             ready.append(rt)
-    return Cohort(ready, skipped, list(dict.fromkeys(clients)))
+    return Cohort(ready, skipped, order)
 
 
 def _reply(
@@ -129,7 +130,8 @@ def train(msg: Message, context: Context) -> Message:
     updates = {k: np.zeros((len(cohort.order), *v.shape), v.dtype) for k, v in got.state.items()}
     values: dict[int, dict[str, float | int]] = {}
     if cohort.ready:
-        rows = [cohort.order.index(rt.partition_id) for rt in cohort.ready]
+        position = {pid: row for row, pid in enumerate(cohort.order)}
+        rows = [position[rt.partition_id] for rt in cohort.ready]
         result = _train(context, node, got, cohort.ready)
         if s.algo is not Algorithm.LOCAL:  # 'local' shares nothing: its update stays zero
             for key, stacked in _stacked_updates(result, got).items():

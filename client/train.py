@@ -35,8 +35,8 @@ from common.meta import (
     meta_gradient,
     sgd_step,
 )
-from common.personalize import loss_fn_for
-from common.tasks import HostBatch, MetaBatches, task_sampler
+from common.personalize import loss_fn_for, stack_to_device
+from common.tasks import task_sampler
 
 
 @dataclass(frozen=True)
@@ -186,16 +186,16 @@ def _train_chunk(
         # Every client draws D'' (one random stream for every order); only Per-FedAvg (HF)
         # computes with it.
         used = ["support", "query"] + (["hessian"] if cfg.order is MetaOrder.HESSIAN_FREE else [])
-        batches = {k: _to_device([getattr(m, k) for m in drawn], s, device) for k in used}
+        batches = {k: stack_to_device([getattr(m, k) for m in drawn], s.task, device) for k in used}
 
         def one_meta(p: Params, b: dict[str, Batch]) -> dict:
             return meta_train_steps(model, loss_fn, p, inner_lr, b, cfg)
 
         out = vmap(one_meta, in_dims=(in_dim, 0))(params, batches)
     else:
-        plain = _to_device(
+        plain = stack_to_device(
             [sm.batches(rng, s.local_steps) for sm, rng in zip(samplers, rngs, strict=True)],
-            s, device,
+            s.task, device,
         )  # fmt: skip
 
         def one_sgd(p: Params, b: Batch) -> dict:
@@ -209,14 +209,4 @@ def _train_chunk(
         params={n: p.detach() for n, p in out["params"].items()},
         inner_lr={n: a.detach() for n, a in out["inner_lr"].items()} if "inner_lr" in out else None,
         metrics=metrics,
-    )
-
-
-def _to_device(batches: list[HostBatch] | list[MetaBatches], s: Settings, device) -> Batch:
-    x = np.stack([b[0] for b in batches])  # type: ignore[index]
-    y = np.stack([b[1] for b in batches])  # type: ignore[index]
-    y_dtype = torch.float32 if s.task.value == "regression" else torch.int64
-    return (
-        torch.as_tensor(x, dtype=torch.float32).to(device),
-        torch.as_tensor(y, dtype=y_dtype).to(device),
     )

@@ -163,7 +163,7 @@ def evaluate_cohort(
     for group in _chunks(_by_support_shape(tasks), cohort_size):
         chosen = [tasks[i] for i in group]
         support, test = (
-            _stack_support(chosen, task, device),
+            stack_to_device([t.support for t in chosen], task, device),
             _stack_padded_test(chosen, task, device),
         )
         if per_client_params:
@@ -232,9 +232,11 @@ def _y_dtype(task: Task) -> torch.dtype:
     return torch.float32 if task is Task.REGRESSION else torch.int64
 
 
-def _stack_support(tasks: list[_Task], task: Task, device: torch.device) -> Batch:
-    x = np.stack([t.support[0] for t in tasks])
-    y = np.stack([t.support[1] for t in tasks])
+def stack_to_device(batches: Sequence[HostBatch], task: Task, device: torch.device) -> Batch:
+    """Equal-shaped host batches stacked on a new leading axis, as the task's dtypes on
+    ``device`` (the one place host data becomes tensors for a vmapped call)."""
+    x = np.stack([b[0] for b in batches])
+    y = np.stack([b[1] for b in batches])
     return (
         torch.as_tensor(x, dtype=torch.float32).to(device),
         torch.as_tensor(y, dtype=_y_dtype(task)).to(device),

@@ -192,7 +192,15 @@ def robust_aggregate(
     if not updates or len(updates) != len(examples):
         raise ValueError(f"need one example count per update, got {len(updates)}, {len(examples)}")
     n = len(updates)
-    norms = [update_norm(u) for u in updates]
+    # Norms serve the bound and the log of what a rule did to a client; the plain weighted
+    # mean with claimed examples does nothing to anyone, so it skips them (a hot path).
+    acts = (
+        cfg.rule is not Aggregation.MEAN
+        or cfg.weighting is Weighting.CAPPED
+        or cfg.norm_bound > 0
+        or cfg.median_factor > 0
+    )
+    norms = [update_norm(u) for u in updates] if acts else [float("nan")] * n
     actions: dict[int, list[str]] = {}
     weights, cap = client_weights(examples, cfg.weighting, cfg.max_weight)
     for i, (claimed, w) in enumerate(zip(examples, weights, strict=True)):
