@@ -107,6 +107,7 @@ _OPEN_UNIT = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 _INT_LIST = (_int_list, "comma-separated positive integers, e.g. '40,40'")
 _ANY = (lambda v: True, "any string")
 _ANY_NUMBER = (lambda v: True, "a finite number")
+_BOOL = (lambda v: True, "true or false")
 
 
 def _spec(check: tuple[Callable[[Any], bool], str], default: Any) -> Any:
@@ -191,6 +192,19 @@ class Settings:
     attack_fraction: float = _spec((lambda v: 0 <= v <= 1, "a number in [0, 1]"), 0.0)
     attack_scale: float = _spec(_POS, 10.0)
     attack_noise_std: float = _spec(_POS, 1.0)
+    # privacy (docs/privacy.md): client-level DP-FedAvg and SecAgg+ of the meta-updates
+    dp: bool = _spec(_BOOL, False)  # clip on the client, Gaussian noise on the server
+    dp_clip: float = _spec(_NONNEG, 0.0)  # C: L2 bound of each client's whole update
+    dp_noise_multiplier: float = _spec(_NONNEG, 0.0)  # z; 0 with target-epsilon: calibrated
+    dp_adaptive: bool = _spec(_BOOL, False)  # C follows a quantile (Andrew et al. 2021)
+    dp_target_quantile: float = _spec((lambda v: 0 < v < 1, "a number in (0, 1)"), 0.5)
+    dp_clip_lr: float = _spec(_POS, 0.2)  # eta_C of the geometric clip update
+    dp_clipped_count_stddev: float = _spec(_NONNEG, 0.0)  # sigma_b; 0: expected cohort / 20
+    dp_delta: float = _spec((lambda v: 0 < v < 1, "a number in (0, 1)"), 1e-5)
+    target_epsilon: float = _spec(_NONNEG, 0.0)  # refuse / stop beyond this epsilon; 0: none
+    secagg: bool = _spec(_BOOL, False)  # the server sees only the sum of the nodes' updates
+    secagg_num_shares: float = _spec(_FRACTION, 1.0)  # key shares, fraction of the nodes
+    secagg_threshold: float = _spec(_FRACTION, 0.7)  # shares to unmask, fraction of shares
     # server optimizer
     server_optimizer: str = _spec(_one_of("sgd", "adam"), "adam")
     server_lr: float = _spec(_POS, 0.03)
@@ -207,7 +221,7 @@ class Settings:
     seed: int = _spec(_NONNEG_INT, 0)
     device: str = _spec(_one_of("auto", "cpu", "cuda"), "auto")
     run_dir: str = _spec((lambda v: v != "", "a non-empty path"), "runs/latest")
-    resume: bool = _spec((lambda v: True, "true or false"), False)
+    resume: bool = _spec(_BOOL, False)
 
     # ---- derived views (computed, never stored twice) ----
     @functools.cached_property
@@ -363,6 +377,7 @@ def _check_combinations(s: Settings) -> None:
     if s.model == "cnn" and s.dataset in ("sinusoid", "synthetic"):
         raise ConfigError("model", s.model, "'mlp' or 'logreg' for vector inputs")
     _check_attack(s)
+    _check_privacy(s)
 
 
 def _check_attack(s: Settings) -> None:
@@ -381,6 +396,56 @@ def _check_attack(s: Settings) -> None:
             f"another kind for dataset '{s.dataset}' (episodes relabel classes 0..N-1, so a "
             "flipped label is only another name)",
         )  # fmt: skip
+
+
+def _check_privacy(s: Settings) -> None:
+    """DP and SecAgg+ need a client-side clip bound and the plain, unweighted sum."""
+    if not (s.dp or s.secagg):
+        for key in ("dp-adaptive", "target-epsilon"):
+            if getattr(s, key.replace("-", "_")):
+                raise ConfigError(key, getattr(s, key.replace("-", "_")), "unset without dp = true")
+        return
+    what = "dp = true" if s.dp else "secagg = true"
+    if s.dp_clip <= 0:
+        raise ConfigError(
+            "dp-clip", s.dp_clip,
+            f"a number > 0 with {what}: the L2 bound C every client clips its whole update "
+            "to (theta and Meta-SGD's alpha) before it leaves the node; it is DP's "
+            "sensitivity and sets SecAgg+'s quantization range",
+        )  # fmt: skip
+    if s.aggregation != Aggregation.MEAN.value:
+        why = (
+            "SecAgg+ reveals only the sum of the nodes' updates, so no rule that looks at "
+            "single updates (median, trimmed mean, Krum, Bulyan) can run"
+            if s.secagg
+            else "DP's noise is calibrated to a sum of clipped updates"
+        )
+        raise ConfigError("aggregation", s.aggregation, f"'mean' with {what}: {why}")
+    for key in ("norm-bound", "norm-bound-median-factor"):
+        if getattr(s, key.replace("-", "_")):
+            raise ConfigError(
+                key, getattr(s, key.replace("-", "_")),
+                f"0 with {what}: every client already clips to dp-clip on its own node",
+            )  # fmt: skip
+    if s.weighting != Weighting.UNIFORM.value:
+        raise ConfigError(
+            "weighting", s.weighting,
+            f"'uniform' with {what}: every client counts once in the sum (DP divides it by "
+            "the fixed expected cohort size, SecAgg+ by the number of clients); weights "
+            "from claimed example counts would let one client exceed the bound dp-clip",
+        )  # fmt: skip
+    if s.algo is Algorithm.LOCAL:
+        raise ConfigError("algorithm", s.algorithm, f"a federated algorithm with {what}")
+    if s.secagg and s.min_available_nodes < 2:
+        raise ConfigError(
+            "min-available-nodes", s.min_available_nodes,
+            "at least 2 with secagg = true: SecAgg+ masks each node's sum with its "
+            "neighbours' keys, so a single node's sum would be its own",
+        )  # fmt: skip
+    if s.dp_adaptive and not s.dp:
+        raise ConfigError("dp-adaptive", s.dp_adaptive, "false unless dp = true")
+    if s.target_epsilon and not s.dp:
+        raise ConfigError("target-epsilon", s.target_epsilon, "0 unless dp = true")
 
 
 OMNIGLOT_DRAWERS = 20  # drawings per Omniglot character
