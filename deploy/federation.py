@@ -38,10 +38,10 @@ from typing import Any
 
 from flwr.common.config import parse_config_args
 
+from common.processes import console_script, free_port, run_config_arg
 from deploy.make_certs import Certificates, load_or_make_certificates
 from deploy.measure import NodeFootprint, NodeSampler
 from deploy.processes import ManagedProcess, start_process
-from simulations.engine import free_port, run_config_arg
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "fedmeta-deploy"
@@ -51,12 +51,6 @@ STATE_FILE = "federation.json"
 
 class FederationError(RuntimeError):
     """A component did not start, a node was not accepted, or a run failed."""
-
-
-def console_script(name: str) -> str:
-    """The Flower console script next to this interpreter (works in a venv not on PATH)."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
 
 
 def flower_env(home: Path) -> dict[str, str]:

@@ -3,7 +3,7 @@
 Flower's components spawn helpers: a SuperLink starts ``flower-superexec`` in a session of
 its own (which starts ``flwr-serverapp``), a SuperNode starts ``flower-superexec`` (which
 starts one ``flwr-clientapp`` per message). Each process we start gets its own session and
-is stopped with :func:`simulations.engine.stop_process_group` (its group, then every
+is stopped with :func:`common.processes.stop_process_group` (its group, then every
 descendant it had). On top of that, :meth:`ManagedProcess.stop` returns only once every
 descendant seen before the stop is gone, matched by pid *and* start time so that a
 recycled pid is never signalled: a test can then assert that nothing is left.
@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from simulations.engine import stop_process_group
+from common.processes import stop_process_group
 
 PROC = Path("/proc")
 

@@ -8,11 +8,9 @@ and stop the SuperLink by its PID on exit, also when a run fails.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
+from common.processes import console_script, free_port, run_config_arg, stop_process_group
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "fedmeta-sim"
@@ -46,30 +44,6 @@ def app_dir() -> Path:
     return PROJECT_ROOT
 
 
-def _bin(name: str) -> str:
-    """The console script next to this interpreter (works inside a venv not on PATH)."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def run_config_arg(overrides: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={toml_value(v)}" for k, v in overrides.items())
-
-
 @dataclass
 class SuperLink:
     """A running simulation SuperLink and the environment that reaches it."""
@@ -83,7 +57,7 @@ class SuperLink:
         self, overrides: Mapping[str, Any], num_supernodes: int, cpus_per_client: int = 1
     ) -> list[str]:
         return [
-            _bin("flwr"), "run", str(app_dir()), CONNECTION, "--stream",
+            console_script("flwr"), "run", str(app_dir()), CONNECTION, "--stream",
             "--run-config", run_config_arg(overrides),
             "--federation-config",
             f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}",
@@ -140,7 +114,7 @@ class SuperLink:
 
     def status(self, run_id: int) -> dict[str, Any]:
         proc = subprocess.run(
-            [_bin("flwr"), "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
+            [console_script("flwr"), "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
             env=self.env, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         try:
@@ -184,7 +158,7 @@ def simulation_superlink(
     )
     log_path = home / "superlink.log"
     cmd = [
-        _bin("flower-superlink"), "--insecure", "--simulation",
+        console_script("flower-superlink"), "--insecure", "--simulation",
         "--disable-runtime-dependency-installation",
         "--host", "127.0.0.1", "--port", str(port), "--log-file", str(log_path),
     ]  # fmt: skip
@@ -209,36 +183,3 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log_path: Path, timeout: f
                 return
         time.sleep(0.2)
     raise SimulationError(f"flower-superlink did not listen on port {port} in {timeout:g} s")
-
-
-def stop_process_group(proc: subprocess.Popen, grace: float = 10) -> None:
-    """SIGTERM the process's group (it was started in its own session), then SIGKILL.
-
-    The SuperExec starts ``flwr-simulation`` (which starts Ray) in a session of its own, so a
-    run cut short would outlive the group: every descendant found before the stop is
-    stopped too.
-    """
-    if proc.poll() is not None:
-        return
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    _stop_group(proc, grace)
-    for p in descendants:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
-    _, alive = psutil.wait_procs(descendants, timeout=grace)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-
-
-def _stop_group(proc: subprocess.Popen, grace: float) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=grace)
