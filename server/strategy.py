@@ -27,11 +27,15 @@ from flwr.supercore import log
 
 from common.arrays import UpdateRejected, check_stacked, from_record, nonfinite_rows, to_record
 from common.config import Settings, Task
-from server.aggregate import OptimizerConfig, OptimizerState, client_stats, server_step
-from server.nodes import NodeDirectory
+from common.privacy import WITHIN_CLIP, clip_rows
+from server.aggregate import NamedArrays, OptimizerConfig, OptimizerState, client_stats, server_step
+from server.nodes import NodeDirectory, cohort_size
+from server.privacy import NOISE_PURPOSE, DPConfig, PrivacyState, private_mean
 from server.robust import Aggregate, RobustConfig, check_round_size, robust_aggregate
+from server.secagg import node_drops, secure_sum
 
 NON_METRICS = ("num-examples", "skipped", "partition-id")
+CLIP_TOLERANCE = 1e-5  # relative: a client's clipped float32 row may exceed C by rounding
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,7 @@ class RoundReport:
     dropped: list[str] = field(default_factory=list)
     eval_clients: list[dict[str, float]] = field(default_factory=list)
     robust: dict = field(default_factory=dict)  # what the aggregation rule did, per client
+    privacy: dict = field(default_factory=dict)  # the round's DP release / SecAgg+ sum
 
 
 def robust_log(result: Aggregate, accepted: Sequence[ClientUpdate]) -> dict:
@@ -169,9 +174,12 @@ class MetaStrategy(FedAvg):
         self.optimizer = optimizer
         self.optimizer_state = optimizer_state or OptimizerState()
         self.robust = RobustConfig.from_settings(settings)
+        self.dp = DPConfig.from_settings(settings) if settings.dp else None
+        self.privacy: PrivacyState | None = None  # set by the ServerApp when dp is on
         self.current: dict[str, np.ndarray] | None = None
         self.report = RoundReport()
         self.asked: dict[int, list[int]] = {}  # node id -> partitions asked this round
+        self.population = 0  # clients on live nodes when the round's sample was drawn
 
     # ---- sampling -------------------------------------------------------------------
     def _messages(
@@ -184,18 +192,40 @@ class MetaStrategy(FedAvg):
             if config.get("final")
             else self.settings.fraction_evaluate
         )  # fmt: skip  (the final round scores every client, for the summary table)
-        purpose = 0 if kind == MessageType.TRAIN else 1
-        self.asked = self.nodes.sample(fraction, self.settings.seed, server_round, purpose)
-        if kind == MessageType.TRAIN:  # before anything is sent: a start-up error in round 1
+        train = kind == MessageType.TRAIN
+        self.sample_clients(server_round, fraction, train)
+        if train:  # before anything is sent: a start-up error in round 1
             check_round_size(self.robust, sum(len(p) for p in self.asked.values()))
+        extra = {"dp-clip": self.clip_bound} if train and self.clip_bound else {}
         messages = []
         for node, partitions in self.asked.items():
             node_config = ConfigRecord(
-                {**dict(config), "server-round": server_round, "clients": partitions}
+                {**dict(config), **extra, "server-round": server_round, "clients": partitions}
             )
             record = RecordDict({"arrays": arrays, "config": node_config})
             messages.append(Message(content=record, dst_node_id=node, message_type=kind))
         return messages
+
+    def sample_clients(self, server_round: int, fraction: float, train: bool) -> None:
+        """Draw the round's clients into ``self.asked`` (node id -> partitions).
+
+        With DP, training clients are Poisson-sampled (the accountant's assumption); with
+        SecAgg+ every live node takes part, those without sampled clients with a zero sum,
+        so that each round has the two or more nodes the protocol needs."""
+        purpose = 0 if train else 1
+        dp = train and self.dp is not None
+        self.asked = self.nodes.sample(fraction, self.settings.seed, server_round, purpose, dp)
+        self.population = self.nodes.population
+        if train and self.settings.secagg:
+            live = {node for _, node in self.nodes.live()}
+            self.asked = {node: self.asked.get(node, []) for node in sorted(live)}
+
+    @property
+    def clip_bound(self) -> float:
+        """C of this round: what the clients clip to (0 when neither DP nor SecAgg+ is on)."""
+        if self.privacy is not None:
+            return self.privacy.clip
+        return self.settings.dp_clip if self.settings.secagg else 0.0
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -256,6 +286,19 @@ class MetaStrategy(FedAvg):
         # depend on which node answered first, and a rerun reproduces theta bit for bit.
         accepted.sort(key=lambda c: c.partition)
         self.report.accepted = len(accepted)
+        if self.dp is not None and (accepted or not any(m.has_error() for m in replies)):
+            # DP steps every round, also when no client was sampled or none answered: whether
+            # a step happens must not reveal whether someone took part (only errors from
+            # every node, a failure of the federation, skip the round).
+            rows = [c.update for c in accepted]
+            within = [c.metrics.get(WITHIN_CLIP, 0.0) >= 0.5 for c in accepted]
+            total, within = self._checked_sum(server_round, accepted, rows, within)
+            delta = self.private_delta(server_round, total, sum(w - 0.5 for w in within))
+            client_metrics = [
+                {k: v for k, v in c.metrics.items() if k != WITHIN_CLIP} for c in accepted
+            ]
+            metrics = _weighted_metrics(client_metrics, [1.0] * len(accepted)) if accepted else None
+            return self.step(delta), metrics
         if not accepted:
             log(WARNING, "round %d: no valid update; theta unchanged", server_round)
             return None, None
@@ -265,6 +308,101 @@ class MetaStrategy(FedAvg):
         )
         metrics = _weighted_metrics([c.metrics for c in accepted], result.weights)
         return to_record(new_state), metrics
+
+    def step(self, delta: NamedArrays) -> ArrayRecord:
+        """theta after the server optimizer's step with Delta."""
+        if self.current is None:
+            raise RuntimeError("step called before configure_train")
+        new_state, self.optimizer_state = server_step(
+            self.current, delta, self.optimizer, self.optimizer_state
+        )
+        return to_record(new_state)
+
+    def train_secure(
+        self, server_round: int, arrays: ArrayRecord, grid: Grid
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """A training round through SecAgg+ (server/secagg.py): the server learns only the
+        sum of the clipped updates, the number of clients in it and the nodes' drops."""
+        self.current = from_record(arrays)
+        self.report = RoundReport()
+        self.sample_clients(server_round, self.settings.fraction_train, train=True)
+        clip = self.clip_bound
+        result = secure_sum(grid, self.settings, server_round, self.current, self.asked, clip)
+        if result is None:
+            for node, partitions in self.asked.items():
+                for pid in partitions:
+                    self._drop(node, pid, "SecAgg+ halted: too few nodes completed a stage")
+            return None, None
+        for node, partitions in self.asked.items():
+            drops = node_drops(result.node_metrics.get(node, {}))
+            for pid in partitions:
+                if node not in result.node_metrics:
+                    self._drop(node, pid, "no masked vector from its node in SecAgg+")
+                elif pid in drops:
+                    self._drop(node, pid, drops[pid])
+        self.report.accepted = result.clients
+        self.report.privacy["secagg"] = {
+            "nodes": len(result.nodes), "clients": result.clients, "clip": clip,
+            "quantization-range": result.quantization_range,
+        }  # fmt: skip
+        metrics = _node_metric_means(result.node_metrics.values(), result.clients)
+        if self.dp is not None:
+            return self.step(
+                self.private_delta(server_round, result.total, result.within_centered)
+            ), metrics
+        if result.clients == 0:
+            log(WARNING, "round %d: no valid update; theta unchanged", server_round)
+            return None, None
+        return self.step({k: v / result.clients for k, v in result.total.items()}), metrics
+
+    def _checked_sum(
+        self, server_round: int, accepted: list[ClientUpdate], rows: list[NamedArrays],
+        within: list[bool],
+    ) -> tuple[NamedArrays, list[bool]]:  # fmt: skip
+        """The sum of the clipped rows. Clients clip on their node; a row still above C (a
+        client that did not clip) is clipped here and counted as clipped, and logged."""
+        assert self.current is not None
+        clip = self.clip_bound
+        total = {k: np.zeros(v.shape, np.float64) for k, v in self.current.items()}
+        if not rows:
+            return total, within
+        stacked = {k: np.stack([r[k] for r in rows]) for k in self.current}
+        result = clip_rows(stacked, clip)
+        for i, norm in enumerate(result.norms):
+            if norm > clip * (1 + CLIP_TOLERANCE):
+                within[i] = False
+                self._server_clipped(
+                    server_round, accepted[i].partition,
+                    f"update norm {norm:.4g} above dp-clip {clip:.4g}: clipped by the server",
+                )  # fmt: skip
+        for k, v in result.updates.items():
+            total[k] += np.asarray(v, np.float64).sum(axis=0)
+        return total, within
+
+    def _server_clipped(self, server_round: int, partition: int, what: str) -> None:
+        log(WARNING, "round %d: partition %d: %s", server_round, partition, what)
+        self.report.privacy.setdefault("server-clipped", []).append(partition)
+
+    def private_delta(
+        self, server_round: int, total: NamedArrays, within_centered: float
+    ) -> NamedArrays:
+        """DP's noised mean of the round's clipped sum (server/privacy.py); accounts the round."""
+        if self.dp is None or self.privacy is None:
+            raise RuntimeError("private_delta needs dp = true and a PrivacyState")
+        expected = cohort_size(self.population, self.settings.fraction_train)
+        q = expected / self.population
+        rng = np.random.default_rng([self.settings.seed, server_round, NOISE_PURPOSE])
+        release = private_mean(total, within_centered, self.privacy, self.dp, expected, rng)
+        z = self.privacy.noise_multiplier
+        ledger = self.privacy.ledger.add(q, z)
+        self.privacy = PrivacyState(release.next_clip, z, ledger)
+        self.report.privacy |= {
+            "epsilon": ledger.epsilon(self.dp.delta), "delta": self.dp.delta,
+            "q": q, "expected-clients": expected, "noise-multiplier": z,
+            "noise-std": release.noise_std, "clip": release.clip,
+            "next-clip": release.next_clip, "unclipped-fraction": release.unclipped_fraction,
+        }  # fmt: skip
+        return release.delta
 
     def _robust_delta(self, server_round: int, accepted: list[ClientUpdate]) -> Aggregate:
         """The configured rule over the accepted updates; what it did goes to the run log."""
@@ -321,6 +459,18 @@ def evaluation_rows(
     return rows, dropped
 
 
+def _node_metric_means(node_metrics: Iterable[Mapping], clients: int) -> MetricRecord | None:
+    """Train metrics of a SecAgg+ round: the nodes' per-metric sums over their clients."""
+    if clients == 0:
+        return None
+    sums: dict[str, float] = {}
+    for metrics in node_metrics:
+        for key, value in metrics.items():
+            if key.startswith("sum/"):
+                sums[key[4:]] = sums.get(key[4:], 0.0) + float(value)
+    return MetricRecord({**{k: v / clients for k, v in sums.items()}, "clients": clients})
+
+
 def _weighted_metrics(records: list[dict[str, float]], weights: list[float]) -> MetricRecord:
     total = sum(weights)
     keys = [k for k in records[0] if all(k in r for r in records)]
@@ -331,7 +481,9 @@ def _weighted_metrics(records: list[dict[str, float]], weights: list[float]) -> 
 def summarise_evaluation(rows: list[dict[str, float]], task: Task) -> MetricRecord:
     """Mean, std and worst-10% mean across clients, before and after personalisation.
 
-    Regression reports MSE (the loss); classification reports accuracy and loss.
+    Regression reports MSE (the loss); classification reports accuracy and loss, and the
+    accuracy pooled over every test sample (``acc-*-pooled``) where each row has its
+    ``num-examples`` (test size).
     """
     names = {"mse": ("loss", False)} if task is Task.REGRESSION else {
         "acc": ("acc", True), "loss": ("loss", False)
@@ -348,4 +500,11 @@ def summarise_evaluation(rows: list[dict[str, float]], task: Task) -> MetricReco
                 f"{name}-{when}-std": stats.std,
                 f"{name}-{when}-worst10": stats.worst10,
             }
+    if task is not Task.REGRESSION and all(r.get("num-examples", 0) > 0 for r in rows):
+        # Accuracy over all clients' test samples pooled (each client weighted by its test
+        # size): what LEAF, Per-FedAvg and pFedMe report, beside the per-client mean above.
+        sizes = np.array([r["num-examples"] for r in rows], dtype=np.float64)
+        for when in ("before", "after"):
+            acc = np.array([r[f"acc-{when}"] for r in rows], dtype=np.float64)
+            out[f"acc-{when}-pooled"] = float(acc @ sizes / sizes.sum())
     return MetricRecord(out)

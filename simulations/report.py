@@ -53,7 +53,7 @@ def collect(exp: Experiment, out: Path) -> list[dict[str, Any]]:
         if not summaries:
             continue
         metric, _ = _metric(summaries[0])
-        keys = [k for k in summaries[0] if k.endswith("-mean") or k.endswith("-worst10")]
+        keys = [k for k in summaries[0] if k.endswith(("-mean", "-worst10", "-pooled"))]
         values = {k: [s[k] for s in summaries if k in s] for k in keys}
         rows.append(
             {
@@ -85,6 +85,9 @@ def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         (f"{m}-after-worst10", f"worst-10% {m}"),
         (f"{m}-before-mean", f"{m} before adapting"),
     ]
+    if any(f"{m}-after-pooled" in r["values"] for r in rows):
+        # sample-weighted accuracy, the figure LEAF / Per-FedAvg / pFedMe publish
+        cols.insert(1, (f"{m}-after-pooled", f"personalised {m}, pooled"))
     prefix = f"new-{m}-k"  # new-acc-k<k>-mean (classification), new-mse-k<k>-mean (regression)
     new = sorted(
         {k for r in rows for k in r["values"] if k.startswith(prefix) and k.endswith("-mean")},

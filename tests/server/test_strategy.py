@@ -11,7 +11,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from common.arrays import to_record
 from common.config import parse_settings
 from server.aggregate import OptimizerConfig
-from server.strategy import MetaStrategy
+from server.strategy import MetaStrategy, summarise_evaluation
 
 THETA = {"w": np.array([1.0, 2.0], np.float32), "b": np.array([0.5], np.float32)}
 
@@ -186,3 +186,30 @@ def test_evaluation_rows_are_read_per_client_like_training_replies():
         3: "a result for a client the server did not ask this node for",
         9: "the node's reply has no result for this client",
     }
+
+
+def test_pooled_accuracy_weights_each_client_by_its_test_size():
+    from common.config import Task
+
+    rows = [
+        {
+            "num-examples": 10,
+            "acc-before": 0.5,
+            "acc-after": 1.0,
+            "loss-before": 1.0,
+            "loss-after": 0.1,
+        },
+        {
+            "num-examples": 30,
+            "acc-before": 0.1,
+            "acc-after": 0.2,
+            "loss-before": 2.0,
+            "loss-after": 1.5,
+        },
+    ]
+    out = summarise_evaluation(rows, Task.CLASSIFICATION)
+    assert out["acc-after-mean"] == pytest.approx(0.6)  # (1.0 + 0.2) / 2
+    assert out["acc-after-pooled"] == pytest.approx((10 * 1.0 + 30 * 0.2) / 40)  # 0.4
+    assert out["acc-before-pooled"] == pytest.approx((10 * 0.5 + 30 * 0.1) / 40)  # 0.2
+    # regression has no accuracy to pool
+    assert "acc-after-pooled" not in summarise_evaluation(rows, Task.REGRESSION)
