@@ -26,14 +26,22 @@ SERVER_NODE_ID = 0
 class LoopGrid(Grid):
     """Nodes 1..N serving partitions 0..N-1, each with its own persistent context.state."""
 
-    def __init__(self, client_app: ClientApp, run_config: Mapping[str, Any], num_nodes: int):
+    def __init__(
+        self, client_app: ClientApp, run_config: Mapping[str, Any], num_nodes: int,
+        torch_threads: int = 0,
+    ) -> None:  # fmt: skip
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SERVER_NODE_ID, 0
         self.client_app = client_app
         self.contexts = {
             i + 1: Context(
                 run_id=1,
                 node_id=i + 1,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
+                # torch-threads 0: the ClientApp keeps the thread count run_in_loop set
+                node_config={
+                    "partition-id": i,
+                    "num-partitions": num_nodes,
+                    "torch-threads": torch_threads,
+                },
                 state=RecordDict(),
                 run_config=dict(run_config),
             )
@@ -93,6 +101,7 @@ def run_in_loop(
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     try:
-        return run_federation(settings, LoopGrid(client_app, run_config, num_nodes))
+        grid = LoopGrid(client_app, run_config, num_nodes, torch_threads=torch_threads or 0)
+        return run_federation(settings, grid)
     finally:
         torch.set_num_threads(previous)
