@@ -34,13 +34,22 @@ from flwr.clientapp import ClientApp
 from client.attacks import attack_reply, training_split
 from client.model_store import save_personalized
 from client.runtime import ClientRuntime, NodeRuntime, node_runtime
+from client.secagg import is_secagg_train, node_sum_reply, secagg_when_asked, unpack_fitins
 from client.train import CohortResult, train_cohort
-from common.arrays import ALPHA_PREFIX, from_record, split_state, to_record, to_tensors
+from common.arrays import (
+    ALPHA_PREFIX,
+    from_record,
+    nonfinite_rows,
+    split_state,
+    to_record,
+    to_tensors,
+)
 from common.config import Algorithm, AttackKind, settings_to_run_config
 from common.meta import bounded_step_sizes
 from common.personalize import evaluate_cohort
+from common.privacy import WITHIN_CLIP, clip_rows
 
-app = ClientApp()
+app = ClientApp(mods=[secagg_when_asked])  # SecAgg+ rounds only (client/secagg.py)
 
 PERSONAL_STATE_PREFIX = "personal-model/"  # context.state slot of the 'local' baseline
 TRAIN_PURPOSE, EVALUATE_PURPOSE = 0, 1  # rng streams of a round
@@ -53,6 +62,7 @@ class Received:
     state: dict[str, np.ndarray]
     server_round: int
     clients: list[int]  # partition ids asked for, in order
+    clip: float  # C every client clips its update to (DP, SecAgg+); 0: no clipping
 
 
 @dataclass(frozen=True)
@@ -65,16 +75,19 @@ class Cohort:
 
 
 def _unpack(msg: Message, node: NodeRuntime) -> Received:
-    state = from_record(msg.content["arrays"])
+    return _received(from_record(msg.content["arrays"]), msg.content["config"], node)
+
+
+def _received(state: dict[str, np.ndarray], config: Any, node: NodeRuntime) -> Received:
     theta, alpha = split_state(state)
-    config = msg.content["config"]
     clients = config.get("clients")
     return Received(
         theta=to_tensors(theta, node.device),
         alpha=to_tensors(alpha, node.device) if alpha is not None else None,
         state=state,
         server_round=int(config["server-round"]),
-        clients=list(node.partitions) if clients is None else [int(c) for c in clients],  # type: ignore[union-attr]
+        clients=list(node.partitions) if clients is None else [int(c) for c in clients],
+        clip=float(config.get("dp-clip", 0.0)),
     )
 
 
@@ -124,7 +137,47 @@ def _reply(
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     node = node_runtime(context)
+    if is_secagg_train(msg):
+        return _train_secagg(msg, context, node)
     got = _unpack(msg, node)
+    cohort, updates, values, _ = _train_rows(context, node, got)
+    return _reply(msg, cohort, values, to_record(updates))
+
+
+def _train_secagg(msg: Message, context: Context, node: NodeRuntime) -> Message:
+    """A SecAgg+ round: the node's clients train and clip as in a plain round; the node
+    drops a client whose update is not finite (the server cannot see single updates) and
+    replies with its scaled sum for the mod to mask (client/secagg.py)."""
+    state, config = unpack_fitins(msg)
+    got = _received(state, config, node)
+    cohort, updates, values, within = _train_rows(context, node, got)
+    dropped = {p: f"client skipped: {why}" for p, why in cohort.skipped.items()}
+    bad = nonfinite_rows(updates, len(cohort.order))
+    rows = []
+    for row, pid in enumerate(cohort.order):
+        if pid in cohort.skipped:
+            continue
+        if row in bad:
+            dropped[pid] = f"'{bad[row]}' contains NaN or infinite values (dropped by its node)"
+        else:
+            rows.append(row)
+    kept = {cohort.order[r] for r in rows}
+    sums = {
+        p: {k: v for k, v in row.items() if k not in ("num-examples", WITHIN_CLIP)}
+        for p, row in values.items()
+        if p in kept
+    }
+    return node_sum_reply(
+        msg, list(state), updates, within, rows, dropped, sums, got.clip,
+        node.settings.clients_per_node,
+    )  # fmt: skip
+
+
+def _train_rows(
+    context: Context, node: NodeRuntime, got: Received
+) -> tuple[Cohort, dict[str, np.ndarray], dict[int, dict[str, float | int]], np.ndarray]:
+    """Train the asked-for clients: their stacked updates (clipped to ``got.clip`` when it is
+    set, each client's b_i then in its metrics and returned), per-client metrics."""
     cohort = _cohort(node, got.clients)
     s = node.settings
     updates = {k: np.zeros((len(cohort.order), *v.shape), v.dtype) for k, v in got.state.items()}
@@ -139,6 +192,13 @@ def train(msg: Message, context: Context) -> Message:
         for j, rt in enumerate(cohort.ready):
             values[rt.partition_id] = {k: float(v[j]) for k, v in result.metrics.items()}
             values[rt.partition_id]["num-examples"] = rt.data.num_train
+    within = np.ones(len(cohort.order))
+    if got.clip > 0:  # DP / SecAgg+: no honest update leaves above C
+        clipped = clip_rows(updates, got.clip)
+        updates, within = clipped.updates, clipped.within
+        for row, pid in enumerate(cohort.order):
+            if pid in values:
+                values[pid][WITHIN_CLIP] = float(within[row])
     if s.attack_kind is not AttackKind.NONE:  # simulated attackers (client/attacks.py)
         claims = {p: int(v["num-examples"]) for p, v in values.items()}
         updates, claims = attack_reply(
@@ -146,7 +206,7 @@ def train(msg: Message, context: Context) -> Message:
         )
         for p, n in claims.items():
             values[p]["num-examples"] = n
-    return _reply(msg, cohort, values, to_record(updates))
+    return cohort, updates, values, within
 
 
 def _train(

@@ -29,7 +29,14 @@ from common.tasks import batch_warnings
 from server.aggregate import OptimizerConfig, OptimizerState
 from server.delivery import send_and_receive
 from server.new_clients import evaluate_new_clients
-from server.nodes import NodeDirectory
+from server.nodes import NodeDirectory, cohort_size
+from server.privacy import (
+    DPConfig,
+    PrivacyBudgetExceeded,
+    PrivacyState,
+    check_budget,
+    start_state,
+)  # fmt: skip
 from server.run_folder import Checkpoint, RunFolder, check_matches
 from server.strategy import MetaStrategy
 
@@ -74,20 +81,31 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
         grid, settings.min_available_nodes, settings.node_wait_timeout, settings.round_timeout
     )
     strategy = MetaStrategy(settings, nodes, optimizer_config(settings), optimizer_state)
+    if strategy.dp is not None:  # refuses, before round 1, rounds beyond target-epsilon
+        saved = PrivacyState.from_json(ckpt.privacy) if ckpt and ckpt.privacy else None
+        strategy.privacy = _start_privacy(settings, strategy.dp, nodes, saved)
     t_run = time.monotonic()
     last_eval: dict[str, float] = {}
     record = to_record(state)  # theta as sent; replaced only when a round aggregates
     trained = ckpt is not None  # a checkpoint is written only once an update was accepted
+    stopped = 0  # the last round run when target-epsilon stopped the run early
     for rnd in range(start, settings.num_rounds + 1):
         t0 = time.monotonic()
-        replies = list(
-            send_and_receive(
-                grid,
-                strategy.configure_train(rnd, record, ConfigRecord(), grid),
-                timeout=settings.round_timeout,
+        if not _within_budget(strategy, nodes, rnd):
+            stopped = rnd - 1
+            break
+        if settings.secagg:
+            replies = []
+            new_record, train_metrics = strategy.train_secure(rnd, record, grid)
+        else:
+            replies = list(
+                send_and_receive(
+                    grid,
+                    strategy.configure_train(rnd, record, ConfigRecord(), grid),
+                    timeout=settings.round_timeout,
+                )
             )
-        )
-        new_record, train_metrics = strategy.aggregate_train(rnd, replies)
+            new_record, train_metrics = strategy.aggregate_train(rnd, replies)
         if new_record is not None:
             record, state, trained = new_record, from_record(new_record), True
         elif not trained and replies and all(m.has_error() for m in replies):
@@ -116,8 +134,24 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
             "clients.jsonl", {"round": rnd, "clients": strategy.report.eval_clients}
         )
         if trained:  # before that, theta is the seeded initial one: nothing to keep
-            folder.save_checkpoint(Checkpoint(rnd, state, strategy.optimizer_state))
+            privacy = strategy.privacy.to_json() if strategy.privacy else None
+            folder.save_checkpoint(Checkpoint(rnd, state, strategy.optimizer_state, privacy))
         log(INFO, "%s", progress_line(settings, row))
+    if stopped and trained:  # score every client on the last model DP allowed
+        replies = send_and_receive(
+            grid,
+            strategy.configure_evaluate(stopped, record, ConfigRecord({"final": True}), grid),
+            timeout=settings.round_timeout,
+        )
+        last_eval = dict(strategy.aggregate_evaluate(stopped, replies) or {})  # type: ignore[arg-type]
+        last_eval["stopped-after-round"] = stopped
+    if strategy.privacy is not None and strategy.dp is not None:
+        last_eval |= {
+            "epsilon": strategy.privacy.ledger.epsilon(strategy.dp.delta),
+            "delta": strategy.dp.delta,
+            "noise-multiplier": strategy.privacy.noise_multiplier,
+            "final-clip": strategy.privacy.clip,
+        }
     if not trained:
         raise TrainingFailed(
             f"no client update was accepted in rounds {start}..{settings.num_rounds} "
@@ -125,6 +159,44 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
             f"summary.json written. Every dropped client and why: {folder.file('metrics.jsonl')}"
         )
     return finish(settings, folder, state, last_eval, time.monotonic() - t_run)
+
+
+def _start_privacy(
+    settings: Settings, dp: DPConfig, nodes: NodeDirectory, saved: PrivacyState | None
+) -> PrivacyState:
+    """DP's state for the first round to run: resumed, or with z configured or calibrated.
+
+    The sampling rate q = k / N needs N, the clients on the nodes connected now."""
+    population = len(nodes.wait())
+    expected = cohort_size(population, settings.fraction_train)
+    q = expected / population
+    state, planned = start_state(settings, dp, q, expected, saved)
+    log(
+        INFO,
+        "DP: noise multiplier %.4g, clip %.4g, Poisson sampling q = %d/%d = %.4g; epsilon "
+        "after round %d: %.4g at delta %g",
+        state.noise_multiplier, state.clip, expected, population, q, settings.num_rounds,
+        planned, dp.delta,
+    )  # fmt: skip
+    return state
+
+
+def _within_budget(strategy: MetaStrategy, nodes: NodeDirectory, rnd: int) -> bool:
+    """Whether round ``rnd`` may run without exceeding target-epsilon at today's q.
+
+    The plan is checked before round 1; q grows when nodes leave (k / N with fewer N),
+    so each round is checked again and the run stops before the round that would exceed."""
+    dp, privacy = strategy.dp, strategy.privacy
+    if dp is None or privacy is None or not dp.target_epsilon:
+        return True
+    population = len(nodes.wait())
+    q = cohort_size(population, strategy.settings.fraction_train) / population
+    try:
+        check_budget(privacy.ledger, q, privacy.noise_multiplier, 1, dp)
+    except PrivacyBudgetExceeded as err:
+        log(WARNING, "round %d not run, the run stops here: %s", rnd, err)
+        return False
+    return True
 
 
 def resume_point(
@@ -168,6 +240,7 @@ def _round_row(
         "accepted": strategy.report.accepted,
         "dropped": strategy.report.dropped,
         "robust": strategy.report.robust,
+        "privacy": strategy.report.privacy,
         "seconds": round(time.monotonic() - t0, 3),
     }
 

@@ -21,6 +21,11 @@ from flwr.supercore import log
 from server.delivery import send_and_receive
 
 
+def cohort_size(clients: int, fraction: float) -> int:
+    """Clients sampled per round (the expected number under Poisson sampling)."""
+    return min(clients, max(1, int(clients * fraction)))
+
+
 class NodesUnavailable(RuntimeError):
     """Too few nodes connected within the configured wait."""
 
@@ -32,6 +37,7 @@ class NodeDirectory:
         self.wait_timeout = wait_timeout
         self.query_timeout = query_timeout
         self._partitions: dict[int, tuple[int, ...]] = {}  # node id -> hosted partitions
+        self.population = 0  # clients on live nodes at the last sample
 
     def partitions_of(self, node_id: int) -> tuple[int, ...]:
         return self._partitions.get(node_id, ())
@@ -65,13 +71,21 @@ class NodeDirectory:
             time.sleep(1.0)
 
     def sample(
-        self, fraction: float, seed: int, server_round: int, purpose: int
+        self, fraction: float, seed: int, server_round: int, purpose: int, poisson: bool = False
     ) -> dict[int, list[int]]:
-        """A ``fraction`` of all clients, grouped by node: node id -> partitions, ascending."""
+        """A ``fraction`` of all clients, grouped by node: node id -> partitions, ascending.
+
+        Exactly k = :func:`cohort_size` clients, drawn without replacement; with ``poisson``
+        each client joins independently with probability k / N instead (k on average, what
+        differential privacy's accounting assumes, server/privacy.py)."""
         clients = self.wait()
-        k = min(len(clients), max(1, int(len(clients) * fraction)))
+        self.population = len(clients)
+        k = cohort_size(len(clients), fraction)
         rng = np.random.default_rng([seed, server_round, purpose])
-        picked = rng.choice(len(clients), size=k, replace=False)
+        if poisson:
+            picked = np.flatnonzero(rng.random(len(clients)) < k / len(clients))
+        else:
+            picked = rng.choice(len(clients), size=k, replace=False)
         by_node: dict[int, list[int]] = {}
         for i in sorted(picked):
             partition, node = clients[i]

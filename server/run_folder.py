@@ -61,6 +61,7 @@ class Checkpoint:
     server_round: int
     state: dict[str, np.ndarray]
     optimizer: OptimizerState
+    privacy: dict | None = None  # DP's clip bound and accountant ledger (server/privacy.py)
 
 
 class RunFolder:
@@ -146,11 +147,13 @@ class RunFolder:
         arrays = {f"state/{k}": v for k, v in ckpt.state.items()}
         arrays |= {f"m/{k}": v for k, v in ckpt.optimizer.m.items()}
         arrays |= {f"v/{k}": v for k, v in ckpt.optimizer.v.items()}
-        meta = {
+        meta: dict[str, object] = {
             "format": CHECKPOINT_FORMAT,
             "round": ckpt.server_round,
             "step": ckpt.optimizer.step,
         }
+        if ckpt.privacy is not None:
+            meta["privacy"] = ckpt.privacy
         tmp = self.file("checkpoint.tmp.npz")
         with tmp.open("wb") as f:
             np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
@@ -173,6 +176,7 @@ class RunFolder:
                 server_round=int(meta["round"]),
                 state=group["state"],
                 optimizer=OptimizerState(step=int(meta["step"]), m=group["m"], v=group["v"]),
+                privacy=meta.get("privacy"),
             )
         except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
             raise RunFolderError(

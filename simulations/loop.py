@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
@@ -57,6 +57,7 @@ class LoopGrid(Grid):
         return [self._deliver(m) for m in messages]
 
     def _deliver(self, msg: Message) -> Message:
+        msg.content = _own_configs(msg.content)
         try:
             return self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
         except Exception as err:  # reported as Flower reports a failed ClientApp
@@ -81,6 +82,19 @@ class LoopGrid(Grid):
 
     def get_nodes(self) -> Iterable[Any]:  # pragma: no cover
         raise NotImplementedError
+
+
+def _own_configs(content: RecordDict) -> RecordDict:
+    """``content`` with its own copies of the (small) config records.
+
+    Over a network every node receives its own copy of a message. Flower's SecAgg+ workflow
+    sends one RecordDict object to all nodes and ``secaggplus_mod`` pops keys from its
+    config record, so in one process the second node would find them gone. Arrays are only
+    read by the handlers and stay shared."""
+    own = RecordDict({**content.array_records, **content.metric_records})
+    for name, record in content.config_records.items():
+        own[name] = ConfigRecord(dict(record))
+    return own
 
 
 def run_in_loop(

@@ -243,7 +243,9 @@ THETA = {"w": np.zeros(2, np.float32)}
 
 
 class _TenClients:
-    def sample(self, fraction, seed, server_round, purpose):
+    population = 10
+
+    def sample(self, fraction, seed, server_round, purpose, poisson=False):
         return {1: list(range(10))}
 
 

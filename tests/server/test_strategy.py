@@ -19,7 +19,9 @@ THETA = {"w": np.array([1.0, 2.0], np.float32), "b": np.array([0.5], np.float32)
 class _Nodes:
     """Six one-client nodes (node n hosts partition n - 1) and one node 7 hosting 6..9."""
 
-    def sample(self, fraction, seed, server_round, purpose):
+    population = 10
+
+    def sample(self, fraction, seed, server_round, purpose, poisson=False):
         return {n: [n - 1] for n in range(1, 7)} | {7: [6, 7, 8, 9]}
 
 

@@ -1,0 +1,242 @@
+"""Client-level differential privacy of the meta-updates: noise, adaptive clipping, accounting.
+
+DP-FedAvg (McMahan et al. 2018, Alg. 1) as this server runs it, per round t:
+
+  1. each client i in the round's Poisson sample clips its whole update to L2 norm C_t on
+     its own node (common/privacy.py) and sends it (or its node sends the SecAgg+ sum);
+  2. the server adds Gaussian noise N(0, (z_D C_t)^2) to the sum S of the clipped updates
+     and divides by the *fixed* expected cohort size k = q N (not by the number that
+     answered, which would itself depend on who took part):  Delta = (S + noise) / k;
+  3. the server optimizer (SGD or Adam, server/aggregate.py) steps with Delta, so the noise
+     enters the meta-update Delta, never the optimizer's own step.
+
+Adaptive clipping (Andrew et al. 2021, Alg. 1): clients also report b_i = 1[||u_i|| <= C_t];
+the server releases the noised fraction b~ = (sum_i (b_i - 1/2) + N(0, s_b^2)) / k + 1/2 and
+moves the bound geometrically towards the target quantile g:
+C_{t+1} = C_t exp(-eta_C (b~ - g)). The two Gaussian releases together cost what one with
+the configured z costs when z_D = (z^-2 - (2 s_b)^-2)^-1/2 (their Thm. 1; Flower's
+``compute_adaptive_noise_params`` computes it, and we call it).
+
+Accounting: the rounds are a composition of Poisson-subsampled Gaussian mechanisms with
+sampling rate q_t (each client joins round t independently with probability q_t = k_t/N_t,
+server/nodes.py) and noise multiplier z, under add-or-remove-one-client neighbouring. The
+RDP accountant of Google's ``dp-accounting`` computes epsilon at delta from that list of
+events (:class:`PrivacyLedger`), which is what the checkpoint stores and a resume replays.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from dp_accounting import dp_event, mechanism_calibration
+from dp_accounting.rdp import RdpAccountant
+from flwr.supercore.differential_privacy import compute_adaptive_noise_params
+
+from common.config import ConfigError, Settings
+
+NamedArrays = dict[str, np.ndarray]
+NOISE_PURPOSE = 2  # rng stream (seed, round, purpose) of the server's DP noise
+
+
+class PrivacyBudgetExceeded(ConfigError):
+    """The planned or next round would spend more than target-epsilon."""
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    noise_multiplier: float  # z as configured; 0 with a target: calibrated at start-up
+    delta: float
+    target_epsilon: float  # 0: no limit
+    adaptive: bool
+    quantile: float  # g
+    clip_lr: float  # eta_C
+    count_stddev: float  # s_b; 0: k / 20 (Andrew et al.'s choice, Flower's default)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> DPConfig:
+        return cls(
+            s.dp_noise_multiplier, s.dp_delta, s.target_epsilon, s.dp_adaptive,
+            s.dp_target_quantile, s.dp_clip_lr, s.dp_clipped_count_stddev,
+        )  # fmt: skip
+
+
+def round_event(q: float, z: float, rounds: int = 1) -> dp_event.DpEvent:
+    """``rounds`` rounds of the Poisson-subsampled Gaussian mechanism (rate q, multiplier z)."""
+    one = dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(z))
+    return one if rounds == 1 else dp_event.SelfComposedDpEvent(one, rounds)
+
+
+@dataclass(frozen=True)
+class PrivacyLedger:
+    """The rounds released so far as runs of equal (q, z): what epsilon is computed from."""
+
+    runs: tuple[tuple[float, float, int], ...] = ()  # (q, z, rounds)
+
+    def add(self, q: float, z: float, rounds: int = 1) -> PrivacyLedger:
+        if self.runs and self.runs[-1][:2] == (q, z):
+            *head, (_, _, n) = self.runs
+            return PrivacyLedger((*head, (q, z, n + rounds)))
+        return PrivacyLedger((*self.runs, (q, z, rounds)))
+
+    @property
+    def rounds(self) -> int:
+        return sum(n for _, _, n in self.runs)
+
+    def epsilon(self, delta: float, orders: Sequence[float] | None = None) -> float:
+        """epsilon at ``delta`` after every round in the ledger (RDP, dp-accounting; its
+        default Renyi orders unless ``orders`` are given)."""
+        if not self.runs:
+            return 0.0
+        if any(z <= 0 for _, z, _ in self.runs):
+            return math.inf
+        accountant = RdpAccountant(orders=list(orders) if orders is not None else None)
+        for q, z, n in self.runs:
+            accountant.compose(round_event(q, z, n))
+        return float(accountant.get_epsilon(delta))
+
+
+def calibrate_noise(target_epsilon: float, q: float, rounds: int, delta: float) -> float:
+    """The smallest z whose ``rounds`` rounds at rate q stay within (target_epsilon, delta)."""
+    # The search probes tiny z, where dp-accounting warns that some orders do not converge
+    # (and leaves them out); the z it returns is checked with every order by the caller.
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        z = mechanism_calibration.calibrate_dp_mechanism(
+            RdpAccountant, lambda z: round_event(q, z, rounds), target_epsilon, delta,
+            mechanism_calibration.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4,
+        )  # fmt: skip
+    finally:
+        absl.setLevel(level)
+    return float(z)
+
+
+def rounds_within(
+    ledger: PrivacyLedger, q: float, z: float, target_epsilon: float, delta: float, most: int
+) -> int:
+    """How many more rounds at (q, z) keep epsilon <= target (at most ``most``; bisection)."""
+    lo, hi = 0, most
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ledger.add(q, z, mid).epsilon(delta) <= target_epsilon:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def check_budget(ledger: PrivacyLedger, q: float, z: float, rounds: int, cfg: DPConfig) -> float:
+    """epsilon after ``rounds`` more rounds at (q, z); raises PrivacyBudgetExceeded beyond
+    target-epsilon, naming how many rounds would fit and what noise would be needed."""
+    spent = ledger.add(q, z, rounds).epsilon(cfg.delta) if rounds else ledger.epsilon(cfg.delta)
+    if not cfg.target_epsilon or spent <= cfg.target_epsilon:
+        return spent
+    fits = rounds_within(ledger, q, z, cfg.target_epsilon, cfg.delta, rounds)
+    done = f"after the {ledger.rounds} rounds already run, " if ledger.rounds else ""
+    raise PrivacyBudgetExceeded(
+        "target-epsilon", cfg.target_epsilon,
+        f"at least {spent:.4g}: {done}{rounds} more rounds at sampling rate q = {q:.4g} with "
+        f"noise multiplier z = {z:.4g} spend epsilon = {spent:.4g} at delta = {cfg.delta:g} "
+        f"(RDP accountant); {fits} rounds would fit. Lower num-rounds, raise "
+        "dp-noise-multiplier (or set it to 0 to calibrate it to target-epsilon), lower "
+        "fraction-train, or raise target-epsilon",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PrivacyState:
+    """What DP carries from round to round (and in the checkpoint)."""
+
+    clip: float  # C for the next round
+    noise_multiplier: float  # z in use (configured or calibrated)
+    ledger: PrivacyLedger = field(default_factory=PrivacyLedger)
+
+    def to_json(self) -> dict:
+        return {
+            "clip": self.clip,
+            "noise-multiplier": self.noise_multiplier,
+            "ledger": [list(r) for r in self.ledger.runs],
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping) -> PrivacyState:
+        runs = tuple((float(q), float(z), int(n)) for q, z, n in obj["ledger"])
+        return cls(float(obj["clip"]), float(obj["noise-multiplier"]), PrivacyLedger(runs))
+
+
+def noise_split(cfg: DPConfig, z: float, expected: int) -> tuple[float, float]:
+    """(z_D, s_b): the update's noise multiplier and the clipped count's noise std.
+
+    Fixed clipping puts all of z on the update. Adaptive clipping spends part of it on the
+    count (Andrew et al. 2021, Thm. 1) through Flower's helper, which raises when s_b is too
+    small for z (z >= 2 s_b)."""
+    if not cfg.adaptive:
+        return z, 0.0
+    stddev = cfg.count_stddev or None
+    try:
+        count_std, z_update = compute_adaptive_noise_params(z, expected, stddev)
+    except ValueError as err:
+        raise ConfigError(
+            "dp-clipped-count-stddev", cfg.count_stddev,
+            f"more than z / 2 = {z / 2:.4g} with dp-noise-multiplier {z:.4g} and an expected "
+            f"cohort of {expected} clients (0 means {expected}/20 = {expected / 20:.4g}): {err}",
+        ) from err  # fmt: skip
+    return float(z_update), float(count_std)
+
+
+@dataclass(frozen=True)
+class PrivateRound:
+    """One round's DP release, for metrics.jsonl."""
+
+    delta: NamedArrays  # the noised mean Delta the server optimizer steps with
+    clip: float  # C_t the clients clipped to
+    next_clip: float  # C_{t+1}
+    noise_std: float  # std of the noise added to the sum (z_D C_t)
+    unclipped_fraction: float | None  # b~, the noised fraction (adaptive only)
+
+
+def private_mean(
+    total: Mapping[str, np.ndarray], within_centered: float, state: PrivacyState,
+    cfg: DPConfig, expected: int, rng: np.random.Generator,
+) -> PrivateRound:  # fmt: skip
+    """Delta = (S + N(0, (z_D C)^2 I)) / k, and the next clip bound.
+
+    ``total`` is S, the sum of the round's clipped updates; ``within_centered`` is
+    sum_i (b_i - 1/2) over the same clients (used only by adaptive clipping)."""
+    z_update, count_std = noise_split(cfg, state.noise_multiplier, expected)
+    std = z_update * state.clip
+    delta = {
+        k: (np.asarray(v, np.float64) + rng.normal(0.0, std, np.shape(v))) / expected
+        for k, v in total.items()
+    }
+    if not cfg.adaptive:
+        return PrivateRound(delta, state.clip, state.clip, std, None)
+    fraction = (within_centered + rng.normal(0.0, count_std)) / expected + 0.5
+    next_clip = state.clip * math.exp(-cfg.clip_lr * (fraction - cfg.quantile))
+    return PrivateRound(delta, state.clip, next_clip, std, float(fraction))
+
+
+def start_state(
+    settings: Settings, cfg: DPConfig, q: float, expected: int, saved: PrivacyState | None
+) -> tuple[PrivacyState, float]:
+    """The DP state to run with (a resumed one, or a fresh one with z configured or
+    calibrated to target-epsilon) and the epsilon the remaining rounds will have spent.
+
+    Raises PrivacyBudgetExceeded before round 1 (or before the first resumed round) when
+    the planned rounds would exceed target-epsilon."""
+    if saved is not None:
+        state = saved
+    else:
+        z = cfg.noise_multiplier
+        if z == 0 and cfg.target_epsilon:
+            z = calibrate_noise(cfg.target_epsilon, q, settings.num_rounds, cfg.delta)
+        state = PrivacyState(settings.dp_clip, z)
+    noise_split(cfg, state.noise_multiplier, expected)  # a bad s_b fails now, not in round 1
+    remaining = max(settings.num_rounds - state.ledger.rounds, 0)
+    planned = check_budget(state.ledger, q, state.noise_multiplier, remaining, cfg)
+    return state, planned

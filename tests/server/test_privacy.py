@@ -1,0 +1,119 @@
+"""DP-FedAvg's server side: the noise has the configured std, adaptive clipping moves the
+bound the right way, the accountant agrees with dp-accounting's own documented values, and
+target-epsilon refuses a plan that would exceed it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from dp_accounting.rdp import rdp_privacy_accountant
+
+from common.config import parse_settings
+from server.privacy import (
+    DPConfig,
+    PrivacyBudgetExceeded,
+    PrivacyLedger,
+    PrivacyState,
+    calibrate_noise,
+    check_budget,
+    noise_split,
+    private_mean,
+    start_state,
+)
+
+DP = {"dp": True, "dp-clip": 0.5, "weighting": "uniform"}
+
+
+def _cfg(**extra) -> DPConfig:
+    return DPConfig.from_settings(parse_settings(DP | extra))
+
+
+def test_noise_on_the_sum_has_std_z_times_clip_and_the_mean_a_fixed_denominator():
+    cfg = _cfg(**{"dp-noise-multiplier": 1.3})
+    state = PrivacyState(clip=0.5, noise_multiplier=1.3)
+    total = {"w": np.full(200_000, 4.0)}
+    out = private_mean(total, 0.0, state, cfg, expected=8, rng=np.random.default_rng(7))
+    noise = out.delta["w"] * 8 - 4.0  # undo the fixed denominator k = 8
+    # std 1.3 * 0.5 = 0.65; with 200,000 draws the sample std is within 0.5% (5 sigma)
+    assert out.noise_std == pytest.approx(0.65)
+    assert np.std(noise) == pytest.approx(0.65, rel=0.005)
+    assert abs(np.mean(noise)) < 5 * 0.65 / math.sqrt(200_000)
+    assert out.next_clip == 0.5  # fixed clipping
+
+
+def test_adaptive_clipping_splits_the_noise_and_moves_the_bound_towards_the_quantile():
+    cfg = _cfg(**{"dp-noise-multiplier": 1.0, "dp-adaptive": True, "dp-clip-lr": 0.2})
+    z_update, count_std = noise_split(cfg, 1.0, expected=100)
+    assert count_std == pytest.approx(5.0)  # k / 20 (Andrew et al.)
+    # z^-2 = z_D^-2 + (2 s_b)^-2: the two releases cost one Gaussian with z
+    assert z_update**-2 + (2 * count_std) ** -2 == pytest.approx(1.0)
+    state = PrivacyState(clip=1.0, noise_multiplier=1.0)
+    total = {"w": np.zeros(3)}
+    rng = np.random.default_rng(0)
+    # every one of 100 clients needed no clipping (b_i = 1): the bound shrinks ...
+    shrink = private_mean(total, 100 * 0.5, state, cfg, 100, rng)
+    assert shrink.unclipped_fraction == pytest.approx(1.0, abs=0.2)
+    assert shrink.next_clip < 1.0
+    # ... and when every one was clipped (b_i = 0) it grows, by exp(-eta (b~ - g))
+    grow = private_mean(total, -100 * 0.5, state, cfg, 100, rng)
+    assert grow.next_clip == pytest.approx(math.exp(-0.2 * (grow.unclipped_fraction - 0.5)))
+    assert grow.next_clip > 1.0
+
+
+def test_too_little_count_noise_for_the_multiplier_is_a_config_error():
+    cfg = _cfg(**{"dp-noise-multiplier": 2.0, "dp-adaptive": True})
+    with pytest.raises(ValueError, match="dp-clipped-count-stddev"):
+        noise_split(cfg, 2.0, expected=20)  # s_b = 1 <= z / 2
+
+
+def test_accountant_matches_dp_accountings_documented_rdp_of_a_subsampled_gaussian():
+    # dp-accounting's own test (rdp_privacy_accountant_test.py,
+    # test_compute_rdp_poisson_sampled_gaussian): q = 0.01, z = 2.5, 50 steps has these RDP
+    # values at orders 1.5, 2.5, 5, 50, 100; epsilon at delta follows from them.
+    orders = [1.5, 2.5, 5, 50, 100]
+    documented = [6.70579741e-04, 1.08548710e-03, 2.18075656e-03, 2.38460375e-02, 1.67416308e02]
+    expected, _ = rdp_privacy_accountant.compute_epsilon(orders, documented, 1e-5)
+    ledger = PrivacyLedger().add(0.01, 2.5, 20).add(0.01, 2.5, 30)  # 50 rounds, one run
+    assert ledger.runs == ((0.01, 2.5, 50),)
+    assert ledger.epsilon(1e-5, orders) == pytest.approx(expected, rel=1e-6)
+    # with the library's default (denser) orders the bound can only be tighter
+    assert ledger.epsilon(1e-5) <= expected
+
+
+def test_accountant_matches_the_documented_one_epsilon_gaussian():
+    # dp-accounting's test_compute_epsilon_delta_gaussian: z = 4.530877117 at q = 1 is
+    # exactly (1, 1e-6)-DP; the default orders are coarser, so within 1%
+    assert PrivacyLedger().add(1.0, 4.530877117).epsilon(1e-6) == pytest.approx(1.0, rel=0.01)
+
+
+def test_ledger_merges_equal_rounds_and_counts_them():
+    ledger = PrivacyLedger().add(0.1, 1.0).add(0.1, 1.0).add(0.2, 1.0)
+    assert ledger.runs == ((0.1, 1.0, 2), (0.2, 1.0, 1)) and ledger.rounds == 3
+    assert ledger.epsilon(1e-5) > PrivacyLedger().add(0.1, 1.0, 3).epsilon(1e-5)
+    assert PrivacyLedger().add(0.1, 0.0).epsilon(1e-5) == math.inf  # clipping without noise
+    state = PrivacyState(0.3, 1.1, ledger)
+    assert PrivacyState.from_json(state.to_json()) == state
+
+
+def test_calibrated_noise_spends_the_target_and_no_more():
+    z = calibrate_noise(2.0, 0.02, 200, 1e-5)
+    assert PrivacyLedger().add(0.02, z, 200).epsilon(1e-5) <= 2.0
+    assert PrivacyLedger().add(0.02, 0.97 * z, 200).epsilon(1e-5) > 2.0
+
+
+def test_target_epsilon_refuses_a_plan_that_would_exceed_it():
+    settings = parse_settings(
+        DP | {"dp-noise-multiplier": 0.8, "target-epsilon": 6.0, "num-rounds": 100}
+    )
+    cfg = DPConfig.from_settings(settings)
+    with pytest.raises(PrivacyBudgetExceeded, match=r"rounds would fit") as err:
+        start_state(settings, cfg, q=0.1, expected=10, saved=None)
+    fits = int(str(err.value).split(" rounds would fit")[0].split()[-1])
+    assert 0 < fits < 100
+    assert check_budget(PrivacyLedger(), 0.1, 0.8, fits, cfg) <= 6.0
+    # z = 0 with a target: calibrated, and then the plan fits exactly
+    calibrated = parse_settings(DP | {"target-epsilon": 1.0, "num-rounds": 100})
+    state, planned = start_state(calibrated, DPConfig.from_settings(calibrated), 0.1, 10, None)
+    assert state.noise_multiplier > 0.8 and planned <= 1.0
