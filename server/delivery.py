@@ -12,9 +12,14 @@ sweep took seconds.
 :func:`send_and_receive` keeps at most ``max_in_flight`` messages in the store (a
 sliding window: a reply pulled makes room for the next message) and checks for replies
 every ``poll_interval`` s instead of Flower's 0.1 s. The clients do the same work; only
-how many messages wait at once changes. Any other ``Grid`` (real SuperNodes over gRPC,
-:class:`simulations.loop.LoopGrid`) is handed the whole list, as before: there every
-node works in parallel and nothing scans per node.
+how many messages wait at once changes.
+
+On the Deployment Engine (``HttpGrid``: the ServerApp talks to a SuperLink serving real
+SuperNodes) every message is pushed at once, since every node works in parallel and nothing
+scans per node, but replies are pulled every ``DEPLOYMENT_POLL_INTERVAL`` s instead of
+``HttpGrid.send_and_receive``'s fixed 3 s, which added up to 3 s to each message trip,
+twice a round. Any other ``Grid`` (:class:`simulations.loop.LoopGrid`) is handed the whole
+list, as before.
 """
 
 from __future__ import annotations
@@ -28,13 +33,14 @@ from typing import Literal
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-try:  # Flower's simulation grid; absent from a Flower without the simulation runtime
-    from flwr.superlink.grid import InMemoryGrid
+try:  # Flower's simulation and deployment grids
+    from flwr.superlink.grid import HttpGrid, InMemoryGrid
 except ImportError:  # pragma: no cover
-    InMemoryGrid = None  # type: ignore[assignment,misc]
+    HttpGrid = InMemoryGrid = None  # type: ignore[assignment,misc]
 
 FLOWER_DELIVERY_ENV = "FEDMETA_FLOWER_DELIVERY"  # =1: Grid.send_and_receive as Flower has it
 POLL_INTERVAL = 0.01  # s; a pull scans only the messages in flight, so it is cheap
+DEPLOYMENT_POLL_INTERVAL = 0.1  # s; one small request to the SuperLink per pull
 
 
 def in_flight_limit(grid: Grid) -> int | None:
@@ -67,18 +73,25 @@ def send_and_receive(
     messages = list(messages)
     if max_in_flight == "auto":
         max_in_flight = in_flight_limit(grid)
-    if max_in_flight is None:
+    deployment = (
+        HttpGrid is not None
+        and isinstance(grid, HttpGrid)
+        and os.environ.get(FLOWER_DELIVERY_ENV) != "1"
+    )
+    if max_in_flight is None and not deployment:
         return list(grid.send_and_receive(messages, timeout=timeout))
+    window = len(messages) if max_in_flight is None else max_in_flight
+    poll_interval = DEPLOYMENT_POLL_INTERVAL if deployment else POLL_INTERVAL
     deadline = time.monotonic() + timeout
     queue = iter(messages)
     in_flight: set[str] = set()
     replies: list[Message] = []
     while True:
-        in_flight.update(grid.push_messages(list(islice(queue, max_in_flight - len(in_flight)))))
+        in_flight.update(grid.push_messages(list(islice(queue, window - len(in_flight)))))
         if not in_flight or time.monotonic() > deadline:
             return replies
         got = list(grid.pull_messages(in_flight))
         replies += got
         in_flight.difference_update(m.metadata.reply_to_message_id for m in got)
         if not got:
-            time.sleep(POLL_INTERVAL)
+            time.sleep(poll_interval)

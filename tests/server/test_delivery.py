@@ -79,3 +79,27 @@ def test_other_grids_get_the_whole_list_as_before():
     assert delivery.in_flight_limit(grid) is None  # type: ignore[arg-type]
     assert send_and_receive(grid, _messages(3), timeout=1) == [1, 2, 3]  # type: ignore[arg-type]
     assert grid.pushed == 0
+
+
+class DeploymentGrid(SlowGrid, delivery.HttpGrid):
+    """A stand-in for the Deployment Engine's grid (HttpGrid, whose own loop sleeps 3 s)."""
+
+    def __init__(self) -> None:  # no SuperLink behind it
+        SlowGrid.__init__(self)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        raise AssertionError("HttpGrid.send_and_receive waits 3 s between pulls")
+
+
+def test_the_deployment_grid_gets_every_message_at_once_and_short_pulls(monkeypatch):
+    monkeypatch.setattr(delivery, "DEPLOYMENT_POLL_INTERVAL", 0.0)
+    grid = DeploymentGrid()
+    replies = send_and_receive(grid, _messages(5), timeout=10)  # type: ignore[arg-type]
+    assert sorted(r.content["m"]["i"] for r in replies) == [1, 2, 3, 4, 5]
+    assert grid.max_pending == 5  # no window: every node works in parallel
+
+
+def test_flowers_own_delivery_stays_reachable_on_the_deployment_grid(monkeypatch):
+    monkeypatch.setenv(delivery.FLOWER_DELIVERY_ENV, "1")
+    with pytest.raises(AssertionError, match="waits 3 s"):
+        send_and_receive(DeploymentGrid(), _messages(2), timeout=1)  # type: ignore[arg-type]
