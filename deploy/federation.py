@@ -45,6 +45,11 @@ from deploy.processes import ManagedProcess, start_process
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "fedmeta-deploy"
+# How a SuperNode runs its ClientApp (docs/deployment.md, "How a node runs its ClientApp"):
+# in-node: `python -m deploy.node`, the SuperNode and one long-lived ClientApp in one process;
+# process: `flower-supernode --isolation process` beside `python -m deploy.node --clientapp-only`;
+# per-message: plain `flower-supernode`, Flower's default of one flwr-clientapp per message.
+CLIENTAPP_MODES = ("in-node", "process", "per-message")
 DEFAULT_STATE_DIR = Path("runs/federation")
 STATE_FILE = "federation.json"
 
@@ -59,6 +64,9 @@ def flower_env(home: Path) -> dict[str, str]:
         "FLWR_HOME": str(home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
+        # Flower's SuperExec asks for a new task every 1 s by default (SuperLink: ServerApp;
+        # per-message SuperNodes: each ClientApp); 0.2 s takes up to 0.8 s off each trip.
+        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
         # SuperLink and SuperNode spawn flower-superexec, flwr-serverapp, flwr-clientapp
         # by name: this interpreter's scripts must come first on PATH.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
@@ -94,18 +102,29 @@ class Federation:
     """A SuperLink and ``num_nodes`` SuperNodes on loopback; stops what it started."""
 
     def __init__(
-        self, root: Path, num_nodes: int, *, data_path: str = "", port: int | None = None
-    ) -> None:
+        self, root: Path, num_nodes: int, *, data_path: str = "", port: int | None = None,
+        clientapp: str = "in-node", torch_threads: int | None = None,
+    ) -> None:  # fmt: skip
         if num_nodes < 1:
             raise FederationError(f"a federation needs at least 1 SuperNode, got {num_nodes}")
+        if clientapp not in CLIENTAPP_MODES:
+            raise FederationError(
+                f"clientapp={clientapp!r} is not a ClientApp layout; use one of "
+                + ", ".join(CLIENTAPP_MODES)
+            )
+        if torch_threads is not None and torch_threads < 1:
+            raise FederationError(f"torch-threads must be >= 1, got {torch_threads}")
         self.layout = Layout(root.expanduser().resolve())
         self.num_nodes = num_nodes
         self.data_path = data_path
+        self.clientapp = clientapp
+        self.torch_threads = torch_threads  # None: the app's default (client/threads.py)
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.certs: Certificates | None = None
         self.superlink: ManagedProcess | None = None
         self.nodes: dict[int, ManagedProcess] = {}
+        self.clientapps: dict[int, ManagedProcess] = {}  # clientapp="process": the servers
         self.node_ids: dict[int, int] = {}  # node index -> Flower node id (from registration)
         self._started: list[ManagedProcess] = []
 
@@ -173,17 +192,24 @@ class Federation:
         """Start SuperNode ``index`` with its own key, or as a stranger with ``private_key``.
 
         A stranger gets node ``index``'s node config but its own FLWR_HOME and log, named
-        after its key; it is not one of :attr:`nodes`.
+        after its key; it is not one of :attr:`nodes`. With ``clientapp="process"`` the
+        node's ClientApp server starts too (:attr:`clientapps`).
         """
         key = private_key or self._certs().node_keys[index]
-        cmd = [
-            console_script("flower-supernode"),
+        runtime_port = free_port()
+        args = [
             "--root-certificates", str(self._certs().ca_cert),
             "--superlink", self.address,
             "--auth-supernode-private-key", str(key),
             "--node-config", self.node_config(index),
-            "--host", "127.0.0.1", "--port", str(free_port()),
+            "--host", "127.0.0.1", "--port", str(runtime_port),
         ]  # fmt: skip
+        if self.clientapp == "in-node":
+            cmd = [sys.executable, "-m", "deploy.node", *args]
+        elif self.clientapp == "process":
+            cmd = [console_script("flower-supernode"), *args, "--isolation", "process"]
+        else:
+            cmd = [console_script("flower-supernode"), *args]
         if private_key is None:
             name, home = f"supernode-{index}", self.layout.node_home(index)
         else:
@@ -191,6 +217,12 @@ class Federation:
         proc = self._start(name, cmd, home)
         if private_key is None:
             self.nodes[index] = proc
+            if self.clientapp == "process":
+                server = [
+                    sys.executable, "-m", "deploy.node", "--clientapp-only",
+                    "--runtime-api-address", f"127.0.0.1:{runtime_port}",
+                ]  # fmt: skip
+                self.clientapps[index] = self._start(f"clientapp-{index}", server, home)
         return proc
 
     def node_config(self, index: int) -> str:
@@ -199,6 +231,8 @@ class Federation:
             "num-partitions": self.num_nodes,
             "model-dir": str(self.layout.model_dir(index)),
         }
+        if self.torch_threads is not None:
+            config["torch-threads"] = self.torch_threads
         if self.data_path:
             config["data-path"] = self.data_path
         return run_config_arg(config)
@@ -206,6 +240,13 @@ class Federation:
     def crash_node(self, index: int) -> None:
         """SIGKILL SuperNode ``index`` and its ClientApp: a node that dies without notice."""
         self.nodes[index].crash()
+        if index in self.clientapps:
+            self.clientapps[index].crash()
+
+    def node_pids(self, index: int) -> list[int]:
+        """The processes that make up node ``index`` (their children included when sampled)."""
+        extra = [self.clientapps[index].pid] if index in self.clientapps else []
+        return [self.nodes[index].pid, *extra]
 
     # ---- runs -------------------------------------------------------------------------
     def start_run(self, run_config: Mapping[str, Any]) -> subprocess.Popen:
@@ -352,11 +393,12 @@ def _tail(text: str, lines: int = 20) -> str:
 
 
 @contextmanager
-def local_federation(
-    root: Path, num_nodes: int, *, data_path: str = "", port: int | None = None
-) -> Iterator[Federation]:
-    """A started federation; every process it started is stopped on exit, also on error."""
-    federation = Federation(root, num_nodes, data_path=data_path, port=port)
+def local_federation(root: Path, num_nodes: int, **options: Any) -> Iterator[Federation]:
+    """A started federation; every process it started is stopped on exit, also on error.
+
+    ``options`` are :class:`Federation`'s keyword arguments.
+    """
+    federation = Federation(root, num_nodes, **options)
     with federation:
         federation.start()
         yield federation
@@ -384,7 +426,7 @@ def stream_run(layout: Layout, run_config: Mapping[str, Any]) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    federation = Federation(args.state_dir, args.nodes, data_path=args.data_path, port=args.port)
+    federation = Federation(args.state_dir, args.nodes, port=args.port, **_node_options(args))
     state_file = federation.layout.root / STATE_FILE
     # SIGTERM (from `down`) unwinds like Ctrl-C, through the `with` that stops everything.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -469,15 +511,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     run_dir = args.state_dir.expanduser().resolve() / time.strftime("run-%Y%m%d-%H%M%S")
     run_config: dict[str, Any] = {"run-dir": str(run_dir)}
     run_config |= parse_run_config(args.run_config)
-    with local_federation(args.state_dir, args.nodes, data_path=args.data_path) as federation:
+    # Every node must be there before a round starts, unless the run says otherwise: with
+    # the app's default of 2, `--nodes 1` would wait node-wait-timeout and fail.
+    run_config.setdefault("min-available-nodes", args.nodes)
+    if args.measure_node is not None and not 0 <= args.measure_node < args.nodes:
+        raise FederationError(
+            f"--measure-node {args.measure_node} is not a node of --nodes {args.nodes}; "
+            f"use 0..{args.nodes - 1}"
+        )
+    with local_federation(args.state_dir, args.nodes, **_node_options(args)) as federation:
         if args.measure_node is None:
             return stream_run(federation.layout, run_config)
-        with NodeSampler(federation.nodes[args.measure_node].pid) as sampler:
+        with NodeSampler(*federation.node_pids(args.measure_node)) as sampler:
             code = stream_run(federation.layout, run_config)
         report = measurement_report(sampler.footprint(), Path(str(run_config["run-dir"])))
         print(json.dumps(report, indent=2))
         (federation.layout.root / "measurement.json").write_text(json.dumps(report, indent=2))
         return code
+
+
+def _node_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "data_path": args.data_path,
+        "clientapp": args.clientapp,
+        "torch_threads": args.torch_threads,
+    }
 
 
 def measurement_report(footprint: NodeFootprint, run_dir: Path) -> dict[str, Any]:
@@ -506,6 +564,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name in ("up", "demo"):
             p.add_argument("--nodes", type=int, default=3)
             p.add_argument("--data-path", default="", help="data-path in every node's config")
+            p.add_argument(
+                "--clientapp", choices=CLIENTAPP_MODES, default="in-node",
+                help="in-node (default): one ClientApp process per node for all messages, "
+                "inside the SuperNode's process; process: the same as a process of its own "
+                "beside the SuperNode; per-message: Flower's default, a new process per message",
+            )  # fmt: skip
+            p.add_argument(
+                "--torch-threads", type=int, default=None, metavar="N",
+                help="torch-threads in every node's config (default: the app's, 1)",
+            )  # fmt: skip
         if name == "up":
             p.add_argument("--port", type=int, default=None, help="default: a free port")
         if name in ("run", "demo"):

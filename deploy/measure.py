@@ -1,11 +1,15 @@
 """Memory and time of one SuperNode, measured from outside while a real run goes on.
 
-A SuperNode is a small tree: ``flower-supernode`` (connection, heartbeats, message store),
+A node is one or two small process trees. With Flower's default (``--clientapp
+per-message``): ``flower-supernode`` (connection, heartbeats, message store),
 ``flower-superexec`` (launches apps) and one short-lived ``flwr-clientapp`` per message,
-where torch, the data and the model live. :class:`NodeSampler` polls ``/proc`` for that
-tree and keeps, per component, the peak resident set size (the kernel's ``VmHWM``, which
-also catches peaks between two polls), the peak of the whole tree's RSS at one instant
-(what the device must have free), and how long ClientApp processes ran. Linux only.
+where torch, the data and the model live. With ``deploy.node`` (``in-node``, the default)
+one ``deploy.node`` process holds the SuperNode and the ClientApp; with ``process`` a
+``flower-supernode`` and a ``deploy.node`` ClientApp server sit side by side.
+:class:`NodeSampler` polls ``/proc`` for those trees and keeps, per component, the peak
+resident set size (the kernel's ``VmHWM``, which also catches peaks between two polls),
+the peak of the whole node's RSS at one instant (what the device must have free), and how
+long per-message ClientApp processes ran. Linux only.
 """
 
 from __future__ import annotations
@@ -39,10 +43,12 @@ class NodeFootprint:
 
 
 class NodeSampler:
-    """Poll the process tree under ``pid`` every ``interval`` seconds until stopped."""
+    """Poll the process trees under ``pids`` every ``interval`` seconds until stopped."""
 
-    def __init__(self, pid: int, interval: float = 0.1) -> None:
-        self.pid = pid
+    def __init__(self, *pids: int, interval: float = 0.1) -> None:
+        if not pids:
+            raise ValueError("NodeSampler needs the pid of at least one process to sample")
+        self.pids = pids
         self.interval = interval
         self._seen: dict[ProcessId, _Seen] = {}
         self._peak_tree_kib = 0
@@ -58,15 +64,16 @@ class NodeSampler:
         self._thread.join()
 
     def _run(self) -> None:
-        root = process_id(self.pid)
-        while root is not None and not self._stop.is_set() and root.alive():
-            self.sample(root)
+        roots = [r for r in map(process_id, self.pids) if r is not None]
+        while not self._stop.is_set() and any(r.alive() for r in roots):
+            self.sample(roots)
             self._stop.wait(self.interval)
 
-    def sample(self, root: ProcessId) -> None:
+    def sample(self, roots: list[ProcessId]) -> None:
         now = time.monotonic()
         total = 0
-        for proc in [root, *descendants(self.pid)]:
+        tree = [p for r in roots if r.alive() for p in [r, *descendants(r.pid)]]
+        for proc in tree:
             rss, hwm = _memory_kib(proc.pid)
             if rss is None:
                 continue  # exited between listing and reading
@@ -97,6 +104,8 @@ def _name(pid: int) -> str:
         name = Path(arg.decode(errors="replace").strip("[]")).name
         if name.startswith(("flower-", "flwr-")):
             return name
+    if argv[1:3] == [b"-m", b"deploy.node"]:  # this project's SuperNode with its ClientApp
+        return "deploy.node --clientapp-only" if b"--clientapp-only" in argv else "deploy.node"
     return Path(argv[0].decode(errors="replace")).name
 
 

@@ -1,15 +1,17 @@
 """A real federation: one SuperLink and 3 SuperNodes as processes on loopback, with TLS and
 SuperNode authentication, running the real app on real data (scikit-learn's digits).
 
-Costs 2.5-4 minutes on 2 shared cores, most of it Flower starting one ClientApp process per
-message and the SuperLink's wait for the killed node's missed heartbeats: Flower 1.42
-declares a node unavailable 60 s after its last heartbeat (sent every 17.5-22.5 s), with
-no flag to shorten that.
+Each SuperNode runs as ``python -m deploy.node`` (deploy.federation's default): one process
+holds the SuperNode and a ClientApp that serves every message. Costs 1.5-3 minutes on 2
+shared cores, most of it the SuperLink's wait for the killed node's missed heartbeats:
+Flower 1.42 declares a node unavailable 60 s after its last heartbeat (sent every
+17.5-22.5 s), with no flag to shorten that.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -138,6 +140,25 @@ def test_run_goes_on_when_a_node_dies_mid_round(federation: Federation, tmp_path
     assert rows[1]["eval"]["clients"] == NUM_NODES - 1
     assert "round 2/2" in log
     _check_personalized_models(federation, run_dir)
+    _check_one_clientapp_process_per_node(federation)
+
+
+SERVED = re.compile(r"\[fedmeta\] pid (\d+) served a (\w+) message .*apps loaded: (\d+)\)")
+
+
+def _check_one_clientapp_process_per_node(federation: Federation) -> None:
+    """Every message a survivor got was served by one process, the node's own, app loaded once.
+
+    A survivor got the partition query, then train and evaluate in rounds 1 and 2.
+    """
+    for index in range(NUM_NODES):
+        if index == VICTIM:
+            continue
+        served = SERVED.findall(federation.nodes[index].log_text())
+        kinds = [kind for _, kind, _ in served]
+        assert kinds.count("train") >= 2 and kinds.count("evaluate") >= 2, served
+        assert {int(pid) for pid, _, _ in served} == {federation.nodes[index].pid}, served
+        assert {loads for _, _, loads in served} == {"1"}, served
 
 
 def _check_personalized_models(federation: Federation, run_dir: Path) -> None:
