@@ -32,7 +32,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.attacks import attack_reply, training_split
-from client.model_store import save_personalized
+from client.model_store import ONNX_FILE, export_onnx, save_personalized
 from client.runtime import ClientRuntime, NodeRuntime, node_runtime
 from client.secagg import is_secagg_train, node_sum_reply, secagg_when_asked, unpack_fitins
 from client.train import CohortResult, train_cohort
@@ -46,7 +46,7 @@ from common.arrays import (
 )
 from common.config import Algorithm, AttackKind, settings_to_run_config
 from common.meta import bounded_step_sizes
-from common.personalize import evaluate_cohort
+from common.personalize import evaluate_cohort, tensors_of
 from common.privacy import WITHIN_CLIP, clip_rows
 
 app = ClientApp(mods=[secagg_when_asked])  # SecAgg+ rounds only (client/secagg.py)
@@ -293,7 +293,20 @@ def evaluate(msg: Message, context: Context) -> Message:
             folder = _model_folder(model_dir, node, rt.partition_id)
             info = _model_info(rt, node, context, got, row, steps)
             save_personalized(folder, result.params, info)
+            if _keeps_onnx(context):  # node config model-onnx=true: also an ONNX export
+                x_test = tensors_of(rt.data, s.task, torch.device("cpu"))[2]
+                export_onnx(node.model, result.params, x_test, folder / ONNX_FILE)
     return _reply(msg, cohort, values, None)
+
+
+def _keeps_onnx(context: Context) -> bool:
+    value = context.node_config.get("model-onnx", False)
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"node config model-onnx={value!r} is not a boolean: give model-onnx=true to keep "
+            "an ONNX export beside the personalised model in model-dir (needs the onnx extra)"
+        )
+    return value
 
 
 def _model_folder(model_dir: str, node: NodeRuntime, partition_id: int) -> Path:

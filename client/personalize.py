@@ -1,7 +1,8 @@
 """Personalise a saved global model on one client's local data, offline.
 
     python -m client.personalize --model runs/latest/model.pt \\
-        --partition-id 3 --num-partitions 10 [--data-path PATH] [--steps 10] --out my-model/
+        --partition-id 3 --num-partitions 10 [--data-path PATH] [--steps 10] [--onnx] \\
+        --out my-model/
 
 loads the server's final model (``model.pt``: ``{"theta", "alpha"?, "settings"}``), reads
 this client's data exactly as its SuperNode would (same dataset, partition and seeded
@@ -11,10 +12,17 @@ accuracy) before and after on the held-out test split, and writes into ``--out``
     personalized.pt              the personalised state_dict
     personalized.json            scores, source model and settings
     personalized.torchscript.pt  a TorchScript export: ``torch.jit.load`` it with plain torch
+    personalized.onnx            with --onnx: an ONNX export, checked with onnxruntime
+                                 (needs the ``onnx`` extra)
 
 The adaptation is the evaluation path the federation itself uses
-(:func:`common.personalize.personalize_and_score`), so the scores match what the run
-reported for this client when --steps equals the run's eval-steps.
+(:func:`common.personalize.personalize_and_score`) on the batches of the run's final
+evaluation (the client's RNG stream of (seed, client, final round, evaluate)), so with the
+run's eval-steps the scores are the ones the run logged for this client in its last round
+(``clients.jsonl``; a test checks it). They differ, and the output says why, when --steps
+is not the run's, when the run's algorithm does not adapt at evaluation (fedavg scores
+theta as it is) or keeps personal models on the nodes (local), or when --num-partitions
+is not the run's number of clients.
 """
 
 from __future__ import annotations
@@ -31,16 +39,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from client.model_store import EXPORT_FILE, INFO_FILE, export_torchscript, save_personalized
-from common.config import Settings, parse_settings, settings_to_run_config
+from client.app import EVALUATE_PURPOSE
+from client.model_store import (
+    EXPORT_FILE,
+    INFO_FILE,
+    ONNX_FILE,
+    STATE_FILE,
+    export_onnx,
+    export_torchscript,
+    save_personalized,
+)
+from common.config import Algorithm, Settings, parse_settings, settings_to_run_config
 from common.data.registry import load_client_data
 from common.device import select_device
 from common.meta import bounded_step_sizes
 from common.models import model_for
 from common.personalize import Personalized, personalize_and_score, tensors_of
-
-# rng "purpose" of offline personalisation, distinct from a round's train (0) / evaluate (1)
-OFFLINE_PURPOSE = 2
 
 
 class ModelFileError(ValueError):
@@ -83,8 +97,9 @@ def personalize_saved_model(
     steps: int | None = None,
     data_path: str | None = None,
     device: str = "cpu",
+    onnx: bool = False,
 ) -> Personalized:
-    """Adapt the saved model on one client's train split; write state_dict, JSON, export."""
+    """Adapt the saved model on one client's train split; write state_dict, JSON, exports."""
     saved = load_global_model(model_path)
     settings = saved.settings
     if data_path is not None:  # this device's own copy of the data
@@ -99,7 +114,10 @@ def personalize_saved_model(
     if saved.alpha is not None:
         alpha = {k: v.to(torch_device) for k, v in saved.alpha.items()}
         lr = bounded_step_sizes(alpha, settings.alpha_bounds)  # as the federation used it
-    rng = np.random.default_rng([settings.seed, partition_id, OFFLINE_PURPOSE])
+    # The stream of this client's evaluation in the run's final round (ClientRuntime.rng).
+    rng = np.random.default_rng(
+        [settings.seed, partition_id, settings.num_rounds, EVALUATE_PURPOSE]
+    )
     result = personalize_and_score(
         model, theta, lr, data, steps=steps, batch_size=settings.batch_size,
         task=settings.task, rng=rng, device=torch_device,
@@ -112,13 +130,26 @@ def personalize_saved_model(
         "num-train": data.num_train,
         "num-test": data.num_test,
         "scores": _scores(result),
+        "same-as-run": same_as_run(settings, steps) or "yes",
         "input-shape": list(data.x_test.shape[1:]),
         "settings": settings_to_run_config(settings),
     }
-    save_personalized(out, result.params, info)
+    save_personalized(out, result.params, info, folder_flag="--out")
     _, _, x_test, _ = tensors_of(data, settings.task, torch.device("cpu"))
     export_torchscript(model, result.params, x_test, out / EXPORT_FILE)
+    if onnx:
+        export_onnx(model, result.params, x_test, out / ONNX_FILE)
     return result
+
+
+def same_as_run(settings: Settings, steps: int) -> str:
+    """'' when these scores are the run's for this client in its last round, else why not."""
+    if settings.algo is Algorithm.LOCAL:
+        return "the local baseline's personal models lived on the nodes, not in model.pt"
+    run_steps = settings.eval_steps if settings.adapts_at_evaluation else 0
+    if steps != run_steps:
+        return f"--steps {steps} differs from the {run_steps} steps the run's evaluation took"
+    return ""
 
 
 def _scores(result: Personalized) -> dict[str, float]:
@@ -128,12 +159,17 @@ def _scores(result: Personalized) -> dict[str, float]:
     return scores
 
 
-def _report(result: Personalized, out: Path) -> str:
+def _report(result: Personalized, out: Path, why_not_same: str, onnx: bool) -> str:
     lines = ["                 before    after"]
     lines.append(f"test loss      {result.before.loss:8.4f} {result.after.loss:8.4f}")
     if result.before.accuracy is not None and result.after.accuracy is not None:
         lines.append(f"test accuracy  {result.before.accuracy:8.4f} {result.after.accuracy:8.4f}")
-    lines.append(f"wrote {out / 'personalized.pt'}, {out / INFO_FILE}, {out / EXPORT_FILE}")
+    if why_not_same:
+        lines.append(f"(not the run's scores for this client: {why_not_same})")
+    else:
+        lines.append("(the run's final-round scores for this client, given its --num-partitions)")
+    files = [STATE_FILE, INFO_FILE, EXPORT_FILE] + ([ONNX_FILE] if onnx else [])
+    lines.append("wrote " + ", ".join(str(out / f) for f in files))
     return "\n".join(lines)
 
 
@@ -148,18 +184,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="default: the run's eval-steps")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--out", type=Path, required=True, help="folder for the outputs")
+    parser.add_argument(
+        "--onnx", action="store_true",
+        help="also write personalized.onnx (needs the onnx extra: onnx, onnxruntime)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 0:
         parser.error(f"--steps must be >= 0, got {args.steps}")
+    if args.num_partitions < 1:
+        parser.error(f"--num-partitions must be >= 1, got {args.num_partitions}")
+    if not 0 <= args.partition_id < args.num_partitions:
+        parser.error(
+            f"--partition-id {args.partition_id} is not a client of --num-partitions "
+            f"{args.num_partitions}; give 0..{args.num_partitions - 1}"
+        )
     try:
         result = personalize_saved_model(
             args.model, args.partition_id, args.num_partitions, args.out,
-            steps=args.steps, data_path=args.data_path, device=args.device,
+            steps=args.steps, data_path=args.data_path, device=args.device, onnx=args.onnx,
         )  # fmt: skip
     except (ValueError, OSError) as err:  # our errors name the input and the fix
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(_report(result, args.out))
+    info = json.loads((args.out / INFO_FILE).read_text())
+    why_not = "" if info["same-as-run"] == "yes" else info["same-as-run"]
+    print(_report(result, args.out, why_not, args.onnx))
     return 0
 
 
