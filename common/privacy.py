@@ -27,9 +27,9 @@ class ClippedRows:
 def row_norms(stacked: Mapping[str, np.ndarray]) -> np.ndarray:
     """L2 norm of every row (leading axis) over all keys together, in float64."""
     squares = [
-        np.square(np.asarray(v, np.float64)).reshape(len(v), -1).sum(axis=1)
+        np.square(np.asarray(v, np.float64)).reshape(len(v), int(np.prod(v.shape[1:]))).sum(1)
         for v in stacked.values()
-    ]
+    ]  # (a node with no sampled client has zero rows)
     return np.sqrt(np.sum(squares, axis=0))
 
 

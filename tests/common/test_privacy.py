@@ -45,6 +45,11 @@ def test_float32_rows_keep_their_dtype_and_stay_within_rounding_of_the_bound():
     np.testing.assert_allclose(cos, 1.0, rtol=1e-5)
 
 
+def test_a_node_without_sampled_clients_clips_zero_rows():
+    out = clip_rows({"w": np.zeros((0, 3, 2), np.float32)}, 1.0)
+    assert out.updates["w"].shape == (0, 3, 2) and out.norms.shape == (0,)
+
+
 def test_a_non_positive_bound_is_refused():
     with pytest.raises(ValueError, match="clip bound must be > 0"):
         clip_rows({"w": np.ones((1, 2))}, 0.0)

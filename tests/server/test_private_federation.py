@@ -1,0 +1,182 @@
+"""DP and SecAgg+ through the real server loop and ClientApp (simulations/loop.py): a SecAgg+
+round reproduces the plain aggregate to within the quantization error, DP + SecAgg+ gives
+the DP run, target-epsilon refuses a run before round 1, and a resumed DP run continues
+the accountant where it stopped."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from common.arrays import to_record
+from common.config import ConfigError, parse_settings
+from server.aggregate import OptimizerConfig
+from server.privacy import PrivacyBudgetExceeded, PrivacyState
+from server.run_folder import RunFolder
+from server.secagg import quantization_range
+from server.strategy import MetaStrategy
+from simulations.loop import run_in_loop
+
+CLIP = 0.01
+FAST = {
+    "num-rounds": 2,
+    "local-steps": 2,
+    "hidden-sizes": "16",
+    "clients-per-node": 4,
+    "min-available-nodes": 2,
+    "fraction-train": 0.5,
+    "fraction-evaluate": 0.25,
+    "eval-steps": 2,
+    "server-optimizer": "sgd",
+    "server-lr": 1.0,
+    "weighting": "uniform",
+}
+NODES = 3
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _theta(run_dir):
+    ckpt = RunFolder(run_dir).load_checkpoint()
+    assert ckpt is not None
+    return ckpt
+
+
+def _bound(rounds: int, clients: int) -> float:
+    """The quantization error of S per coordinate, n M 2C / Q, on the mean over ``clients``,
+    summed over ``rounds`` SGD(lr = 1) steps, plus float32 rounding of theta."""
+    return rounds * NODES * 4 * 2 * CLIP / quantization_range(NODES) / clients + 1e-6
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "metasgd"])
+def test_secagg_round_reproduces_the_plain_aggregate_within_quantization_error(tmp_path, algorithm):
+    base = FAST | {"algorithm": algorithm}
+    # plain: the server clips every update to C (norm-bound) and takes the uniform mean
+    run_in_loop(base | {"run-dir": str(tmp_path / "plain"), "norm-bound": CLIP}, NODES)
+    # SecAgg+: every client clips to C on its node, the server sees only the masked sums
+    run_in_loop(
+        base | {"run-dir": str(tmp_path / "secagg"), "secagg": True, "dp-clip": CLIP}, NODES
+    )
+    plain, secure = _rows(tmp_path / "plain"), _rows(tmp_path / "secagg")
+    assert [r["accepted"] for r in secure] == [r["accepted"] for r in plain] == [6, 6]
+    assert all(r["privacy"]["secagg"]["nodes"] == NODES for r in secure)
+    # the updates were really clipped (else this test would not test the bound)
+    assert all(r["robust"]["clients"] for r in plain)
+    a, b = _theta(tmp_path / "plain").state, _theta(tmp_path / "secagg").state
+    assert set(a) == set(b)
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=0, atol=_bound(2, 6))
+        assert not np.array_equal(a[key], _initial(base, key))  # theta moved
+
+
+def _initial(base, key):
+    from server.app import initial_state
+
+    return initial_state(parse_settings(base))[key]
+
+
+def test_dp_with_secagg_equals_dp_without_it(tmp_path):
+    dp = FAST | {"dp": True, "dp-clip": CLIP, "dp-noise-multiplier": 0.7, "dp-adaptive": True,
+                 "dp-clipped-count-stddev": 1.0}  # fmt: skip
+    run_in_loop(dp | {"run-dir": str(tmp_path / "dp")}, NODES)
+    run_in_loop(dp | {"run-dir": str(tmp_path / "both"), "secagg": True}, NODES)
+    plain, secure = _rows(tmp_path / "dp"), _rows(tmp_path / "both")
+    for p, s in zip(plain, secure, strict=True):
+        assert s["accepted"] == p["accepted"]  # the same Poisson sample
+        assert s["privacy"]["epsilon"] == pytest.approx(p["privacy"]["epsilon"])
+        assert s["privacy"]["next-clip"] == pytest.approx(p["privacy"]["next-clip"], rel=1e-6)
+        assert s["privacy"]["next-clip"] != CLIP  # adaptive clipping moved the bound
+    a, b = _theta(tmp_path / "dp"), _theta(tmp_path / "both")
+    expected = max(1, int(NODES * 4 * FAST["fraction-train"]))  # the fixed denominator k
+    for key in a.state:
+        np.testing.assert_allclose(b.state[key], a.state[key], atol=_bound(2, expected))
+    assert a.privacy is not None and b.privacy is not None
+    assert a.privacy["ledger"] == b.privacy["ledger"] == [[0.5, 0.7, 2]]
+
+
+def test_target_epsilon_refuses_the_run_before_round_1(tmp_path):
+    config = FAST | {
+        "dp": True, "dp-clip": CLIP, "dp-noise-multiplier": 0.5, "target-epsilon": 1.0,
+        "num-rounds": 20, "run-dir": str(tmp_path / "run"),
+    }  # fmt: skip
+    with pytest.raises(PrivacyBudgetExceeded, match="target-epsilon.*0 rounds would fit"):
+        run_in_loop(config, NODES)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    assert not metrics.exists() or metrics.read_text() == ""  # no round ran
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+def test_a_resumed_dp_run_continues_the_accountant_and_the_clip(tmp_path):
+    dp = FAST | {"dp": True, "dp-clip": CLIP, "dp-noise-multiplier": 1.0, "dp-adaptive": True,
+                 "dp-clipped-count-stddev": 1.0, "num-rounds": 4}  # fmt: skip
+    whole = run_in_loop(dp | {"run-dir": str(tmp_path / "whole")}, NODES)
+    run_in_loop(dp | {"run-dir": str(tmp_path / "split"), "num-rounds": 2}, NODES)
+    resumed = run_in_loop(dp | {"run-dir": str(tmp_path / "split"), "resume": True}, NODES)
+    assert resumed["epsilon"] == pytest.approx(whole["epsilon"])
+    assert resumed["final-clip"] == pytest.approx(whole["final-clip"])
+    a, b = _theta(tmp_path / "whole"), _theta(tmp_path / "split")
+    assert b.privacy == a.privacy and a.privacy["ledger"][0][2] == 4
+    for key in a.state:
+        np.testing.assert_array_equal(b.state[key], a.state[key])
+    # and a resume that would exceed a target set from the start is refused before it runs
+    capped = dp | {"target-epsilon": whole["epsilon"] + 1e-6}
+    run_in_loop(capped | {"run-dir": str(tmp_path / "capped")}, NODES)
+    with pytest.raises(PrivacyBudgetExceeded, match="after the 4 rounds already run"):
+        run_in_loop(capped | {"run-dir": str(tmp_path / "capped"), "resume": True,
+                              "num-rounds": 6}, NODES)  # fmt: skip
+
+
+def test_robust_aggregation_with_secagg_is_refused_saying_why():
+    with pytest.raises(ConfigError, match="SecAgg\\+ reveals only the sum"):
+        parse_settings({"secagg": True, "dp-clip": 1.0, "weighting": "uniform",
+                        "aggregation": "krum"})  # fmt: skip
+    with pytest.raises(ConfigError, match="'uniform'"):
+        parse_settings({"dp": True, "dp-clip": 1.0})
+
+
+# ---- the server checks the clients' clipping --------------------------------------------
+class _TenClients:
+    population = 10
+
+    def sample(self, fraction, seed, server_round, purpose, poisson=False):
+        return {1: list(range(2))}
+
+
+def test_an_unclipped_update_is_clipped_by_the_server_and_the_mean_has_a_fixed_denominator():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    theta = {"w": np.zeros(2, np.float32)}
+    settings = parse_settings(
+        {"dp": True, "dp-clip": 1.0, "weighting": "uniform", "fraction-train": 0.5}
+    )
+    strategy = MetaStrategy(settings, _TenClients(), OptimizerConfig("sgd", 1.0))  # type: ignore[arg-type]
+    strategy.privacy = PrivacyState(clip=1.0, noise_multiplier=0.0)  # no noise: exact check
+    strategy.configure_train(1, to_record(theta), ConfigRecord(), grid=None)  # type: ignore[arg-type]
+    updates = {"w": np.array([[3.0, 4.0], [0.3, 0.4]], np.float32)}  # norms 5 and 0.5
+    content = RecordDict({
+        "updates": to_record(updates),
+        "metrics": MetricRecord({"partition-id": [0, 1], "num-examples": [5, 500],
+                                 "skipped": [0, 0], "dp-within-clip": [1.0, 1.0]}),
+    })  # fmt: skip
+    reply = Message(content, reply_to=Message(RecordDict(), dst_node_id=1,
+                                              message_type=MessageType.TRAIN))  # fmt: skip
+    new, _ = strategy.aggregate_train(1, [reply])
+    assert new is not None
+    # k = 10 * 0.5 = 5; (clip([3, 4]) + [0.3, 0.4]) / 5, whatever the example counts
+    np.testing.assert_allclose(new["w"].numpy(), [(0.6 + 0.3) / 5, (0.8 + 0.4) / 5], rtol=1e-6)
+    assert strategy.report.privacy["server-clipped"] == [0]
+
+
+def test_a_node_with_no_sampled_client_takes_part_in_secagg_with_zeros(tmp_path):
+    # 3 nodes x 2 clients, 2 clients per round: at least one node has none sampled
+    config = FAST | {"clients-per-node": 2, "fraction-train": 0.34, "secagg": True,
+                     "dp-clip": CLIP, "run-dir": str(tmp_path / "run")}  # fmt: skip
+    run_in_loop(config, NODES)
+    rows = _rows(tmp_path / "run")
+    assert [r["accepted"] for r in rows] == [2, 2]
+    assert all(r["privacy"]["secagg"]["nodes"] == NODES and not r["dropped"] for r in rows)
