@@ -4,15 +4,17 @@
     python -m deploy.federation run  --run-config '...'    # `flwr run` against it, logs streamed
     python -m deploy.federation down                       # stop everything `up` started
     python -m deploy.federation demo [--nodes 3] [--run-config '...'] [--measure-node 0]
+    python -m deploy.federation floor [--nodes 3] [--rounds 5]  # Flower's own cost per round
 
 ``up`` creates (or reuses) the CA, the SuperLink certificate and one key pair per node
 (deploy/make_certs.py), starts ``flower-superlink`` with TLS and ``--enable-supernode-auth``,
 registers each node's public key with ``flwr supernode register``, and starts one
 ``flower-supernode`` per node, each with its own key, Runtime API port, ``FLWR_HOME`` and
 node config (``partition-id``, ``num-partitions``, ``model-dir``, optional ``data-path``).
-``demo`` does up, run and down in one process. Every command is printed as it is run: the
-same commands, with the SuperLink's address, make a federation across machines
-(docs/deployment.md).
+``demo`` does up, run and down in one process; ``floor`` does the same with a ClientApp
+that does nothing (deploy/floor_app), which times what Flower itself costs per round.
+Every command is printed as it is run: the same commands, with the SuperLink's address, make
+a federation across machines (docs/deployment.md).
 
 Everything lives under ``--state-dir`` (default ``runs/federation``; ``runs/`` is
 git-ignored, which also keeps keys and logs out of the FAB that ``flwr run`` packs). This
@@ -44,6 +46,7 @@ from deploy.measure import NodeFootprint, NodeSampler
 from deploy.processes import ManagedProcess, start_process
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+FLOOR_APP = Path(__file__).resolve().parent / "floor_app"
 CONNECTION = "fedmeta-deploy"
 # How a SuperNode runs its ClientApp (docs/deployment.md, "How a node runs its ClientApp"):
 # in-node: `python -m deploy.node`, the SuperNode and one long-lived ClientApp in one process;
@@ -249,8 +252,10 @@ class Federation:
         return [self.nodes[index].pid, *extra]
 
     # ---- runs -------------------------------------------------------------------------
-    def start_run(self, run_config: Mapping[str, Any]) -> subprocess.Popen:
-        return start_run(self.layout, run_config)
+    def start_run(
+        self, run_config: Mapping[str, Any], app: Path = PROJECT_ROOT
+    ) -> subprocess.Popen:
+        return start_run(self.layout, run_config, app)
 
     def flwr(self, *args: str, timeout: float = 60) -> dict[str, Any]:
         return flwr_json(self.layout, *args, timeout=timeout)
@@ -317,12 +322,14 @@ class Federation:
             time.sleep(0.5)
 
 
-def start_run(layout: Layout, run_config: Mapping[str, Any]) -> subprocess.Popen:
-    """`flwr run` of this project against the federation whose CLI config is in ``layout``.
+def start_run(
+    layout: Layout, run_config: Mapping[str, Any], app: Path = PROJECT_ROOT
+) -> subprocess.Popen:
+    """`flwr run` of ``app`` (this project) against the federation in ``layout``.
 
     The run's streamed log is the returned process's stdout (text lines).
     """
-    cmd = [console_script("flwr"), "run", str(PROJECT_ROOT), CONNECTION, "--stream"]
+    cmd = [console_script("flwr"), "run", str(app), CONNECTION, "--stream"]
     if run_config:
         cmd += ["--run-config", run_config_arg(run_config)]
     print("$", shlex.join(cmd), flush=True)
@@ -410,9 +417,9 @@ def parse_run_config(text: str) -> dict[str, Any]:
     return dict(parse_config_args([text])) if text.strip() else {}
 
 
-def stream_run(layout: Layout, run_config: Mapping[str, Any]) -> int:
+def stream_run(layout: Layout, run_config: Mapping[str, Any], app: Path = PROJECT_ROOT) -> int:
     """Submit a run, print its log as it comes; 0 if it completed, 1 otherwise."""
-    proc = start_run(layout, run_config)
+    proc = start_run(layout, run_config, app)
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:
@@ -530,6 +537,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return code
 
 
+def _cmd_floor(args: argparse.Namespace) -> int:
+    if args.rounds < 1:
+        raise FederationError(f"--rounds must be >= 1, got {args.rounds}")
+    out = args.state_dir.expanduser().resolve() / "floor.json"
+    out.unlink(missing_ok=True)
+    run_config = {"num-rounds": args.rounds, "min-available-nodes": args.nodes, "out": str(out)}
+    with local_federation(args.state_dir, args.nodes, **_node_options(args)) as federation:
+        code = stream_run(federation.layout, run_config, FLOOR_APP)
+    if code == 0:
+        seconds = json.loads(out.read_text())["round-seconds"]
+        median = sorted(seconds)[len(seconds) // 2]
+        rounds = ", ".join(f"{s:.2f}" for s in seconds)
+        print(
+            f"Flower's floor, {args.nodes} node(s), --clientapp {args.clientapp}: "
+            f"{rounds} s per round (median {median:.2f} s)"
+        )
+    return code
+
+
 def _node_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "data_path": args.data_path,
@@ -557,11 +583,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m deploy.federation", description=__doc__.split("\n\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    commands = {"up": _cmd_up, "run": _cmd_run, "down": _cmd_down, "demo": _cmd_demo}
+    commands = {
+        "up": _cmd_up, "run": _cmd_run, "down": _cmd_down, "demo": _cmd_demo, "floor": _cmd_floor
+    }  # fmt: skip
     for name in commands:
         p = sub.add_parser(name)
         p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-        if name in ("up", "demo"):
+        if name in ("up", "demo", "floor"):
             p.add_argument("--nodes", type=int, default=3)
             p.add_argument("--data-path", default="", help="data-path in every node's config")
             p.add_argument(
@@ -580,6 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--run-config", default="", help="'key=value ...' overrides")
         if name == "demo":
             p.add_argument("--measure-node", type=int, default=None, metavar="INDEX")
+        if name == "floor":
+            p.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     try:
         return commands[args.command](args)
