@@ -88,6 +88,18 @@ def test_accountant_matches_the_documented_one_epsilon_gaussian():
     assert PrivacyLedger().add(1.0, 4.530877117).epsilon(1e-6) == pytest.approx(1.0, rel=0.01)
 
 
+def test_ledger_epsilon_equals_the_library_composing_every_round():
+    from dp_accounting import dp_event
+    from dp_accounting.rdp import RdpAccountant
+
+    ledger = PrivacyLedger().add(0.02, 1.1, 150).add(0.05, 0.9, 7).add(0.02, 1.1, 3)
+    accountant = RdpAccountant()
+    for q, z, n in [(0.02, 1.1, 150), (0.05, 0.9, 7), (0.02, 1.1, 3)]:
+        event = dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(z))
+        accountant.compose(dp_event.SelfComposedDpEvent(event, n))
+    assert ledger.epsilon(1e-5) == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+
+
 def test_ledger_merges_equal_rounds_and_counts_them():
     ledger = PrivacyLedger().add(0.1, 1.0).add(0.1, 1.0).add(0.2, 1.0)
     assert ledger.runs == ((0.1, 1.0, 2), (0.2, 1.0, 1)) and ledger.rounds == 3
