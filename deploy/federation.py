@@ -107,6 +107,7 @@ class Federation:
     def __init__(
         self, root: Path, num_nodes: int, *, data_path: str = "", port: int | None = None,
         clientapp: str = "in-node", torch_threads: int | None = None,
+        supernode_poll: float | None = None,
     ) -> None:  # fmt: skip
         if num_nodes < 1:
             raise FederationError(f"a federation needs at least 1 SuperNode, got {num_nodes}")
@@ -117,11 +118,17 @@ class Federation:
             )
         if torch_threads is not None and torch_threads < 1:
             raise FederationError(f"torch-threads must be >= 1, got {torch_threads}")
+        if supernode_poll is not None and (clientapp != "in-node" or not supernode_poll > 0):
+            raise FederationError(
+                f"--supernode-poll-interval {supernode_poll} needs a positive number of seconds "
+                "and --clientapp in-node (it patches the SuperNode inside deploy.node)"
+            )
         self.layout = Layout(root.expanduser().resolve())
         self.num_nodes = num_nodes
         self.data_path = data_path
         self.clientapp = clientapp
-        self.torch_threads = torch_threads  # None: the app's default (client/threads.py)
+        self.torch_threads = torch_threads  # None: the app's default (client/runtime.py)
+        self.supernode_poll = supernode_poll  # None: Flower's fixed 3 s / 0.5 s waits
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.certs: Certificates | None = None
@@ -209,6 +216,8 @@ class Federation:
         ]  # fmt: skip
         if self.clientapp == "in-node":
             cmd = [sys.executable, "-m", "deploy.node", *args]
+            if self.supernode_poll is not None:
+                cmd += ["--supernode-poll-interval", str(self.supernode_poll)]
         elif self.clientapp == "process":
             cmd = [console_script("flower-supernode"), *args, "--isolation", "process"]
         else:
@@ -561,6 +570,7 @@ def _node_options(args: argparse.Namespace) -> dict[str, Any]:
         "data_path": args.data_path,
         "clientapp": args.clientapp,
         "torch_threads": args.torch_threads,
+        "supernode_poll": args.supernode_poll_interval,
     }
 
 
@@ -597,6 +607,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 help="in-node (default): one ClientApp process per node for all messages, "
                 "inside the SuperNode's process; process: the same as a process of its own "
                 "beside the SuperNode; per-message: Flower's default, a new process per message",
+            )  # fmt: skip
+            p.add_argument(
+                "--supernode-poll-interval", type=float, default=None, metavar="SECONDS",
+                help="in-node only: cap the SuperNode's fixed 3 s poll (a patch of Flower "
+                "1.42's internals, off by default; see deploy/node.py)",
             )  # fmt: skip
             p.add_argument(
                 "--torch-threads", type=int, default=None, metavar="N",

@@ -35,6 +35,13 @@ previous app's modules and imports the new ones; torch and Flower stay loaded. T
 imports nothing of the project (``common``, ``client``) itself, so that every project module
 the ClientApp uses comes from the FAB. Runtime dependency installation is not supported
 (install the dependencies on the device; set FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1).
+
+Flower's own floor (docs/deployment.md): a 1.42 SuperNode that finds no message waits a
+fixed 3 s before asking the SuperLink again, and checks for its ClientApp's reply every
+0.5 s; neither has a flag. A round is two message trips, so that wait alone costs a round
+up to 6 s. ``--supernode-poll-interval S`` (off by default) caps both waits at S seconds in
+this process (:func:`cap_supernode_waits`); it is a patch of Flower 1.42's internals, which
+is why it is opt-in, and it makes every idle node ask the SuperLink 1/S times a second.
 """
 
 from __future__ import annotations
@@ -248,7 +255,35 @@ def runtime_api_address(supernode_args: Sequence[str]) -> tuple[str, str | None]
     return f"{host}:{known.port}", known.ssl_ca_certfile
 
 
-def run_supernode(supernode_args: Sequence[str], poll_interval: float) -> None:
+def cap_supernode_waits(seconds: float) -> None:
+    """Cap the SuperNode's fixed waits (3 s for a message, 0.5 s for a reply) at ``seconds``.
+
+    ``flwr.supernode.start_client_internal`` calls ``time.sleep`` for nothing else; only
+    that module's view of ``time`` changes, the rest of the process keeps the real one.
+    """
+    if not seconds > 0:
+        raise ValueError(f"--supernode-poll-interval must be > 0 seconds, got {seconds}")
+    from flwr.supernode import start_client_internal
+
+    start_client_internal.time = _CappedSleep(seconds)  # type: ignore[assignment]
+
+
+class _CappedSleep:
+    """The ``time`` module, with ``sleep`` capped."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(seconds, self.cap))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+def run_supernode(
+    supernode_args: Sequence[str], poll_interval: float, supernode_poll: float | None = None
+) -> None:
     """``flower-supernode --isolation process ARGS`` with the ClientApp server in a thread."""
     args = list(supernode_args)
     if any(a == "--isolation" or a.startswith("--isolation=") for a in args):
@@ -256,6 +291,8 @@ def run_supernode(supernode_args: Sequence[str], poll_interval: float) -> None:
             "error: deploy.node sets --isolation process itself; remove --isolation "
             "(for Flower's process per message run flower-supernode directly)"
         )
+    if supernode_poll is not None:
+        cap_supernode_waits(supernode_poll)
     address, ca_file = runtime_api_address(args)
     server = ClientAppServer(address, root_certificates=ca_file, poll_interval=poll_interval)
     threading.Thread(target=server.serve_forever, name="clientapp-server", daemon=True).start()
@@ -289,6 +326,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--task-poll-interval", type=float, default=DEFAULT_POLL_INTERVAL,
         help=f"seconds between asks for a task while idle (default {DEFAULT_POLL_INTERVAL})",
     )  # fmt: skip
+    parser.add_argument(
+        "--supernode-poll-interval", type=float, default=None, metavar="SECONDS",
+        help="cap the SuperNode's fixed 3 s wait for messages (and 0.5 s for replies); "
+        "default: Flower's waits",
+    )  # fmt: skip
     ours, rest = parser.parse_known_args(argv)
     if not ours.task_poll_interval > 0:
         parser.error(f"--task-poll-interval must be > 0, got {ours.task_poll_interval}")
@@ -303,7 +345,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a quiet stop
             server.serve_forever()
         return
-    run_supernode(rest, ours.task_poll_interval)
+    if ours.supernode_poll_interval is not None and not ours.supernode_poll_interval > 0:
+        parser.error(f"--supernode-poll-interval must be > 0, got {ours.supernode_poll_interval}")
+    run_supernode(rest, ours.task_poll_interval, ours.supernode_poll_interval)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 from client.model_store import INFO_FILE, STATE_FILE
 from common.config import parse_settings
 from common.models import model_for
-from deploy.federation import Federation, run_outcome
+from deploy.federation import FLOOR_APP, Federation, run_outcome
 from deploy.make_certs import write_node_key
 from deploy.processes import descendants
 
@@ -191,3 +191,18 @@ def test_too_few_nodes_fail_the_run_after_node_wait_timeout(federation: Federati
     assert "node-wait-timeout" in outcome.details
     assert time.monotonic() - started < 120
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_the_floor_app_runs_through_the_same_nodes(federation: Federation, tmp_path: Path):
+    """Flower's floor (a no-op ClientApp): a second FAB, served by the same node processes."""
+    survivors = [i for i in range(NUM_NODES) if federation.nodes[i].alive()]
+    out = tmp_path / "floor.json"
+    config = {"num-rounds": 2, "min-available-nodes": len(survivors), "out": str(out)}
+    _, log = RunLog(federation.start_run(config, FLOOR_APP)).wait(timeout=180)
+    assert run_outcome(federation.layout, log).completed, log
+    seconds = json.loads(out.read_text())["round-seconds"]
+    assert len(seconds) == 2 and all(0 < s < 60 for s in seconds)
+    for index in survivors:  # the node swapped apps in place: same pid, one more app loaded
+        served = SERVED.findall(federation.nodes[index].log_text())
+        assert {int(pid) for pid, _, _ in served} == {federation.nodes[index].pid}
+        assert int(served[-1][2]) >= 2, served[-3:]

@@ -56,3 +56,19 @@ def test_the_node_imports_nothing_of_the_project_it_serves():
 
     own = {m.split(".")[0] for m in imported_modules(Path(node.__file__))}
     assert not own & {"client", "common", "server", "simulations"}, own
+
+
+def test_the_supernode_waits_can_be_capped_in_its_module_only(monkeypatch):
+    import time
+
+    from flwr.supernode import start_client_internal
+
+    monkeypatch.setattr(start_client_internal, "time", start_client_internal.time)  # undo
+    node.cap_supernode_waits(0.01)
+    started = time.monotonic()
+    start_client_internal.time.sleep(3)  # Flower's wait for a message
+    assert time.monotonic() - started < 1
+    assert start_client_internal.time.monotonic is time.monotonic  # the rest is time's
+    assert time.sleep is not start_client_internal.time.sleep  # nobody else is patched
+    with pytest.raises(ValueError, match="must be > 0"):
+        node.cap_supernode_waits(0)
