@@ -1,0 +1,35 @@
+"""The privacy table pivots rows <algorithm>[@eps<E>] into algorithm x epsilon."""
+
+from __future__ import annotations
+
+from simulations.privacy_table import cells, main, new_client_key, table
+
+ROWS = [
+    {"algorithm": "maml", "mse-after-mean": "0.3", "mse-after-mean_std": "0.03",
+     "new-mse-k1-mean": "1.0", "new-mse-k10-mean": "0.8", "new-mse-k10-mean_std": "0.1",
+     "epsilon": "", "noise-multiplier": ""},
+    {"algorithm": "maml@eps8", "mse-after-mean": "0.6", "mse-after-mean_std": "0.1",
+     "new-mse-k1-mean": "2.0", "new-mse-k10-mean": "1.6", "new-mse-k10-mean_std": "0.2",
+     "epsilon": "8.0", "noise-multiplier": "0.62"},
+    {"algorithm": "fedavg-ft@eps8", "mse-after-mean": "3.0", "mse-after-mean_std": "0.1",
+     "new-mse-k1-mean": "3.0", "new-mse-k10-mean": "3.0", "new-mse-k10-mean_std": "0.2",
+     "epsilon": "8.0", "noise-multiplier": "0.62"},
+]  # fmt: skip
+
+
+def test_cells_and_table():
+    values = cells(ROWS, "mse-after-mean")
+    assert values[("maml", "inf")] == (0.3, 0.03) and values[("maml", "8")] == (0.6, 0.1)
+    text = table(values)
+    assert "| maml | 0.300 ± 0.030 | 0.600 ± 0.100 (+100%) |" in text
+    assert "| fedavg-ft |  | 3.000 ± 0.100 |" in text  # no no-DP row: no change shown
+    assert new_client_key(ROWS, "mse") == "new-mse-k10-mean"
+
+
+def test_main_reads_a_summary(tmp_path, capsys):
+    keys = list(ROWS[0])
+    lines = [",".join(keys)] + [",".join(r[k] for k in keys) for r in ROWS]
+    (tmp_path / "summary.csv").write_text("\n".join(lines) + "\n")
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ε = 8 |" in out and "z = 0.620" in out
