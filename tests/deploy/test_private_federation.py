@@ -13,8 +13,7 @@ import threading
 
 import pytest
 
-from deploy.federation import Federation, run_outcome
-from deploy.processes import descendants
+from deploy.federation import local_federation, run_outcome
 
 pytestmark = pytest.mark.slow
 
@@ -43,19 +42,10 @@ RUN = {
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory):
-    """Started once; every process it started is stopped by id, also on failure."""
-    fed = Federation(tmp_path_factory.mktemp("private-federation"), NUM_NODES)
-    helpers = []
-    try:
-        fed.start()
+    """Started once; every process it started is stopped by id on exit, also on failure."""
+    with local_federation(tmp_path_factory.mktemp("private-federation"), NUM_NODES) as fed:
         yield fed
-    finally:
-        for proc in fed.processes:
-            if proc.alive():
-                helpers += descendants(proc.pid)
-        fed.stop()
     assert not [p.name for p in fed.processes if p.alive()], "processes left running"
-    assert not [h.pid for h in helpers if h.alive()], "helper processes left running"
 
 
 def _collect(proc: subprocess.Popen, lines: list[str]) -> threading.Thread:
