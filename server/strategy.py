@@ -11,6 +11,11 @@ dtypes that differ from theta) drops every client it answers for; within a well-
 reply, a client that was skipped (too little data), that the server did not ask for, that
 claims a non-positive number of examples, or whose update holds a non-finite value is
 dropped alone, with its reason logged, and the round goes on with the rest.
+
+With ``dp`` the accepted (client-clipped) updates are summed, re-clipped where a client did
+not clip, noised and divided by the expected cohort (server/privacy.py); with ``secagg``
+a training round runs through Flower's SecAgg+ instead (:meth:`MetaStrategy.train_secure`,
+server/secagg.py) and the server screens nodes, not single updates (docs/privacy.md).
 """
 
 from __future__ import annotations
