@@ -180,3 +180,46 @@ def test_a_node_with_no_sampled_client_takes_part_in_secagg_with_zeros(tmp_path)
     rows = _rows(tmp_path / "run")
     assert [r["accepted"] for r in rows] == [2, 2]
     assert all(r["privacy"]["secagg"]["nodes"] == NODES and not r["dropped"] for r in rows)
+
+
+# ---- target-epsilon stops a run before the round that would exceed it --------------------
+class _Nodes:
+    """Nodes hosting ``clients`` clients in all."""
+
+    def __init__(self, clients: int) -> None:
+        self.clients = clients
+
+    def wait(self):
+        return [(p, 1) for p in range(self.clients)]
+
+
+def test_the_next_round_is_refused_when_q_grows_beyond_the_plan():
+    from server.app import _within_budget
+    from server.privacy import PrivacyLedger
+
+    ledger = PrivacyLedger().add(0.1, 1.0, 20)
+    target = ledger.add(0.1, 1.0).epsilon(1e-5) + 1e-3  # room for one more round at q = 0.1
+    settings = parse_settings({"dp": True, "dp-clip": 1.0, "weighting": "uniform",
+                               "fraction-train": 0.1, "dp-noise-multiplier": 1.0,
+                               "target-epsilon": target})  # fmt: skip
+    strategy = MetaStrategy(settings, None, OptimizerConfig("sgd", 1.0))  # type: ignore[arg-type]
+    strategy.privacy = PrivacyState(1.0, 1.0, ledger)
+    assert _within_budget(strategy, _Nodes(100), 21)  # type: ignore[arg-type]  # q = 10/100
+    # most nodes left: 5 clients, k = max(1, 0.5) = 1, q = 1/5: the round would exceed
+    assert not _within_budget(strategy, _Nodes(5), 21)  # type: ignore[arg-type]
+
+
+def test_a_stopped_run_keeps_its_model_and_scores_every_client(tmp_path, monkeypatch):
+    import server.app as server_app
+
+    real = server_app._within_budget
+    monkeypatch.setattr(server_app, "_within_budget", lambda s, n, rnd: rnd < 3 and real(s, n, rnd))
+    config = FAST | {"dp": True, "dp-clip": CLIP, "dp-noise-multiplier": 1.0, "num-rounds": 5,
+                     "run-dir": str(tmp_path / "run")}  # fmt: skip
+    summary = run_in_loop(config, NODES)
+    assert summary["stopped-after-round"] == 2
+    assert summary["clients"] == NODES * 4  # the final scoring asked every client
+    assert [r["round"] for r in _rows(tmp_path / "run")] == [1, 2]
+    assert (tmp_path / "run" / "model.pt").exists()
+    ckpt = _theta(tmp_path / "run")
+    assert ckpt.privacy is not None and ckpt.privacy["ledger"][0][2] == 2
