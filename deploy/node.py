@@ -50,6 +50,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -295,7 +296,15 @@ def run_supernode(
         cap_supernode_waits(supernode_poll)
     address, ca_file = runtime_api_address(args)
     server = ClientAppServer(address, root_certificates=ca_file, poll_interval=poll_interval)
-    threading.Thread(target=server.serve_forever, name="clientapp-server", daemon=True).start()
+
+    def serve() -> None:
+        try:
+            server.serve_forever()
+        except BaseException as err:  # a node without its ClientApp must not stay online
+            log(ERROR, "[fedmeta] the ClientApp server stopped: %r; stopping the node", err)
+            os.kill(os.getpid(), signal.SIGTERM)  # Flower's handler: goodbye, then exit
+
+    threading.Thread(target=serve, name="clientapp-server", daemon=True).start()
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     sys.argv = ["flower-supernode", *args, "--isolation", "process"]

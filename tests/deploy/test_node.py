@@ -72,3 +72,27 @@ def test_the_supernode_waits_can_be_capped_in_its_module_only(monkeypatch):
     assert time.sleep is not start_client_internal.time.sleep  # nobody else is patched
     with pytest.raises(ValueError, match="must be > 0"):
         node.cap_supernode_waits(0)
+
+
+def test_a_node_whose_clientapp_server_dies_stops_itself(monkeypatch):
+    import importlib
+    import signal
+    import threading
+
+    cli = importlib.import_module("flwr.supernode.cli.flower_supernode")
+
+    killed = threading.Event()
+
+    def broken(self, stop=None):
+        raise RuntimeError("boom")
+
+    def fake_kill(pid, sig):
+        assert sig == signal.SIGTERM
+        killed.set()
+
+    monkeypatch.setattr(node.ClientAppServer, "serve_forever", broken)
+    monkeypatch.setattr(node.os, "kill", fake_kill)
+    monkeypatch.setattr(cli, "flower_supernode", lambda: killed.wait(10))
+    monkeypatch.setattr(node.sys, "argv", list(node.sys.argv))
+    node.run_supernode(["--superlink", "127.0.0.1:1"], poll_interval=0.2)
+    assert killed.is_set(), "the node went on without its ClientApp"
