@@ -6,13 +6,15 @@ Reads ``summary.csv`` of an experiment whose rows are named ``<algorithm>`` (no 
 epsilon = infinity) and ``<algorithm>@eps<E>`` (simulations/experiments/privacy-*.yaml).
 Prints two tables, the personalised metric and the new clients' metric after the most
 adaptation steps, each cell the mean +- std over seeds and its change relative to the
-algorithm's own no-DP row, and the noise multipliers the accountant calibrated.
+algorithm's own no-DP row, and the noise multipliers the accountant calibrated (read from
+the runs' summary.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import re
 from pathlib import Path
@@ -75,15 +77,22 @@ def main(argv: list[str] | None = None) -> int:
     print(table(cells(rows, f"{metric}-after-mean")))
     print(f"\nnew clients, {new} (mean ± std over seeds)\n")
     print(table(cells(rows, new)))
-    z = cells(rows, "noise-multiplier")
-    eps = cells(rows, "epsilon")
-    spent = ", ".join(
-        f"ε = {e}: z = {z[(a, e)][0]:.3f} (spent {eps[(a, e)][0]:.3f})"
-        for a, e in z
-        if a == next(iter(z))[0]
-    )
-    print(f"\ncalibrated noise multipliers: {spent}")
+    print(f"\nnoise multipliers and epsilon spent: {spent_per_epsilon(args.results)}")
     return 0
+
+
+def spent_per_epsilon(results: Path) -> str:
+    """z and the epsilon spent, per epsilon row (from the runs' summary.json)."""
+    seen: dict[str, tuple[float, float]] = {}
+    for path in sorted(results.glob("*@eps*/seed*/summary.json")):
+        m = ROW.match(path.parent.parent.name)
+        summary = json.loads(path.read_text())
+        if m and m["epsilon"] and "noise-multiplier" in summary:
+            seen.setdefault(m["epsilon"], (summary["noise-multiplier"], summary["epsilon"]))
+    return ", ".join(
+        f"ε = {e}: z = {z:.3f} (spent {spent:.3f})"
+        for e, (z, spent) in sorted(seen.items(), key=lambda kv: -float(kv[0]))
+    )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ def test_main_reads_a_summary(tmp_path, capsys):
     keys = list(ROWS[0])
     lines = [",".join(keys)] + [",".join(r[k] for k in keys) for r in ROWS]
     (tmp_path / "summary.csv").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "maml@eps8" / "seed0"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text('{"noise-multiplier": 0.62, "epsilon": 7.99}')
     assert main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "ε = 8 |" in out and "z = 0.620" in out
+    assert "ε = 8 |" in out and "ε = 8: z = 0.620 (spent 7.990)" in out
