@@ -291,7 +291,8 @@ class MetaStrategy(FedAvg):
         # depend on which node answered first, and a rerun reproduces theta bit for bit.
         accepted.sort(key=lambda c: c.partition)
         self.report.accepted = len(accepted)
-        if self.dp is not None and (accepted or not any(m.has_error() for m in replies)):
+        every_node_failed = bool(replies) and all(m.has_error() for m in replies)
+        if self.dp is not None and (accepted or not every_node_failed):
             # DP steps every round, also when no client was sampled or none answered: whether
             # a step happens must not reveal whether someone took part (only errors from
             # every node, a failure of the federation, skip the round).

@@ -223,3 +223,35 @@ def test_a_stopped_run_keeps_its_model_and_scores_every_client(tmp_path, monkeyp
     assert (tmp_path / "run" / "model.pt").exists()
     ckpt = _theta(tmp_path / "run")
     assert ckpt.privacy is not None and ckpt.privacy["ledger"][0][2] == 2
+
+
+def test_dp_steps_unless_every_node_failed():
+    from flwr.app import Error
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    theta = {"w": np.zeros(2, np.float32)}
+    settings = parse_settings({"dp": True, "dp-clip": 1.0, "weighting": "uniform",
+                               "fraction-train": 0.5, "dp-noise-multiplier": 1.0})  # fmt: skip
+
+    def fresh() -> MetaStrategy:
+        strategy = MetaStrategy(settings, _TenClients(), OptimizerConfig("sgd", 1.0))  # type: ignore[arg-type]
+        strategy.privacy = PrivacyState(clip=1.0, noise_multiplier=1.0)
+        strategy.configure_train(1, to_record(theta), ConfigRecord(), grid=None)  # type: ignore[arg-type]
+        return strategy
+
+    asked = Message(RecordDict(), dst_node_id=1, message_type=MessageType.TRAIN)
+    failed = Message(Error(code=0, reason="boom"), reply_to=asked)
+    skipped = Message(RecordDict({
+        "updates": to_record({"w": np.zeros((2, 2), np.float32)}),
+        "metrics": MetricRecord({"partition-id": [0, 1], "num-examples": [0, 0],
+                                 "skipped": [1, 1]}),
+    }), reply_to=asked)  # fmt: skip
+    # nobody accepted, but not every node failed: a pure-noise step, and the round counts
+    strategy = fresh()
+    new, _ = strategy.aggregate_train(1, [failed, skipped])
+    assert new is not None and not np.allclose(new["w"].numpy(), 0.0)
+    assert strategy.privacy is not None and strategy.privacy.ledger.rounds == 1
+    # every node failed: a failure of the federation, no step, nothing accounted
+    strategy = fresh()
+    assert strategy.aggregate_train(1, [failed]) == (None, None)
+    assert strategy.privacy is not None and strategy.privacy.ledger.rounds == 0
