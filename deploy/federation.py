@@ -522,14 +522,20 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def demo_run_config(state_dir: Path, nodes: int, overrides: str) -> dict[str, Any]:
+    """The demo's run config: a fresh run-dir, every node required, then ``overrides``."""
     # A fresh run-dir per demo: an existing one holds a checkpoint and would be refused.
-    run_dir = args.state_dir.expanduser().resolve() / time.strftime("run-%Y%m%d-%H%M%S")
+    run_dir = state_dir.expanduser().resolve() / time.strftime("run-%Y%m%d-%H%M%S")
     run_config: dict[str, Any] = {"run-dir": str(run_dir)}
-    run_config |= parse_run_config(args.run_config)
+    run_config |= parse_run_config(overrides)
     # Every node must be there before a round starts, unless the run says otherwise: with
     # the app's default of 2, `--nodes 1` would wait node-wait-timeout and fail.
-    run_config.setdefault("min-available-nodes", args.nodes)
+    run_config.setdefault("min-available-nodes", nodes)
+    return run_config
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    run_config = demo_run_config(args.state_dir, args.nodes, args.run_config)
     if args.measure_node is not None and not 0 <= args.measure_node < args.nodes:
         raise FederationError(
             f"--measure-node {args.measure_node} is not a node of --nodes {args.nodes}; "

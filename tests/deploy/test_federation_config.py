@@ -38,3 +38,29 @@ def test_down_never_signals_a_process_that_is_not_a_federation(tmp_path, capsys)
 def test_run_without_a_federation_says_how_to_start_one(tmp_path, capsys):
     assert main(["run", "--state-dir", str(tmp_path)]) == 1
     assert "python -m deploy.federation up" in capsys.readouterr().err
+
+
+def test_the_demo_requires_every_node_unless_the_run_config_says_otherwise(tmp_path):
+    from deploy.federation import demo_run_config
+
+    config = demo_run_config(tmp_path, 1, 'dataset="digits"')
+    assert config["min-available-nodes"] == 1 and config["dataset"] == "digits"
+    assert config["run-dir"].startswith(str(tmp_path.resolve()))
+    assert demo_run_config(tmp_path, 3, "min-available-nodes=2")["min-available-nodes"] == 2
+
+
+def test_node_options_reach_the_node_config_and_bad_ones_are_named(tmp_path):
+    import pytest
+
+    from deploy.federation import FederationError
+
+    federation = Federation(tmp_path, 2, torch_threads=2)
+    assert parse_config_args([federation.node_config(0)])["torch-threads"] == 2
+    assert "torch-threads" not in parse_config_args([Federation(tmp_path, 2).node_config(0)])
+    with pytest.raises(FederationError, match="is not a ClientApp layout; use one of in-node"):
+        Federation(tmp_path, 2, clientapp="thread")
+    with pytest.raises(FederationError, match="torch-threads must be >= 1"):
+        Federation(tmp_path, 2, torch_threads=0)
+    with pytest.raises(FederationError, match="needs a positive number of seconds"):
+        Federation(tmp_path, 2, clientapp="per-message", supernode_poll=0.2)
+    assert main(["demo", "--nodes", "2", "--measure-node", "5", "--state-dir", str(tmp_path)]) == 1
