@@ -59,6 +59,15 @@ def descendants(root: int) -> dict[int, str]:
     return found
 
 
+def _cmdline(pid: int, width: int = 160) -> str:
+    """The process's command line, for the report (what was left behind, by name)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:width] or "?"
+
+
 def _same(pid: int, start: str) -> bool:
     fields = _stat(pid)
     return fields is not None and fields[0] != "Z" and fields[19] == start
@@ -96,8 +105,10 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):  # pass Ctrl-C / a CI cancel to the command
         signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
     code = proc.wait()
+    names = {pid: _cmdline(pid) for pid in descendants(os.getpid())}
     if left := stop_left_behind():
-        print(f"reap: stopped {len(left)} process(es) the command left behind: {left}",
+        said = "; ".join(f"{pid} ({names.get(pid, '?')})" for pid in left)
+        print(f"reap: stopped {len(left)} process(es) the command left behind: {said}",
               file=sys.stderr)  # fmt: skip
     return code
 
