@@ -17,7 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.processes import stop_process_group
@@ -43,6 +43,10 @@ class ManagedProcess:
     name: str
     popen: subprocess.Popen
     log_path: Path
+    # Helpers that outlived a crash() (those in sessions of their own, e.g. a SuperLink's
+    # SuperExec): once the parent is dead they can no longer be found below it, so stop()
+    # still stops them by id.
+    orphans: list[ProcessId] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -57,14 +61,17 @@ class ManagedProcess:
     def crash(self) -> None:
         """SIGKILL the process group at once, as a power cut would: no goodbye to anyone."""
         if self.alive():
+            helpers = descendants(self.pid)
             os.killpg(self.pid, signal.SIGKILL)
             self.popen.wait()
+            self.orphans += [h for h in helpers if h.alive()]
 
     def stop(self, grace: float = 10) -> None:
         """SIGTERM (then SIGKILL) the group and its helpers; return once all are gone."""
         helpers = descendants(self.pid) if self.alive() else []
         stop_process_group(self.popen, grace=grace)
-        kill_all(helpers, timeout=grace)
+        kill_all(helpers + self.orphans, timeout=grace)
+        self.orphans = []
 
 
 def kill_all(processes: Sequence[ProcessId], timeout: float = 10) -> None:

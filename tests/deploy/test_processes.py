@@ -53,7 +53,10 @@ def test_crash_kills_the_group_at_once(tmp_path):
     while any(c.alive() for c in in_group):
         assert time.monotonic() < deadline, "the group outlived SIGKILL"
         time.sleep(0.05)
-    proc.stop(grace=5)  # the escaped one is still ours to clean up
+    escaped = [c for c in children if os.getpgid(c.pid) != proc.pid]
+    assert escaped and all(c.alive() for c in escaped)  # SIGKILL of the group missed it
+    proc.stop(grace=5)  # the escaped one is still ours to clean up, though its parent died
+    assert not [c.pid for c in escaped if c.alive()], "a helper outlived crash() + stop()"
 
 
 def test_a_process_id_survives_pid_reuse_checks(tmp_path):
