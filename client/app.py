@@ -152,7 +152,7 @@ def _train_secagg(msg: Message, context: Context, node: NodeRuntime) -> Message:
     got = _received(state, config, node)
     cohort, updates, values, within = _train_rows(context, node, got)
     dropped = {p: f"client skipped: {why}" for p, why in cohort.skipped.items()}
-    bad = nonfinite_rows(updates, len(cohort.order)) if cohort.order else {}
+    bad = nonfinite_rows(updates, len(cohort.order))
     rows = []
     for row, pid in enumerate(cohort.order):
         if pid in cohort.skipped:

@@ -83,6 +83,8 @@ def check_stacked(
 def nonfinite_rows(stacked: Mapping[str, np.ndarray], clients: int) -> dict[int, str]:
     """Client row -> the first key whose update holds a NaN or an infinite value."""
     bad: dict[int, str] = {}
+    if clients == 0:  # no rows (reshape(0, -1) cannot infer a width)
+        return bad
     for key, value in stacked.items():
         finite = np.isfinite(value.reshape(clients, -1)).all(axis=1)
         for row in np.flatnonzero(~finite):
