@@ -142,6 +142,9 @@ class Settings:
     k_shot: int = _spec(_POS_INT, 1)
     query_shots: int = _spec(_POS_INT, 5)  # query examples per class in a training episode
     eval_episodes: int = _spec(_POS_INT, 10)  # episodes averaged per client evaluation
+    # MAML's augmentation: each training character also appears rotated by 90, 180 and 270
+    # degrees, as 3 more classes of the same client (new clients' characters stay upright)
+    omniglot_rotations: bool = _spec(_BOOL, False)
     # shakespeare (common/data/shakespeare.py): one client per speaking role
     shakespeare_seq_len: int = _spec(_POS_INT, 80)  # characters of context per window (LEAF)
     shakespeare_min_chars: int = _spec(_POS_INT, 2000)  # shorter roles are left out

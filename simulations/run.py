@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", help="comma-separated algorithm names to run")
     parser.add_argument(
+        "--seeds", help="comma-separated seeds to run instead of the file's, e.g. --seeds 0"
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -124,8 +127,16 @@ def _apply_cli(exp: Experiment, args: argparse.Namespace) -> Experiment:
         if unknown:
             raise ExperimentError(exp.source, "--only", f"{unknown} not in {list(algorithms)}")
         algorithms = {n: algorithms[n] for n in names}
+    seeds = exp.seeds
+    if args.seeds:
+        try:
+            seeds = tuple(int(s) for s in args.seeds.split(","))
+        except ValueError:
+            raise ExperimentError(
+                exp.source, "--seeds", f"needs integers like 0,1,2, got {args.seeds!r}"
+            ) from None
     new = dataclasses.replace(
-        exp, base=base, algorithms=algorithms, engine=args.engine or exp.engine
+        exp, base=base, algorithms=algorithms, seeds=seeds, engine=args.engine or exp.engine
     )
     validate_experiment(new)
     return new

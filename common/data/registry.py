@@ -362,10 +362,15 @@ def _omniglot_client(settings: Settings, which: str, index: int, num_clients: in
             f"characters, fewer than n-way={settings.n_way}; use fewer clients"
         )
     n_train = OMNIGLOT_DRAWERS - omniglot_test_drawers(settings.test_fraction)
-    labels = np.arange(len(block), dtype=np.int64)
+    classes = chars[block]  # (characters, drawers, size, size)
+    if settings.omniglot_rotations and which == "background":
+        # class 4c + r is character c turned r x 90 degrees (MAML's augmentation)
+        turned = [np.rot90(classes, r, axes=(2, 3)) for r in range(4)]
+        classes = np.stack(turned, axis=1).reshape(-1, *classes.shape[1:])
+    labels = np.arange(len(classes), dtype=np.int64)
 
     def images(drawers: slice) -> tuple[np.ndarray, np.ndarray]:
-        x = chars[block, drawers]
+        x = np.ascontiguousarray(classes[:, drawers])
         return x.reshape(-1, 1, OMNIGLOT_SIZE, OMNIGLOT_SIZE), np.repeat(labels, x.shape[1])
 
     (x_train, y_train), (x_test, y_test) = images(slice(0, n_train)), images(slice(n_train, None))

@@ -190,3 +190,20 @@ def test_a_finished_cell_from_another_federation_size_is_not_reused(tmp_path, ca
     experiment.write_text(experiment.read_text().replace("num-supernodes: 4", "num-supernodes: 6"))
     assert main([str(experiment), "--out", out]) == 1
     assert "key 'num-supernodes': is 6, but the run in" in _only_error_line(capfd)
+
+
+def test_seeds_runs_only_the_seeds_named(tmp_path, capfd):
+    from simulations.run import main
+
+    path = tmp_path / "two.yaml"
+    path.write_text(
+        "engine: loop\nnum-supernodes: 2\nseeds: [0, 1]\n"
+        "base: {num-rounds: 1, local-steps: 1, hidden-sizes: '4', min-available-nodes: 1}\n"
+        "algorithms: {maml: {}}\n"
+    )
+    out = tmp_path / "out"
+    assert main([str(path), "--out", str(out), "--seeds", "1"]) == 0
+    assert (out / "maml/seed1/summary.json").exists()
+    assert not (out / "maml/seed0").exists()
+    assert main([str(path), "--seeds", "one"]) == 2
+    assert "key '--seeds': needs integers" in _only_error_line(capfd)
