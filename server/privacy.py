@@ -31,12 +31,17 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from dp_accounting import dp_event, mechanism_calibration
-from dp_accounting.rdp import RdpAccountant
-from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS, compute_epsilon
 from flwr.supercore.differential_privacy import compute_adaptive_noise_params
+
+if TYPE_CHECKING:
+    from dp_accounting import dp_event
+
+# dp-accounting (and SciPy under it) is imported by the functions that account, so a run
+# without DP never loads it: a server starts faster, and a machine without it (the lent GPU
+# machines carry only the wheels a run needs) runs everything but DP.
 
 from common.config import ConfigError, Settings
 
@@ -68,6 +73,8 @@ class DPConfig:
 
 def round_event(q: float, z: float, rounds: int = 1) -> dp_event.DpEvent:
     """``rounds`` rounds of the Poisson-subsampled Gaussian mechanism (rate q, multiplier z)."""
+    from dp_accounting import dp_event
+
     one = dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(z))
     return one if rounds == 1 else dp_event.SelfComposedDpEvent(one, rounds)
 
@@ -95,6 +102,8 @@ class PrivacyLedger:
             return 0.0
         if any(z <= 0 for _, z, _ in self.runs):
             return math.inf
+        from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS, compute_epsilon
+
         grid = tuple(orders if orders is not None else DEFAULT_RDP_ORDERS)
         # RDP composes by addition: n rounds at (q, z) cost n times one round's curve,
         # which is computed once per (q, z) (the ledger is re-read every round)
@@ -110,6 +119,8 @@ def _one_round_rdp(q: float, z: float, orders: tuple[float, ...]) -> np.ndarray:
     dp-accounting's RdpAccountant keeps the curve it composed in ``_rdp``; it has no public
     getter, so this is the one place that reads it (tests check the result against the
     accountant's own epsilon)."""
+    from dp_accounting.rdp import RdpAccountant
+
     accountant = RdpAccountant(orders=list(orders))
     accountant.compose(round_event(q, z))
     return np.array(accountant._rdp, np.float64)
@@ -119,6 +130,9 @@ def calibrate_noise(target_epsilon: float, q: float, rounds: int, delta: float) 
     """The smallest z whose ``rounds`` rounds at rate q stay within (target_epsilon, delta)."""
     # The search probes tiny z, where dp-accounting warns that some orders do not converge
     # (and leaves them out); the z it returns is checked with every order by the caller.
+    from dp_accounting import mechanism_calibration
+    from dp_accounting.rdp import RdpAccountant
+
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)

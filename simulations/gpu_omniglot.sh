@@ -44,6 +44,13 @@ fi
 python3 -c "import torch, flwr; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
   torch.cuda.get_device_name(0) if torch.cuda.is_available() else '', 'flwr', flwr.__version__)" \
   2>&1 | tee -a "$work/script.log"
+# Fail now, not after the time limit, when a module a run imports is missing (a wheel not
+# carried): nothing below could run.
+python3 -c "import client.app, server.app, simulations.run" >"$work/imports.log" 2>&1 || {
+  log "the project does not import here: $(tail -n 1 "$work/imports.log")"
+  cp "$work/imports.log" "$work/script.log" "$out/"
+  exit 2
+}
 log "setup done"
 
 smi=()
@@ -64,7 +71,7 @@ log "training ${RUNS[*]} until ${TRAIN_UNTIL}s (pids ${pids[*]})"
 timeout --signal=INT 90 python3 -m pytest -q -rfEs -p no:cacheprovider -m cuda tests \
   >"$work/tests-cuda.log" 2>&1
 log "cuda tests: exit $? ($(tail -n 1 "$work/tests-cuda.log"))"
-wait "${pids[@]}"
+[ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"  # (a bare wait would wait for nvidia-smi)
 log "training stopped"
 
 pids=()
@@ -81,7 +88,7 @@ z = np.load(sys.argv[1]); print(json.loads(z['__meta__'].tobytes())['round'])" \
     >"$work/finish-$algo-seed$seed.log" 2>&1 &
   pids+=($!)
 done
-wait "${pids[@]}"
+[ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
 [ ${#smi[@]} -eq 0 ] || kill "${smi[@]}" 2>/dev/null
 
 for run in "${RUNS[@]}"; do

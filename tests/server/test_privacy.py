@@ -5,6 +5,7 @@ target-epsilon refuses a plan that would exceed it."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +130,16 @@ def test_target_epsilon_refuses_a_plan_that_would_exceed_it():
     calibrated = parse_settings(DP | {"target-epsilon": 1.0, "num-rounds": 100})
     state, planned = start_state(calibrated, DPConfig.from_settings(calibrated), 0.1, 10, None)
     assert state.noise_multiplier > 0.8 and planned <= 1.0
+
+
+def test_a_run_without_dp_never_imports_dp_accounting():
+    """The server loads dp-accounting (and SciPy) only to account for a DP run."""
+    import subprocess
+    import sys
+
+    code = "import sys, server.app; print(sorted({'dp_accounting', 'scipy'} & set(sys.modules)))"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
