@@ -184,3 +184,11 @@ def test_warns_when_metasgd_is_scored_beyond_its_trained_steps_with_alpha_unboun
     assert _warnings(algorithm="metasgd", eval_steps=10, metasgd_alpha_max=0.05) == []
     (w,) = _warnings(algorithm="metasgd", eval_steps=1, new_clients=5, new_client_steps="1,10")
     assert "10 steps" in w
+
+
+def test_by_class_lists_each_class_positions_in_order():
+    labels = np.random.default_rng(3).integers(0, 40, 500)
+    pool = by_class(labels)
+    assert sorted(pool) == sorted(set(labels.tolist()))
+    for c, positions in pool.items():
+        np.testing.assert_array_equal(positions, np.flatnonzero(labels == c))
