@@ -10,8 +10,8 @@
 # has its own time limit; together they stay under 9 minutes. A failed step does not stop
 # the next; the script exits 1 if any failed.
 #
-# Here, once, from the project root (fills the git-ignored .whl/ and .gpu-data/, ~31 MiB):
-#     bash ../shared/gpu/prepare.sh omniglot femnist
+# Here, once, from the project root (fills the git-ignored .whl/ and .gpu-data/, ~33 MiB):
+#     bash simulations/gpu_prepare.sh omniglot femnist
 # There, through the device tool: carry [".whl", ".gpu-data"], timeout_s 600, command
 #     bash simulations/gpu_check.sh
 # On a CPU machine with the project installed the same steps run as a dry run of the script:
@@ -39,7 +39,7 @@ step() {
 
 {
   if ! python3 -c 'import flwr' 2>/dev/null; then
-    [ -d .whl ] || { echo "no .whl/ here: run ../shared/gpu/prepare.sh first, carry .whl"; exit 2; }
+    [ -d .whl ] || { echo "no .whl/ here: run simulations/gpu_prepare.sh here first, carry .whl"; exit 2; }
     timeout 60 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
       --upgrade --target /tmp/site .whl/*.whl
   fi
