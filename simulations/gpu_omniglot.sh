@@ -37,7 +37,7 @@ if ! python3 -c 'import flwr' 2>/dev/null; then
 fi
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH \
   PYTHONUNBUFFERED=1 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
-  OMP_NUM_THREADS=4
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 if [ -d .gpu-data ] && [ ! -e ../shared/data ]; then
   mkdir -p ../shared && ln -s "$PWD/.gpu-data" ../shared/data
 fi
