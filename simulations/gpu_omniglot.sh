@@ -21,7 +21,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 t_start=$SECONDS
 out=${OUT:-/tmp/gpu-omniglot}
-work=/tmp/omniglot-gpu   # run folders and logs, packed into $out at the end
+work=${WORK:-/tmp/omniglot-gpu}   # run folders and logs, packed into $out at the end
 mkdir -p "$out" "$work"
 TRAIN_UNTIL=${TRAIN_UNTIL:-470}   # s after start: the three runs stop training
 FINISH_LIMIT=${FINISH_LIMIT:-80}  # s each run may take to finish from its checkpoint
