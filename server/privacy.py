@@ -36,14 +36,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from flwr.supercore.differential_privacy import compute_adaptive_noise_params
 
-if TYPE_CHECKING:
-    from dp_accounting import dp_event
+from common.config import ConfigError, Settings
 
 # dp-accounting (and SciPy under it) is imported by the functions that account, so a run
 # without DP never loads it: a server starts faster, and a machine without it (the lent GPU
 # machines carry only the wheels a run needs) runs everything but DP.
-
-from common.config import ConfigError, Settings
+if TYPE_CHECKING:
+    from dp_accounting import dp_event
 
 NamedArrays = dict[str, np.ndarray]
 NOISE_PURPOSE = 2  # rng stream (seed, round, purpose) of the server's DP noise

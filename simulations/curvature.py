@@ -87,11 +87,11 @@ def client_paths(
     theta = torch.cat([g.theta[n].reshape(-1).double() for n in names])
     loss_fn = loss_fn_for(s.task)
 
-    def unflatten(v: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(zip(names, torch.split(v, [int(np.prod(sh)) for sh in shapes]), strict=True))
+    sizes = [int(np.prod(sh)) for sh in shapes]
 
-    def shaped(v):
-        return {n: p.reshape(sh) for (n, p), sh in zip(unflatten(v).items(), shapes, strict=True)}
+    def shaped(v: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = torch.split(v, sizes)
+        return {n: p.reshape(sh) for n, p, sh in zip(names, parts, shapes, strict=True)}
 
     out = []
     for index in range(clients):
@@ -102,9 +102,11 @@ def client_paths(
         def loss(v, x=x, y=y):
             return loss_fn(functional_call(model, shaped(v), (x,)), y)
 
-        losses, _ = adaptation_path(loss, theta, s.inner_lr, steps, track=-1)
-        path = AdaptationPath(losses, [])
-        if path.exploded(blowup) or index < sample:
+        # Hessians only where they are reported: the sampled clients, and (a second pass)
+        # any other client whose adaptation explodes
+        tracked = track if index < sample else -1
+        path = AdaptationPath(*adaptation_path(loss, theta, s.inner_lr, steps, tracked))
+        if tracked < 0 and path.exploded(blowup):
             path = AdaptationPath(*adaptation_path(loss, theta, s.inner_lr, steps, track))
         out.append(path)
     return s, out

@@ -77,10 +77,9 @@ log "training stopped"
 pids=()
 for run in "${RUNS[@]}"; do
   algo=${run%:*} seed=${run#*:}
-  r=$(python3 -c "import json, numpy as np, sys
-z = np.load(sys.argv[1]); print(json.loads(z['__meta__'].tobytes())['round'])" \
-    "$work/runs/$algo/seed$seed/checkpoint.npz" 2>/dev/null) \
-    || { log "$run: no checkpoint"; continue; }
+  r=$(python3 -c "import sys; from server.run_folder import RunFolder
+print(RunFolder(sys.argv[1]).load_checkpoint().server_round)" \
+    "$work/runs/$algo/seed$seed" 2>/dev/null) || { log "$run: no checkpoint"; continue; }
   log "$run: checkpoint at round $r; finishing with num-rounds=$((r + 1))"
   timeout --signal=INT --kill-after=10 "$FINISH_LIMIT" \
     python3 -m simulations.run omniglot_gpu --only "$algo" --seeds "$seed" \

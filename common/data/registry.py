@@ -370,7 +370,7 @@ def _omniglot_client(settings: Settings, which: str, index: int, num_clients: in
     labels = np.arange(len(classes), dtype=np.int64)
 
     def images(drawers: slice) -> tuple[np.ndarray, np.ndarray]:
-        x = np.ascontiguousarray(classes[:, drawers])
+        x = classes[:, drawers]
         return x.reshape(-1, 1, OMNIGLOT_SIZE, OMNIGLOT_SIZE), np.repeat(labels, x.shape[1])
 
     (x_train, y_train), (x_test, y_test) = images(slice(0, n_train)), images(slice(n_train, None))
