@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,8 +112,35 @@ _ANY_NUMBER = (lambda v: True, "a finite number")
 _BOOL = (lambda v: True, "true or false")
 
 
-def _spec(check: tuple[Callable[[Any], bool], str], default: Any) -> Any:
-    return field(default=default, metadata={"check": check})
+def _spec(check: tuple[Callable[[Any], bool], str], default: Any, key: str = "") -> Any:
+    """A field with its check; ``key`` when its config key is not its kebab-case name."""
+    return field(default=default, metadata={"check": check, "key": key})
+
+
+BUILT_IN_MODELS = ("mlp", "logreg", "cnn", "lstm")  # common/models.py's factory table
+# "package.module:attribute": a user's model factory or loss (common/plugins.py imports it)
+IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _is_json_object(v: str) -> bool:
+    if not v.strip():
+        return True
+    try:
+        return isinstance(json.loads(v), dict)
+    except ValueError:
+        return False
+
+
+_MODEL = (
+    lambda v: v in BUILT_IN_MODELS or bool(IMPORT_PATH.match(v)),
+    "one of " + ", ".join(repr(m) for m in BUILT_IN_MODELS)
+    + ", or a factory 'package.module:function' (docs/models.md)",
+)  # fmt: skip
+_LOSS = (
+    lambda v: v == "" or bool(IMPORT_PATH.match(v)),
+    "'' (cross-entropy or MSE, from the task) or 'package.module:function' (docs/models.md)",
+)
+_JSON_OBJECT = (_is_json_object, "a JSON object of keyword arguments, e.g. '{\"hidden\": 64}'")
 
 
 @dataclass(frozen=True)
@@ -150,9 +179,14 @@ class Settings:
     shakespeare_min_chars: int = _spec(_POS_INT, 2000)  # shorter roles are left out
     shakespeare_stride: int = _spec(_POS_INT, 1)  # one target every this many characters
     # model
-    model: str = _spec(_one_of("mlp", "logreg", "cnn", "lstm"), "mlp")
+    model: str = _spec(_MODEL, "mlp")
     hidden_sizes: str = _spec(_INT_LIST, "40,40")
     activation: str = _spec(_one_of("relu", "elu"), "relu")
+    # issue 16, your own model (docs/models.md): keyword arguments of the model factory,
+    # the task (auto: regression when the data has no classes) and a loss by import path
+    model_args: str = _spec(_JSON_OBJECT, "")
+    task_choice: str = _spec(_one_of("auto", *(t.value for t in Task)), "auto", key="task")
+    loss: str = _spec(_LOSS, "")
     # federation
     num_rounds: int = _spec(_POS_INT, 100)
     fraction_train: float = _spec(_FRACTION, 0.1)
@@ -297,12 +331,28 @@ class Settings:
             return None
         return self.metasgd_alpha_min, self.metasgd_alpha_max
 
-    @property
+    @functools.cached_property
     def task(self) -> Task:
-        return Task.REGRESSION if self.dataset == "sinusoid" else Task.CLASSIFICATION
+        """The config's ``task``, or with 'auto' what the data is: regression when it has no
+        classes. The data layer decides its classes from ``task_choice``, never from this."""
+        if self.task_choice != "auto":
+            return Task(self.task_choice)
+        from common.data.registry import dataset_info  # the data layer imports this module
+
+        return Task.REGRESSION if dataset_info(self).num_classes is None else Task.CLASSIFICATION
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        """``model-args`` parsed: the keyword arguments of the model factory."""
+        return json.loads(self.model_args) if self.model_args.strip() else {}
 
 
-_FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(Settings)}
+def config_key(f: dataclasses.Field) -> str:
+    """The run-config key of a Settings field: its kebab-case name unless it names one."""
+    return f.metadata["key"] or f.name.replace("_", "-")
+
+
+_FIELDS = {config_key(f): f for f in dataclasses.fields(Settings)}
 
 
 def _coerce(key: str, value: Any, typ: type) -> Any:
@@ -381,6 +431,23 @@ def _check_combinations(s: Settings) -> None:
         raise ConfigError("model", s.model, "'mlp' or 'logreg' for vector inputs")
     _check_attack(s)
     _check_privacy(s)
+    _check_task(s)
+
+
+# What each built-in dataset is; a dataset read from a user's files follows its labels.
+_BUILT_IN_TASKS = {"sinusoid": Task.REGRESSION} | {
+    d: Task.CLASSIFICATION
+    for d in ("synthetic", "digits", "mnist", "fashion-mnist", "femnist", "omniglot", "shakespeare")
+}
+
+
+def _check_task(s: Settings) -> None:
+    """issue 16: an explicit task must be what a built-in dataset is."""
+    known = _BUILT_IN_TASKS.get(s.dataset)
+    if known is not None and s.task_choice not in ("auto", known.value):
+        raise ConfigError(
+            "task", s.task_choice, f"'auto' or '{known.value}' for dataset '{s.dataset}'"
+        )
 
 
 def _check_attack(s: Settings) -> None:
@@ -492,8 +559,9 @@ def _check_stability(s: Settings) -> None:
 
 
 def _check_shakespeare(s: Settings) -> None:
-    """The char-LSTM and the Shakespeare roles belong together (and only together)."""
-    if (s.dataset == "shakespeare") != (s.model == "lstm"):
+    """The char-LSTM and the Shakespeare roles belong together (and only together); a
+    model by import path is the user's to fit to the data (checked on one batch)."""
+    if s.model in BUILT_IN_MODELS and (s.dataset == "shakespeare") != (s.model == "lstm"):
         allowed = (
             "'lstm' for dataset 'shakespeare' (next-character prediction on text windows)"
             if s.dataset == "shakespeare"
@@ -516,4 +584,4 @@ def _check_shakespeare(s: Settings) -> None:
 
 def settings_to_run_config(s: Settings) -> dict[str, Any]:
     """The inverse of :func:`parse_settings` (used to record a run's exact settings)."""
-    return {f.name.replace("_", "-"): getattr(s, f.name) for f in dataclasses.fields(s)}
+    return {config_key(f): getattr(s, f.name) for f in dataclasses.fields(s)}
