@@ -265,8 +265,8 @@ class Settings:
     )  # fmt: skip
     task_choice: str = _spec(
         _one_of("auto", *(t.value for t in Task)), "auto", "model",
-        "auto (regression when the data has no classes), classification (cross-entropy) or "
-        "regression (MSE)",
+        "auto (what the dataset is: sinusoid regression, the others classification; your "
+        "own data classification), classification (cross-entropy) or regression (MSE)",
         key="task",
     )  # fmt: skip
     loss: str = _spec(
@@ -629,15 +629,16 @@ class Settings:
             return None
         return self.metasgd_alpha_min, self.metasgd_alpha_max
 
-    @functools.cached_property
+    @property
     def task(self) -> Task:
-        """The config's ``task``, or with 'auto' what the data is: regression when it has no
-        classes. The data layer decides its classes from ``task_choice``, never from this."""
+        """The config's ``task``; with 'auto' what the dataset is (sinusoid: regression).
+
+        A user's own data is classification unless ``task = regression``: the data layer
+        reads this to decide whether labels are classes, so it is never derived from it.
+        """
         if self.task_choice != "auto":
             return Task(self.task_choice)
-        from common.data.registry import dataset_info  # the data layer imports this module
-
-        return Task.REGRESSION if dataset_info(self).num_classes is None else Task.CLASSIFICATION
+        return _BUILT_IN_TASKS.get(self.dataset, Task.CLASSIFICATION)
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
@@ -732,7 +733,7 @@ def _check_combinations(s: Settings) -> None:
     _check_task(s)
 
 
-# What each built-in dataset is; a dataset read from a user's files follows its labels.
+# What each built-in dataset is (Settings.task with task = 'auto').
 _BUILT_IN_TASKS = {"sinusoid": Task.REGRESSION} | {
     d: Task.CLASSIFICATION
     for d in ("synthetic", "digits", "mnist", "fashion-mnist", "femnist", "omniglot", "shakespeare")
