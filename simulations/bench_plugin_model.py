@@ -1,31 +1,35 @@
 """The plug-in path costs nothing: a built-in model by import path beside the same model by name.
 
-    nice -n 10 python -m simulations.bench_plugin_model                 # 3 pairs, 25 rounds
-    python -m simulations.bench_plugin_model --pairs 5 --rounds 40 --model cnn
+    nice -n 10 python -m simulations.bench_plugin_model            # 10 pairs of 12 rounds
+    python -m simulations.bench_plugin_model --pairs 20 --rounds 20 --model cnn
 
-Each variant is one run of the federation in the loop engine (simulations/loop.py), in a
-fresh process so both pay the same start-up: ``model = "mlp"`` (by name) and
-``model = "common.models:mlp"`` with ``model-args = '{"hidden": [40, 40]}'`` (by path),
-otherwise the same settings and seed, so the same model, data and numbers. Runs
-alternate (name, path, name, path, ...) so drift on a shared machine hits both alike.
-Printed: the median seconds per round of each variant over every run's middle rounds
-(round 1 pays the first use of every client; the last round scores every client), their
-ratio, and whether the trained theta of the two is identical.
+Each variant is a run of the federation in the loop engine (simulations/loop.py):
+``model = "mlp"`` (by name) and ``model = "common.models:mlp"`` with ``model-args =
+'{"hidden": [40, 40]}'`` (by path), otherwise the same settings and seed, so the same
+model, data and numbers. Both run in this one process, alternating (a warm-up pair
+first, not counted), so the load of a shared machine falls on both alike; a run in a
+process of its own would add 20 s of imports and the machine's drift between processes.
+Printed: every pair's median seconds per round over its middle rounds (round 1 pays the
+first use of every client; the last round scores every client), the median over all
+pairs' middle rounds per variant, the median of the per-pair ratios, and whether the
+trained theta of the two variants is identical.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+
+from simulations.loop import run_in_loop
 
 CASES = {
     # MAML's sinusoid MLP: the smallest per-round work, where any overhead would show
@@ -52,53 +56,55 @@ COMMON = {
 
 
 def run_once(config: dict, out: Path) -> list[float]:
-    """One run in a fresh process; the server's seconds of every round."""
-    code = (
-        "import json, sys; from simulations.loop import run_in_loop; "
-        "run_in_loop(json.loads(sys.argv[1]), 1)"
-    )
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    subprocess.run(
-        [sys.executable, "-c", code, json.dumps(config | {"run-dir": str(out)})],
-        env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    """One run of the federation in this process; the server's seconds of every round."""
+    run_in_loop(config | {"run-dir": str(out)}, 1)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return [r["seconds"] for r in rows]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=3, help="runs of each variant")
-    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--pairs", type=int, default=10, help="runs of each variant")
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--model", choices=sorted(CASES), default="mlp")
     args = parser.parse_args(argv)
+    logging.getLogger("flwr").setLevel(logging.WARNING)  # the rounds' INFO lines
     by_name, by_path = CASES[args.model]
     base = COMMON | by_name | {"model": args.model, "num-rounds": args.rounds}
     variants = {"by name": base, "by path": base | by_path}
     middle: dict[str, list[float]] = {v: [] for v in variants}
+    ratios = []
     with tempfile.TemporaryDirectory(prefix="bench-plugin-") as tmp:
-        for i in range(args.pairs):
+        for i in range(args.pairs + 1):  # pair 0 warms up (imports, first client data)
+            pair = {}
             for name, config in variants.items():
-                out = Path(tmp) / f"{name.replace(' ', '-')}-{i}"
-                seconds = run_once(config, out)
-                middle[name] += seconds[1:-1]
-                print(
-                    f"  run {i + 1} {name}: median {statistics.median(seconds[1:-1]):.4f} s/round"
-                )
+                seconds = run_once(config, Path(tmp) / f"{name.replace(' ', '-')}-{i}")
+                pair[name] = seconds[1:-1]
+            if i == 0:
+                continue
+            for name in variants:
+                middle[name] += pair[name]
+            a, b = (statistics.median(pair[v]) for v in variants)
+            ratios.append(b / a)
+            print(f"  pair {i}: by name {a:.4f}, by path {b:.4f} s/round", flush=True)
         theta = [
-            torch.load(Path(tmp) / f"{v.replace(' ', '-')}-0" / "model.pt", weights_only=True)
+            torch.load(Path(tmp) / f"{v.replace(' ', '-')}-1" / "model.pt", weights_only=True)
             for v in variants
         ]
     same = all(torch.equal(theta[0]["theta"][k], theta[1]["theta"][k]) for k in theta[0]["theta"])
-    name_s, path_s = (statistics.median(middle[v]) for v in variants)
     print(
-        f"\n{args.model}, {args.rounds} rounds x {args.pairs} runs each, 20 clients/round, "
-        f"loop engine, torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores"
+        f"\n{args.model}: {args.pairs} pairs x {args.rounds} rounds, 20 clients/round, loop "
+        f"engine, torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores"
     )
     print(f"{'variant':10s} {'median s/round':>15s} {'rounds':>7s}")
     for v in variants:
         print(f"{v:10s} {statistics.median(middle[v]):15.4f} {len(middle[v]):7d}")
-    print(f"ratio by path / by name: {path_s / name_s:.3f}; trained theta identical: {same}")
+    pooled = statistics.median(middle["by path"]) / statistics.median(middle["by name"])
+    print(
+        f"ratio by path / by name: {pooled:.3f} (pooled medians), "
+        f"{statistics.median(ratios):.3f} (median of the pairs' ratios); "
+        f"trained theta identical: {same}"
+    )
     return 0
 
 
