@@ -81,6 +81,12 @@ class AttackKind(enum.Enum):
     SAME_BAD_UPDATE = "same-bad-update"  # every attacker the same crafted vector (colluding)
 
 
+# issue 16: the formats users bring (common/data/user_data.py), and Flower Datasets'
+# partitioners that only they accept (the built-in datasets keep their own lists)
+USER_DATASETS = ("table", "client-folders", "hf-disk")
+FLOWER_ONLY_PARTITIONS = ("iid", "shard", "linear", "square", "exponential")
+
+
 def _choice(enum_cls: type[enum.Enum]) -> tuple[Callable[[Any], bool], str]:
     values = [m.value for m in enum_cls]
     return (lambda v: v in values), "one of " + ", ".join(repr(v) for v in values)
@@ -98,6 +104,7 @@ def _int_list(v: str) -> bool:
     return len(items) > 0 and all(i > 0 for i in items)
 
 
+_SHAPE = (lambda v: v == "" or _int_list(v), "'' or comma-separated positive sizes, e.g. '1,28,28'")
 _POS = (lambda v: v > 0, "a number > 0")
 _NONNEG = (lambda v: v >= 0, "a number >= 0")
 _POS_INT = (lambda v: v >= 1, "an integer >= 1")
@@ -124,12 +131,15 @@ class Settings:
     dataset: str = _spec(
         _one_of(
             "sinusoid", "synthetic", "digits", "mnist", "fashion-mnist", "femnist", "omniglot",
-            "shakespeare",
+            "shakespeare", *USER_DATASETS,
         ),
         "sinusoid",
     )  # fmt: skip
     data_path: str = _spec(_ANY, "")
-    partition: str = _spec(_one_of("natural", "dirichlet", "pathological", "perfedavg"), "natural")
+    partition: str = _spec(
+        _one_of("natural", "dirichlet", "pathological", "perfedavg", *FLOWER_ONLY_PARTITIONS),
+        "natural",
+    )
     classes_per_client: int = _spec(_POS_INT, 2)
     dirichlet_alpha: float = _spec(_POS, 0.5)
     sinusoid_train_points: int = _spec(_POS_INT, 20)
@@ -149,6 +159,14 @@ class Settings:
     shakespeare_seq_len: int = _spec(_POS_INT, 80)  # characters of context per window (LEAF)
     shakespeare_min_chars: int = _spec(_POS_INT, 2000)  # shorter roles are left out
     shakespeare_stride: int = _spec(_POS_INT, 1)  # one target every this many characters
+    # issue 16, your own data (common/data/user_data.py): dataset 'table' (CSV/Parquet),
+    # 'client-folders' (<client>.npz or <client>/<label>/*.png) or 'hf-disk' (save_to_disk)
+    client_column: str = _spec(_ANY, "")  # one client per value; "": split by `partition`
+    label_column: str = _spec(_ANY, "label")
+    feature_columns: str = _spec(_ANY, "")  # comma-separated; "": every other column
+    split_column: str = _spec(_ANY, "")  # 'train'/'test' per row; "": a seeded split per client
+    num_classes: int = _spec(_NONNEG_INT, 0)  # 0: from the data (largest label + 1)
+    input_shape: str = _spec(_SHAPE, "")  # e.g. "1,28,28"; "": from the data
     # model
     model: str = _spec(_one_of("mlp", "logreg", "cnn", "lstm"), "mlp")
     hidden_sizes: str = _spec(_INT_LIST, "40,40")
@@ -381,6 +399,36 @@ def _check_combinations(s: Settings) -> None:
         raise ConfigError("model", s.model, "'mlp' or 'logreg' for vector inputs")
     _check_attack(s)
     _check_privacy(s)
+    _check_user_data(s)
+
+
+def _check_user_data(s: Settings) -> None:
+    """issue 16: which clients a user's data can be split into (common/data/user_data.py)."""
+    if s.dataset not in USER_DATASETS:
+        if s.partition in FLOWER_ONLY_PARTITIONS:
+            raise ConfigError(
+                "partition", s.partition,
+                f"a partition of dataset '{s.dataset}' ('{s.partition}' is for dataset "
+                f"{', '.join(repr(d) for d in USER_DATASETS)})",
+            )  # fmt: skip
+        return
+    if s.partition == "perfedavg":
+        raise ConfigError("partition", s.partition, "'perfedavg' only with mnist/fashion-mnist")
+    if s.dataset == "client-folders" and s.partition != "natural":
+        raise ConfigError(
+            "partition", s.partition, "'natural' for dataset 'client-folders' (a file per client)"
+        )
+    if s.dataset != "client-folders" and (s.partition == "natural") != bool(s.client_column):
+        raise ConfigError(
+            "partition" if s.client_column else "client-column",
+            s.partition if s.client_column else s.client_column,
+            "'natural' when client-column names the clients (or clear client-column to "
+            "split the rows with this partition)"
+            if s.client_column
+            else "the column that names each row's client with partition 'natural' (or a "
+            "partition that splits the rows: dirichlet, pathological, iid, shard, linear, "
+            "square, exponential)",
+        )  # fmt: skip
 
 
 def _check_attack(s: Settings) -> None:
