@@ -46,6 +46,11 @@ def read_tables(data_path: str, columns: Columns) -> UserTable:
     for f in files:
         part, names = _read_file(f, columns)
         parts.append(part)
+    import pyarrow
+
+    # The Arrow tables are gone once their columns are numpy arrays, but Arrow's allocator
+    # keeps their pages: ~50 MiB of resident memory for a 22 MiB CSV until released here.
+    pyarrow.default_memory_pool().release_unused()
     return join_parts(parts, names, "line" if csv[0] else "row", 2 if csv[0] else 0)
 
 
@@ -152,5 +157,8 @@ def _client_ids(arrow, path: Path, columns: Columns) -> np.ndarray:
             f"{path}, row {row}: client column '{columns.client}' is empty; every row needs "
             "its client's id"
         )
-    ids = col.to_numpy(zero_copy_only=False)
-    return ids.astype(str) if ids.dtype == object else ids
+    if not _numeric(col):  # ids through Arrow's dictionary: no Python string per row
+        encoded = col.combine_chunks().dictionary_encode()
+        names = encoded.dictionary.to_numpy(zero_copy_only=False).astype(str)
+        return names[encoded.indices.to_numpy(zero_copy_only=False)]
+    return col.to_numpy(zero_copy_only=False)
