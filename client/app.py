@@ -269,6 +269,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         [rt.rng(got.server_round, EVALUATE_PURPOSE) for rt in cohort.ready],
         steps=(steps,), batch_size=s.batch_size, task=s.task, device=node.device,
         cohort_size=s.cohort_size, per_client_params=local, keep_params=bool(model_dir),
+        loss=s.loss,
     )  # fmt: skip
     for rt, result in zip(cohort.ready, results, strict=True):
         before, after = result.before, result.after
