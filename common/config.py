@@ -208,6 +208,11 @@ class Settings:
     secagg: bool = _spec(_BOOL, False)  # the server sees only the sum of the nodes' updates
     secagg_num_shares: float = _spec(_FRACTION, 1.0)  # key shares, fraction of the nodes
     secagg_threshold: float = _spec(_FRACTION, 0.7)  # shares to unmask, fraction of shares
+    # issue 18: unpredictable noise, accountant choice, distributed DP under SecAgg+
+    dp_reproducible_noise: bool = _spec(_BOOL, False)  # noise from the seed: NOT private
+    dp_accountant: str = _spec(_one_of("pld", "rdp"), "pld")  # how epsilon is computed
+    dp_mechanism: str = _spec(_one_of("central", "distributed"), "central")  # who adds noise
+    dp_tolerated_drops: int = _spec(_NONNEG_INT, 0)  # nodes that may drop with full noise
     # server optimizer
     server_optimizer: str = _spec(_one_of("sgd", "adam"), "adam")
     server_lr: float = _spec(_POS, 0.03)

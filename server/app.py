@@ -31,6 +31,7 @@ from server.delivery import send_and_receive
 from server.new_clients import evaluate_new_clients
 from server.nodes import NodeDirectory, cohort_size
 from server.privacy import (
+    NOT_PRIVATE,
     DPConfig,
     PrivacyBudgetExceeded,
     PrivacyState,
@@ -152,6 +153,8 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
             "noise-multiplier": strategy.privacy.noise_multiplier,
             "final-clip": strategy.privacy.clip,
         }
+        if strategy.dp.reproducible:  # loudly: this run's epsilon protects no one
+            last_eval["not-a-private-release"] = 1.0
     if not trained:
         raise TrainingFailed(
             f"no client update was accepted in rounds {start}..{settings.num_rounds} "
@@ -178,6 +181,8 @@ def _start_privacy(
         state.noise_multiplier, state.clip, expected, population, q, settings.num_rounds,
         planned, dp.delta,
     )  # fmt: skip
+    if dp.reproducible:
+        log(WARNING, "DP: %s; epsilon does not hold against anyone who knows the seed", NOT_PRIVATE)
     return state
 
 

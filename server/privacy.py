@@ -22,6 +22,15 @@ sampling rate q_t (each client joins round t independently with probability q_t 
 server/nodes.py) and noise multiplier z, under add-or-remove-one-client neighbouring. The
 RDP accountant of Google's ``dp-accounting`` computes epsilon at delta from that list of
 events (:class:`PrivacyLedger`), which is what the checkpoint stores and a resume replays.
+
+Unpredictable noise: the Gaussian noise and the Poisson sample are drawn from a 128-bit key
+of OS entropy (``secrets``) drawn once per run, never from the experiment seed, which is
+written next to the model: anyone who knew the seed could subtract seeded noise and read
+the exact clipped mean, and would know who was sampled, which removes the amplification by
+sampling that the accountant counts on. The key lives only in the checkpoint (the server's
+own state, never released), so a resumed run draws exactly the noise the uninterrupted run
+would have. ``dp-reproducible-noise = true`` uses the seed instead, for tests and
+benchmarks, and every report of such a run says it is not a private release.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -45,7 +55,22 @@ if TYPE_CHECKING:
     from dp_accounting import dp_event
 
 NamedArrays = dict[str, np.ndarray]
-NOISE_PURPOSE = 2  # rng stream (seed, round, purpose) of the server's DP noise
+NOISE_PURPOSE = 2  # rng stream (noise key, round, purpose) of the server's DP noise
+SAMPLE_PURPOSE = 0  # rng stream (noise key, round, purpose) of DP's Poisson sample
+NOISE_KEY_BITS = 128
+NOT_PRIVATE = (
+    "dp-reproducible-noise = true: noise and sample drawn from the seed, not a private release"
+)
+
+
+def fresh_noise_key() -> int:
+    """A key no one can predict: 128 bits of the operating system's entropy."""
+    return secrets.randbits(NOISE_KEY_BITS)
+
+
+def noise_rng(key: int, server_round: int, purpose: int) -> np.random.Generator:
+    """The generator of one round's DP randomness (noise or sample) from the run's key."""
+    return np.random.default_rng([key, server_round, purpose])
 
 
 class PrivacyBudgetExceeded(ConfigError):
@@ -61,12 +86,14 @@ class DPConfig:
     quantile: float  # g
     clip_lr: float  # eta_C
     count_stddev: float  # s_b; 0: k / 20 (Andrew et al.'s choice, Flower's default)
+    reproducible: bool = False  # noise key = the seed: NOT a private release
 
     @classmethod
     def from_settings(cls, s: Settings) -> DPConfig:
         return cls(
             s.dp_noise_multiplier, s.dp_delta, s.target_epsilon, s.dp_adaptive,
             s.dp_target_quantile, s.dp_clip_lr, s.dp_clipped_count_stddev,
+            s.dp_reproducible_noise,
         )  # fmt: skip
 
 
@@ -184,18 +211,24 @@ class PrivacyState:
     clip: float  # C for the next round
     noise_multiplier: float  # z in use (configured or calibrated)
     ledger: PrivacyLedger = field(default_factory=PrivacyLedger)
+    # seeds the noise and the Poisson sample (fresh_noise_key); secret, like the updates
+    noise_key: int = 0
 
     def to_json(self) -> dict:
         return {
             "clip": self.clip,
             "noise-multiplier": self.noise_multiplier,
             "ledger": [list(r) for r in self.ledger.runs],
+            "noise-key": format(self.noise_key, "x"),
         }
 
     @classmethod
     def from_json(cls, obj: Mapping) -> PrivacyState:
         runs = tuple((float(q), float(z), int(n)) for q, z, n in obj["ledger"])
-        return cls(float(obj["clip"]), float(obj["noise-multiplier"]), PrivacyLedger(runs))
+        # a checkpoint written before the key was kept drew its noise from the seed; the
+        # rounds still to run get a fresh, unpredictable key
+        key = int(obj["noise-key"], 16) if "noise-key" in obj else fresh_noise_key()
+        return cls(float(obj["clip"]), float(obj["noise-multiplier"]), PrivacyLedger(runs), key)
 
 
 def noise_split(cfg: DPConfig, z: float, expected: int) -> tuple[float, float]:
@@ -264,7 +297,8 @@ def start_state(
         z = cfg.noise_multiplier
         if z == 0 and cfg.target_epsilon:
             z = calibrate_noise(cfg.target_epsilon, q, settings.num_rounds, cfg.delta)
-        state = PrivacyState(settings.dp_clip, z)
+        key = settings.seed if cfg.reproducible else fresh_noise_key()
+        state = PrivacyState(settings.dp_clip, z, PrivacyLedger(), key)
     noise_split(cfg, state.noise_multiplier, expected)  # a bad s_b fails now, not in round 1
     remaining = max(settings.num_rounds - state.ledger.rounds, 0)
     planned = check_budget(state.ledger, q, state.noise_multiplier, remaining, cfg)

@@ -13,12 +13,15 @@ from dp_accounting.rdp import rdp_privacy_accountant
 
 from common.config import parse_settings
 from server.privacy import (
+    NOISE_PURPOSE,
     DPConfig,
     PrivacyBudgetExceeded,
     PrivacyLedger,
     PrivacyState,
     calibrate_noise,
     check_budget,
+    fresh_noise_key,
+    noise_rng,
     noise_split,
     private_mean,
     start_state,
@@ -143,3 +146,24 @@ def test_a_run_without_dp_never_imports_dp_accounting():
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_noise_key_survives_the_checkpoint_and_an_old_checkpoint_gets_a_fresh_one():
+    state = PrivacyState(0.5, 1.1, PrivacyLedger().add(0.1, 1.1, 3), fresh_noise_key())
+    assert PrivacyState.from_json(state.to_json()) == state
+    old = {k: v for k, v in state.to_json().items() if k != "noise-key"}
+    keys = {PrivacyState.from_json(old).noise_key for _ in range(2)}
+    assert len(keys) == 2 and state.noise_key not in keys
+
+
+def test_a_fresh_run_draws_its_key_from_os_entropy_unless_reproducible():
+    settings = parse_settings(DP | {"dp-noise-multiplier": 1.0, "seed": 5})
+    cfg = DPConfig.from_settings(settings)
+    keys = {start_state(settings, cfg, 0.1, 10, None)[0].noise_key for _ in range(3)}
+    assert len(keys) == 3 and 5 not in keys
+    labelled = parse_settings(DP | {"dp-noise-multiplier": 1.0, "seed": 5,
+                                    "dp-reproducible-noise": True})  # fmt: skip
+    state, _ = start_state(labelled, DPConfig.from_settings(labelled), 0.1, 10, None)
+    assert state.noise_key == 5
+    first = noise_rng(state.noise_key, 1, NOISE_PURPOSE).normal(size=4)
+    np.testing.assert_array_equal(first, np.random.default_rng([5, 1, 2]).normal(size=4))
