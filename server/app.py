@@ -36,6 +36,7 @@ from server.privacy import (
     PrivacyBudgetExceeded,
     PrivacyState,
     check_budget,
+    check_delta,
     start_state,
 )  # fmt: skip
 from server.run_folder import Checkpoint, RunFolder, check_matches
@@ -171,6 +172,7 @@ def _start_privacy(
 
     The sampling rate q = k / N needs N, the clients on the nodes connected now."""
     population = len(nodes.wait())
+    check_delta(dp.delta, population)
     expected = cohort_size(population, settings.fraction_train)
     q = expected / population
     state, planned = start_state(settings, dp, q, expected, saved)

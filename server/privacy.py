@@ -283,6 +283,18 @@ def private_mean(
     return PrivateRound(delta, state.clip, next_clip, std, float(fraction))
 
 
+def check_delta(delta: float, population: int) -> None:
+    """Refuse delta >= 1/N: a mechanism that publishes one of N clients' data in the clear
+    is (0, 1/N)-DP, so such a delta makes any epsilon meaningless."""
+    if delta * population >= 1:
+        raise ConfigError(
+            "dp-delta", delta,
+            f"below 1/N = {1 / population:.3g}, N = {population} clients that can be sampled "
+            "(delta >= 1/N allows releasing a client's data in the clear); 1/N^1.1 or less "
+            "is usual",
+        )  # fmt: skip
+
+
 def start_state(
     settings: Settings, cfg: DPConfig, q: float, expected: int, saved: PrivacyState | None
 ) -> tuple[PrivacyState, float]:

@@ -112,6 +112,15 @@ def test_target_epsilon_refuses_the_run_before_round_1(tmp_path):
     assert not (tmp_path / "run" / "checkpoint.npz").exists()
 
 
+def test_a_delta_of_one_over_n_or_more_is_refused_at_start_up(tmp_path):
+    # 3 nodes x 4 clients: N = 12, 1/N = 0.083
+    config = DP_NOISE | {"dp-delta": 0.1, "run-dir": str(tmp_path / "run")}
+    with pytest.raises(ConfigError, match="'dp-delta'.*N = 12 clients"):
+        run_in_loop(config, NODES)
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+    run_in_loop(config | {"dp-delta": 0.05, "num-rounds": 1}, NODES)  # below 1/12: runs
+
+
 def test_a_resumed_dp_run_continues_the_accountant_and_the_clip(tmp_path):
     dp = FAST | {"dp": True, "dp-clip": CLIP, "dp-noise-multiplier": 1.0, "dp-adaptive": True,
                  "dp-clipped-count-stddev": 1.0, "num-rounds": 4,
