@@ -149,7 +149,7 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
         last_eval["stopped-after-round"] = stopped
     if strategy.privacy is not None and strategy.dp is not None:
         last_eval |= {
-            "epsilon": strategy.privacy.ledger.epsilon(strategy.dp.delta),
+            "epsilon": strategy.privacy.ledger.epsilon(strategy.dp.delta, strategy.dp.accountant),
             "delta": strategy.dp.delta,
             "noise-multiplier": strategy.privacy.noise_multiplier,
             "final-clip": strategy.privacy.clip,

@@ -413,7 +413,8 @@ class MetaStrategy(FedAvg):
         ledger = self.privacy.ledger.add(q, z)
         self.privacy = replace(self.privacy, clip=release.next_clip, ledger=ledger)
         self.report.privacy |= {
-            "epsilon": ledger.epsilon(self.dp.delta), "delta": self.dp.delta,
+            "epsilon": ledger.epsilon(self.dp.delta, self.dp.accountant),
+            "accountant": self.dp.accountant, "delta": self.dp.delta,
             "q": q, "expected-clients": expected, "noise-multiplier": z,
             "noise-std": release.noise_std, "clip": release.clip,
             "next-clip": release.next_clip, "unclipped-fraction": release.unclipped_fraction,
