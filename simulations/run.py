@@ -298,6 +298,7 @@ def _run_on_engine(link: SuperLink, exp: Experiment, cell: Cell, state: str, tag
     t = time.monotonic()
     lines: list[str] = []
     with (run_dir / "flwr.log").open("a") as log:
+        log.write(f"{link.ray.describe()}\n")  # which Ray ran it, beside what it printed
         proc = link.start_run(
             _config(cell, state), exp.num_supernodes, exp.cpus_per_client, exp.gpus_per_client
         )
