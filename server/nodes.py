@@ -18,6 +18,7 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from common.messages import read_identity
 from server.delivery import send_and_receive
 
 
@@ -106,9 +107,7 @@ class NodeDirectory:
             if reply.has_error():
                 log(WARNING, "node %d did not say its partition: %s", node, reply.error.reason)
                 continue
-            identity = reply.content["identity"]
-            hosted = identity.get("partitions", [identity["partition-id"]])
-            self._partitions[node] = tuple(int(p) for p in hosted)  # type: ignore[union-attr]
+            self._partitions[node] = tuple(read_identity(reply.content))
         log(
             INFO,
             "asked %d node(s) for their partition in %.1f s",
