@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Message, MessageType
 
 from client.app import app as client_app
+from common import messages
 from common.arrays import from_record, to_record
 from simulations.loop import LoopGrid
 
@@ -31,11 +32,14 @@ def ask(
     server_round: int = 1,
     clients: list[int] | None = None,
 ) -> Message:
-    """Send ``state`` to node ``node_id`` (1-based) as a train or evaluate message."""
-    config: dict[str, Any] = {"server-round": server_round}
-    if clients is not None:
-        config["clients"] = clients
-    content = RecordDict({"arrays": to_record(dict(state)), "config": ConfigRecord(config)})
+    """Send ``state`` to node ``node_id`` (1-based) as a train or evaluate message; with
+    ``clients`` None the node is asked for every client it hosts."""
+    hosted = grid.contexts[node_id].node_config  # partition-id i of n nodes
+    if clients is None:
+        per_node = int(grid.contexts[node_id].run_config.get("clients-per-node", 1))
+        first = int(hosted["partition-id"]) * per_node
+        clients = list(range(first, first + per_node))
+    content = messages.write_instruction(to_record(dict(state)), server_round, clients)
     msg = Message(content=content, dst_node_id=node_id, message_type=kind)
     (reply,) = grid.send_and_receive([msg])
     if reply.has_error():
@@ -53,12 +57,10 @@ def evaluate(grid: LoopGrid, node_id: int, state: Mapping[str, np.ndarray], **kw
 
 def metric(reply: Message, key: str) -> list:
     """One per-client column of a reply's metrics (a list, in the reply's client order)."""
-    (record,) = reply.content.metric_records.values()
-    value = record[key]
+    value = reply.content.metric_records[messages.METRICS][key]
     return list(value) if isinstance(value, list) else [value]
 
 
 def updates(reply: Message) -> dict[str, np.ndarray]:
     """The stacked per-client updates of a train reply (its one ArrayRecord)."""
-    (record,) = reply.content.array_records.values()
-    return from_record(record)
+    return from_record(messages.reply_updates(reply.content))

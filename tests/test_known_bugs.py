@@ -26,6 +26,7 @@ from torch.func import functional_call
 from client.app import EVALUATE_PURPOSE, TRAIN_PURPOSE
 from client.runtime import node_runtime
 from client.train import train_cohort
+from common import messages
 from common.arrays import join_state, split_state
 from common.config import MetaOrder, Task, parse_settings
 from common.data.registry import load_client_data
@@ -95,7 +96,7 @@ def test_a_clients_reported_accuracy_is_its_test_splits_share_of_correct_argmaxe
     right = (logits.argmax(1).numpy() == data.y_test).mean()
     wrong = (logits.argmin(1).numpy() == data.y_test).mean()
     assert abs(right - wrong) > 0.05  # the two metrics are told apart at this tolerance
-    assert node_probe.metric(reply, "acc-before") == [pytest.approx(right, abs=1e-6)]
+    assert node_probe.metric(reply, messages.ACC_BEFORE) == [pytest.approx(right, abs=1e-6)]
 
 
 # ---- 2. weights: the train split's size --------------------------------------------------
@@ -108,10 +109,10 @@ def test_a_train_reply_counts_each_clients_training_examples_not_its_test_exampl
     grid = node_probe.node_grid(config, 2)
     for node in (1, 2):
         reply = node_probe.train(grid, node, initial_state(settings))
-        pids = node_probe.metric(reply, "partition-id")
+        pids = node_probe.metric(reply, messages.PARTITION_ID)
         sizes = [load_client_data(settings, p, 4) for p in pids]
         assert [d.num_train for d in sizes] != [d.num_test for d in sizes]
-        assert node_probe.metric(reply, "num-examples") == [len(d.x_train) for d in sizes]
+        assert node_probe.metric(reply, messages.NUM_EXAMPLES) == [len(d.x_train) for d in sizes]
 
 
 # ---- 3. Meta-SGD evaluates with its learned alpha -----------------------------------------
@@ -142,7 +143,7 @@ def test_metasgd_evaluation_adapts_with_the_learned_alpha_it_receives():
     with_alpha = after(_tensors(alpha))
     with_inner_lr = after(dict.fromkeys(theta, settings.inner_lr))
     assert abs(with_alpha - with_inner_lr) > 1e-2 * with_alpha  # alpha moves the score
-    assert node_probe.metric(reply, "loss-after") == [pytest.approx(with_alpha, rel=1e-4)]
+    assert node_probe.metric(reply, messages.LOSS_AFTER) == [pytest.approx(with_alpha, rel=1e-4)]
 
 
 # ---- 4. RNG streams: training and evaluation draw independently ---------------------------
@@ -332,5 +333,7 @@ def test_evaluation_scores_the_cohort_with_the_evaluation_stream():
         )  # fmt: skip
         return result.after.loss
 
-    assert node_probe.metric(reply, "loss-after") == [pytest.approx(loss_after(EVALUATE_PURPOSE))]
+    assert node_probe.metric(reply, messages.LOSS_AFTER) == [
+        pytest.approx(loss_after(EVALUATE_PURPOSE))
+    ]
     assert loss_after(TRAIN_PURPOSE) != pytest.approx(loss_after(EVALUATE_PURPOSE))

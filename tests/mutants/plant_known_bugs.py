@@ -52,8 +52,8 @@ BUGS = (
     Bug(
         "weights-by-test-size",
         "client/app.py",
-        '            values[rt.partition_id]["num-examples"] = rt.data.num_train',
-        '            values[rt.partition_id]["num-examples"] = rt.data.num_test',
+        "            values[rt.partition_id][NUM_EXAMPLES] = rt.data.num_train",
+        "            values[rt.partition_id][NUM_EXAMPLES] = rt.data.num_test",
         (KNOWN_BUGS_TESTS,),
     ),
     Bug(
