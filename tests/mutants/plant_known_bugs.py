@@ -1,6 +1,7 @@
 """Plant each known bug, one at a time, in a copy of the tree and show which fast tests fail.
 
-Issue 21 listed six plausible bugs that once passed every test. This script copies the
+Issue 21 listed six plausible bugs that once passed every test (the first six below), and
+inner-step sign flips that only a closed-form test caught (the last two). This script copies the
 checkout (tracked and untracked, not ignored, files) into a temporary folder, swaps exactly
 one source line for its buggy version, runs the fast tests that guard it in that copy, and
 prints the tests that failed. The working tree is never touched.
@@ -10,7 +11,7 @@ script stops with an error, so a refactor that moves the code is noticed instead
 silently planting nothing. First it runs the same tests on the unpatched copy: they must
 pass, or a "caught" bug would prove nothing.
 
-    python tests/mutants/plant_known_bugs.py            # all six, about a minute
+    python tests/mutants/plant_known_bugs.py            # all eight, ~3 min on 2 busy cores
     python tests/mutants/plant_known_bugs.py --only argmin-accuracy
 
 Exit status 0 when every bug makes at least one test fail, 1 otherwise.
@@ -84,6 +85,24 @@ BUGS = (
         "        first_loss = loss if first_loss is None else first_loss",
         "        first_loss = loss",
         (KNOWN_BUGS_TESTS, "tests/common/test_meta.py", "tests/client/test_train.py"),
+    ),
+    # Issue 21 also found that the finite-difference tests differentiate the project's own
+    # adapt(), so flipping the inner step's sign passed them; the hand-written references
+    # of tests/common/test_independent_refs.py must catch it on their own.
+    Bug(
+        "inner-step-sign",
+        "common/meta.py",
+        "        adapted = sgd_step(adapted, grads if create_graph else _detached(grads), lr)",
+        "        adapted = sgd_step(adapted, {n: -g for n, g in "
+        "(grads if create_graph else _detached(grads)).items()}, lr)",
+        ("tests/common/test_independent_refs.py",),
+    ),
+    Bug(
+        "hessian-free-inner-step-sign",
+        "common/meta.py",
+        "    adapted = sgd_step(theta, g_support, lr)",
+        "    adapted = sgd_step(theta, {n: -g for n, g in g_support.items()}, lr)",
+        ("tests/common/test_independent_refs.py",),
     ),
 )
 
