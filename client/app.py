@@ -108,10 +108,7 @@ def _cohort(node: NodeRuntime, clients: list[int]) -> Cohort:
     order = list(dict.fromkeys(clients))  # a repeated id is served once
     for pid in order:
         if pid not in node.partitions:
-            skipped[pid] = (
-                f"partition {pid} is not hosted by this node (it hosts "
-                f"{node.partitions.start}..{node.partitions.stop - 1})"
-            )
+            skipped[pid] = f"partition {pid} is not hosted by this node (it hosts {node.hosted})"
             continue
         rt = node.client(pid)
         if reason := rt.too_small_reason:
