@@ -40,7 +40,12 @@ def toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, int | float):
         return repr(v)
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    text = str(v)
+    if '"' in text and "'" not in text and "\n" not in text:
+        # a TOML literal string: Flower's --run-config parser rejects \" inside "..."
+        # (issue 16: model-args is JSON, '{"hidden": 8}')
+        return "'" + text + "'"
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def run_config_arg(overrides: Mapping[str, Any]) -> str:
