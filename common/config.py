@@ -541,6 +541,37 @@ class Settings:
     secagg_threshold: float = _spec(
         _FRACTION, 0.7, "privacy", "SecAgg+ shares needed to unmask, as a fraction of the shares"
     )
+    # issue 18: unpredictable noise, accountant choice, distributed DP under SecAgg+
+    dp_reproducible_noise: bool = _spec(
+        _BOOL,
+        False,
+        "privacy",
+        (
+            "**not a private release**: noise and DP sampling drawn from `seed` (tests, "
+            "benchmarks); by default they come from OS entropy, kept only in the checkpoint"
+        ),
+    )
+    dp_accountant: str = _spec(
+        _one_of("pld", "rdp"),
+        "pld",
+        "privacy",
+        "how ε is computed: pld (privacy loss distributions, tighter) or rdp (Rényi DP)",
+    )
+    dp_mechanism: str = _spec(
+        _one_of("central", "distributed"),
+        "central",
+        "privacy",
+        (
+            "central (the server adds Gaussian noise) or distributed (each node adds discrete "
+            "Gaussian noise before SecAgg+ masks its sum; needs `secagg`)"
+        ),
+    )
+    dp_tolerated_drops: int = _spec(
+        _NONNEG_INT,
+        0,
+        "privacy",
+        "distributed: nodes that may drop out of a round with the full noise still in the sum",
+    )
     server_optimizer: str = _spec(
         _one_of("sgd", "adam"),
         "adam",
@@ -841,12 +872,58 @@ def _check_attack(s: Settings) -> None:
         )  # fmt: skip
 
 
+# Keys that mean something only with dp = true (dp-clip also serves secagg = true alone).
+DP_ONLY_KEYS = (
+    "dp-noise-multiplier", "dp-adaptive", "dp-target-quantile", "dp-clip-lr",
+    "dp-clipped-count-stddev", "dp-delta", "target-epsilon", "dp-reproducible-noise",
+    "dp-accountant", "dp-mechanism", "dp-tolerated-drops",
+)  # fmt: skip
+
+
+def _check_dp_keys(s: Settings) -> None:
+    """A DP key set without what it belongs to would be silently ignored: no DP, no warning,
+    and a reader of the config would believe the run private. Refuse it instead."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    if not s.dp:
+        for key in DP_ONLY_KEYS + (() if s.secagg else ("dp-clip",)):
+            name = key.replace("-", "_")
+            if getattr(s, name) != defaults[name]:
+                raise ConfigError(
+                    key, getattr(s, name),
+                    f"its default {defaults[name]!r} unless dp = true: without dp it does "
+                    "nothing and the run has no differential privacy",
+                )  # fmt: skip
+        return
+    if s.dp_clipped_count_stddev and not s.dp_adaptive:
+        raise ConfigError(
+            "dp-clipped-count-stddev", s.dp_clipped_count_stddev,
+            "0 unless dp-adaptive = true: it is the noise on the clipped count that only "
+            "adaptive clipping releases",
+        )  # fmt: skip
+    distributed = s.dp_mechanism == "distributed"
+    if distributed and not s.secagg:
+        raise ConfigError(
+            "dp-mechanism", s.dp_mechanism,
+            "'central' unless secagg = true: distributed noise is private only because "
+            "SecAgg+ hides each node's noised sum",
+        )  # fmt: skip
+    if distributed and s.dp_adaptive:
+        raise ConfigError(
+            "dp-adaptive", s.dp_adaptive,
+            "false with dp-mechanism = 'distributed': the clipped count would need its own "
+            "distributed noise",
+        )  # fmt: skip
+    if s.dp_tolerated_drops and not distributed:
+        raise ConfigError(
+            "dp-tolerated-drops", s.dp_tolerated_drops,
+            "0 unless dp-mechanism = 'distributed' (with central DP the server adds all noise)",
+        )  # fmt: skip
+
+
 def _check_privacy(s: Settings) -> None:
     """DP and SecAgg+ need a client-side clip bound and the plain, unweighted sum."""
+    _check_dp_keys(s)
     if not (s.dp or s.secagg):
-        for key in ("dp-adaptive", "target-epsilon"):
-            if getattr(s, key.replace("-", "_")):
-                raise ConfigError(key, getattr(s, key.replace("-", "_")), "unset without dp = true")
         return
     what = "dp = true" if s.dp else "secagg = true"
     if s.dp_clip <= 0:
@@ -885,10 +962,6 @@ def _check_privacy(s: Settings) -> None:
             "at least 2 with secagg = true: SecAgg+ masks each node's sum with its "
             "neighbours' keys, so a single node's sum would be its own",
         )  # fmt: skip
-    if s.dp_adaptive and not s.dp:
-        raise ConfigError("dp-adaptive", s.dp_adaptive, "false unless dp = true")
-    if s.target_epsilon and not s.dp:
-        raise ConfigError("target-epsilon", s.target_epsilon, "0 unless dp = true")
 
 
 OMNIGLOT_DRAWERS = 20  # drawings per Omniglot character
