@@ -41,11 +41,16 @@ def toml_value(v: Any) -> str:
     if isinstance(v, int | float):
         return repr(v)
     text = str(v)
-    if '"' in text and "'" not in text and "\n" not in text:
-        # a TOML literal string: Flower's --run-config parser rejects \" inside "..."
-        # (issue 16: model-args is JSON, '{"hidden": 8}')
-        return "'" + text + "'"
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if '"' in text:
+        # Flower splits the pairs with a regex that ends a "..." value at the first quote,
+        # escaped or not; a literal '...' string carries JSON such as model-args instead.
+        if "'" in text or "\n" in text:
+            raise ValueError(
+                f"{text!r} holds both quote kinds (or a newline): Flower's --run-config and "
+                "--node-config cannot carry it; drop one kind of quote"
+            )
+        return f"'{text}'"
+    return '"' + text.replace("\\", "\\\\") + '"'
 
 
 def run_config_arg(overrides: Mapping[str, Any]) -> str:
