@@ -140,8 +140,12 @@ def noised_node_reply(
     no count, no drop and no metric, which would tell the server who was sampled."""
     sizes = [int(np.prod(np.shape(updates[k])[1:])) for k in keys]
     flat = np.concatenate(
-        [np.asarray(updates[k], np.float64)[rows].reshape(len(rows), -1) for k in keys], axis=1
-    )
+        [
+            np.asarray(updates[k], np.float64)[rows].reshape(len(rows), size)
+            for k, size in zip(keys, sizes, strict=True)
+        ],
+        axis=1,
+    )  # (clients, d); a node none of whose clients was sampled has no rows
     x = noised_node_sum(flat, noise, rng).astype(np.float64)
     parts = np.split(x * (2 / noise.modulus) - 1, np.cumsum(sizes)[:-1])
     arrays = [p.reshape(np.shape(updates[k])[1:]) for p, k in zip(parts, keys, strict=True)]
