@@ -10,7 +10,8 @@ string literal anywhere else.
       ARRAYS: ArrayRecord   theta (+ Meta-SGD's alpha, common/arrays.py ALPHA_PREFIX)
       CONFIG: ConfigRecord  SERVER_ROUND int, CLIENTS list[int] (partition ids asked of
                             this node), CLIP float (train, when DP/SecAgg+ clip), FINAL bool
-                            (evaluate: the final round scores every client)
+                            (evaluate: the final round scores every client), CODE str (the
+                            ServerApp's code fingerprint, common/fingerprint.py)
     }
 
 **Reply** (node -> server), per-client lists in the order of ``PARTITION_ID``::
@@ -24,8 +25,9 @@ string literal anywhere else.
       UPDATES: ArrayRecord   train only: every client's update stacked on a leading axis
     }
 
-**Identity** (node -> server, a ``query`` at start-up): ``IDENTITY: MetricRecord
-{PARTITION_ID: int, PARTITIONS: list[int]}``, the clients the node hosts.
+**Identity** (node -> server, a ``query`` at start-up, whose ``CONFIG`` holds CODE):
+``IDENTITY: MetricRecord {PARTITION_ID: int, PARTITIONS: list[int]}``, the clients the
+node hosts.
 
 **SecAgg+ rounds** speak Flower's legacy FitIns/FitRes instead (client/secagg.py,
 server/secagg.py): the FitIns config holds SERVER_ROUND, CLIP, STATE_KEYS (the names of its
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from common.arrays import UpdateRejected
+from common.fingerprint import code_fingerprint
 
 # ---- instruction --------------------------------------------------------------------
 ARRAYS = "arrays"
@@ -49,6 +52,7 @@ SERVER_ROUND = "server-round"
 CLIENTS = "clients"
 CLIP = "dp-clip"
 FINAL = "final"
+CODE = "code"  # issue 20: the sender's code fingerprint; a worker with other code refuses
 
 # ---- reply ----------------------------------------------------------------------------
 METRICS = "metrics"
@@ -80,6 +84,7 @@ class Instruction:
     clients: list[int] | None  # partition ids asked of this node; None: every hosted one
     clip: float  # C every client clips its update to (DP, SecAgg+); 0: no clipping
     final: bool
+    code: str = ""  # the ServerApp's code fingerprint ("": not stamped, not checked)
 
 
 def write_instruction(
@@ -88,6 +93,7 @@ def write_instruction(
 ) -> RecordDict:  # fmt: skip
     """A train/evaluate message's content (``config`` adds e.g. FINAL)."""
     values = {**dict(config or {}), SERVER_ROUND: server_round, CLIENTS: list(clients)}
+    values[CODE] = code_fingerprint()
     if clip:
         values[CLIP] = clip
     return RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord(values)})
@@ -105,6 +111,7 @@ def instruction_of(config: Mapping) -> Instruction:
         clients=None if clients is None else [int(c) for c in clients],
         clip=float(config.get(CLIP, 0.0)),
         final=bool(config.get(FINAL, False)),
+        code=str(config.get(CODE, "")),
     )
 
 
@@ -198,6 +205,17 @@ def reply_updates(content: RecordDict) -> ArrayRecord:
     if record is None:
         raise UpdateRejected(f"reply has no '{UPDATES}' ArrayRecord")
     return record
+
+
+def write_query() -> RecordDict:
+    """The identity query's content: the ServerApp's code fingerprint, for the node to check."""
+    return RecordDict({CONFIG: ConfigRecord({CODE: code_fingerprint()})})
+
+
+def query_code(content: RecordDict) -> str:
+    """The code fingerprint a query carries ("" from a sender that stamps none)."""
+    config = content.config_records.get(CONFIG)
+    return str(config.get(CODE, "")) if config is not None else ""
 
 
 def write_identity(node_partition: int, partitions: Sequence[int]) -> RecordDict:

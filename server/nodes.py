@@ -14,11 +14,11 @@ import time
 from logging import INFO, WARNING
 
 import numpy as np
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from common.messages import read_identity
+from common.messages import read_identity, write_query
 from server.delivery import send_and_receive
 
 
@@ -99,7 +99,7 @@ class NodeDirectory:
             return
         t0 = time.monotonic()
         queries = [
-            Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown
+            Message(write_query(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown
         ]
         replies = send_and_receive(self.grid, queries, timeout=self.query_timeout)
         for reply in replies:

@@ -18,7 +18,9 @@ def test_instruction_round_trip():
     arrays = ArrayRecord({"w": __import__("flwr").app.Array(np.ones(3, np.float32))})
     content = m.write_instruction(arrays, 7, [3, 1], clip=0.5, config=ConfigRecord({m.FINAL: True}))
     got_arrays, got = m.read_instruction(content)
-    assert got == m.Instruction(server_round=7, clients=[3, 1], clip=0.5, final=True)
+    assert got == m.Instruction(
+        server_round=7, clients=[3, 1], clip=0.5, final=True, code=m.code_fingerprint()
+    )  # every instruction carries the ServerApp's code fingerprint (issue 20)
     assert list(got_arrays) == ["w"]
     _, plain = m.read_instruction(m.write_instruction(arrays, 2, [4]))
     assert plain.clip == 0.0 and plain.final is False and plain.clients == [4]
