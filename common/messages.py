@@ -27,7 +27,8 @@ string literal anywhere else.
 
 **Identity** (node -> server, a ``query`` at start-up, whose ``CONFIG`` holds CODE):
 ``IDENTITY: MetricRecord {PARTITION_ID: int, PARTITIONS: list[int]}``, the clients the
-node hosts.
+node hosts; a contiguous block of them as ``HOSTED_START``, ``HOSTED_STOP`` (a range, so a
+node hosting 500,000 clients does not send their list).
 
 **SecAgg+ rounds** speak Flower's legacy FitIns/FitRes instead (client/secagg.py,
 server/secagg.py): the FitIns config holds SERVER_ROUND, CLIP, STATE_KEYS (the names of its
@@ -74,6 +75,7 @@ SUM_PREFIX = "sum/"
 # ---- identity -------------------------------------------------------------------------
 IDENTITY = "identity"
 PARTITIONS = "partitions"
+HOSTED_START, HOSTED_STOP = "hosted-start", "hosted-stop"  # issue 20: range(start, stop)
 
 
 @dataclass(frozen=True)
@@ -219,12 +221,17 @@ def query_code(content: RecordDict) -> str:
 
 
 def write_identity(node_partition: int, partitions: Sequence[int]) -> RecordDict:
-    content = MetricRecord({PARTITION_ID: node_partition, PARTITIONS: list(partitions)})
-    return RecordDict({IDENTITY: content})
+    if isinstance(partitions, range) and partitions.step == 1:
+        hosted = {HOSTED_START: partitions.start, HOSTED_STOP: partitions.stop}
+    else:
+        hosted = {PARTITIONS: list(partitions)}
+    return RecordDict({IDENTITY: MetricRecord({PARTITION_ID: node_partition, **hosted})})
 
 
-def read_identity(content: RecordDict) -> list[int]:
-    """The partitions a node hosts, from its identity reply."""
+def read_identity(content: RecordDict) -> Sequence[int]:
+    """The partitions a node hosts, from its identity reply (a range when contiguous)."""
     identity = content[IDENTITY]
+    if HOSTED_START in identity:
+        return range(int(identity[HOSTED_START]), int(identity[HOSTED_STOP]))  # type: ignore[arg-type]
     hosted = identity.get(PARTITIONS, [identity[PARTITION_ID]])
-    return [int(p) for p in hosted]
+    return [int(p) for p in hosted]  # type: ignore[union-attr]

@@ -61,7 +61,9 @@ def test_unreadable_reply_is_rejected_as_a_whole(broken):
 
 
 def test_identity_round_trip():
-    assert m.read_identity(m.write_identity(2, range(20, 30))) == list(range(20, 30))
+    assert list(m.read_identity(m.write_identity(2, range(20, 30)))) == list(range(20, 30))
+    assert m.read_identity(m.write_identity(2, [7, 3])) == [7, 3]  # not contiguous: a list
+    assert m.read_identity(m.write_identity(0, range(10**6))) == range(10**6)  # no list
 
 
 # Keys that only the contract may spell (some others, e.g. "partition-id", are also Flower's
