@@ -46,7 +46,7 @@ class Clients(Sequence[tuple[int, int]]):
         )
         if contiguous:
             self._starts = np.array([b[2].start for b in blocks], dtype=np.int64)
-            self._nodes = np.array([b[1] for b in blocks], dtype=np.int64)
+            self._nodes = [b[1] for b in blocks]  # Flower's node ids are uint64: not int64
             self._ends = np.cumsum([len(b[2]) for b in blocks], dtype=np.int64)
             self._flat: list[tuple[int, int]] | None = None
         else:
@@ -65,15 +65,15 @@ class Clients(Sequence[tuple[int, int]]):
             return [self[j] for j in range(*i.indices(len(self)))]
         if not -len(self) <= i < len(self):
             raise IndexError(i)
-        parts, nodes = self._locate(np.array([i % len(self)]))
-        return int(parts[0]), int(nodes[0])
+        parts, blocks = self._locate(np.array([i % len(self)]))
+        return int(parts[0]), self._nodes[int(blocks[0])]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self._flat is not None:
             yield from self._flat
             return
         for start, node, end, before in zip(
-            self._starts.tolist(), self._nodes.tolist(), self._ends.tolist(),
+            self._starts.tolist(), self._nodes, self._ends.tolist(),
             [0, *self._ends.tolist()[:-1]], strict=True,
         ):  # fmt: skip
             yield from ((p, node) for p in range(start, start + end - before))
@@ -82,10 +82,11 @@ class Clients(Sequence[tuple[int, int]]):
         return isinstance(other, Sequence) and list(self) == list(other)
 
     def _locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Partitions and node ids of clients at ``indices`` (positions by partition)."""
+        """Partitions, and blocks (nodes), of the clients at ``indices`` (positions by
+        partition)."""
         block = np.searchsorted(self._ends, indices, side="right")
         before = np.where(block > 0, self._ends[block - 1], 0)
-        return self._starts[block] + (indices - before), self._nodes[block]
+        return self._starts[block] + (indices - before), block
 
     def by_node(self, indices: Iterable[int]) -> dict[int, list[int]]:
         """The clients at ``indices``, grouped by node: node id -> partitions, ascending."""
@@ -93,8 +94,9 @@ class Clients(Sequence[tuple[int, int]]):
         if self._flat is not None:
             pairs = [self._flat[i] for i in picked]
         else:
-            parts, nodes = self._locate(picked)
-            pairs = list(zip(parts.tolist(), nodes.tolist(), strict=True))
+            parts, blocks = self._locate(picked)
+            nodes = [self._nodes[b] for b in blocks.tolist()]
+            pairs = list(zip(parts.tolist(), nodes, strict=True))
         grouped: dict[int, list[int]] = {}
         for partition, node in pairs:
             grouped.setdefault(node, []).append(partition)

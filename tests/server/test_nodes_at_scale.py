@@ -28,7 +28,7 @@ def test_blocks_index_and_group_clients_exactly_as_the_full_list(seed):
     rng = np.random.default_rng(seed)
     sizes = rng.integers(1, 40, size=rng.integers(1, 12))
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]) + rng.integers(0, 3)
-    node_ids = rng.permutation(1000)[: len(sizes)] + 1
+    node_ids = [int(x) + 2**63 for x in rng.permutation(1000)[: len(sizes)]]  # uint64 ids
     hosts = [
         (int(n), range(int(s), int(s + k))) for n, s, k in zip(node_ids, starts, sizes, strict=True)
     ]
@@ -48,13 +48,14 @@ def test_interleaved_partitions_fall_back_to_the_full_list():
 
 
 def test_a_million_clients_sample_in_milliseconds():
-    hosts = [(11, range(0, 500_000)), (12, range(500_000, 1_000_000))]
+    big, small = 2**64 - 1, 12  # node ids are random uint64s
+    hosts = [(big, range(0, 500_000)), (small, range(500_000, 1_000_000))]
     clients = Clients(hosts)
     t0 = time.perf_counter()
     picked = np.random.default_rng([0, 1, 0]).choice(len(clients), size=1000, replace=False)
     grouped = clients.by_node(picked)
     took = time.perf_counter() - t0
-    assert sum(len(v) for v in grouped.values()) == 1000 and set(grouped) == {11, 12}
-    assert all(p < 500_000 for p in grouped[11]) and all(p >= 500_000 for p in grouped[12])
-    assert clients[999_999] == (999_999, 12)
+    assert sum(len(v) for v in grouped.values()) == 1000 and set(grouped) == {big, small}
+    assert all(p < 500_000 for p in grouped[big]) and all(p >= 500_000 for p in grouped[small])
+    assert clients[999_999] == (999_999, small) and clients[0] == (0, big)
     assert took < 0.5, took  # the full list took ~1 s per round to build at this size
