@@ -174,6 +174,7 @@ def named_errors() -> tuple[type[Exception], ...]:
     Imported when needed: server modules pull in torch, which ``--help`` should not wait for.
     """
     from common.config import ConfigError
+    from common.fingerprint import CodeMismatch
     from common.data.types import DataError
     from server.app import TrainingFailed
     from server.nodes import NodesUnavailable
@@ -181,7 +182,7 @@ def named_errors() -> tuple[type[Exception], ...]:
 
     return (
         ExperimentError, SimulationError, ConfigError, DataError, RunFolderError,
-        TrainingFailed, NodesUnavailable, RayClusterError,
+        TrainingFailed, NodesUnavailable, RayClusterError, CodeMismatch,
     )  # fmt: skip
 
 
