@@ -39,7 +39,14 @@ CASES = {
     ),
     # MAML's conv net on scikit-learn's digits
     "cnn": (
-        {"dataset": "digits", "partition": "dirichlet", "hidden-sizes": "16,16"},
+        {
+            "dataset": "digits",
+            "partition": "dirichlet",
+            "hidden-sizes": "16,16",
+            "clients-per-node": 40,
+            "fraction-train": 0.5,
+            "fraction-evaluate": 0.25,
+        },
         {"model": "common.models:cnn", "model-args": '{"hidden": [16, 16]}'},
     ),
 }

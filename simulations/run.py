@@ -175,13 +175,14 @@ def named_errors() -> tuple[type[Exception], ...]:
     """
     from common.config import ConfigError
     from common.data.types import DataError
+    from common.fingerprint import CodeMismatch
     from server.app import TrainingFailed
     from server.nodes import NodesUnavailable
     from server.run_folder import RunFolderError
 
     return (
         ExperimentError, SimulationError, ConfigError, DataError, RunFolderError,
-        TrainingFailed, NodesUnavailable, RayClusterError,
+        TrainingFailed, NodesUnavailable, RayClusterError, CodeMismatch,
     )  # fmt: skip
 
 
