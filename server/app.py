@@ -211,8 +211,9 @@ def resume_point(
     Refuses (ConfigError) a checkpoint without ``resume=true`` and a resume whose settings
     differ from config.json where theta depends on them; RunFolderError when config.json
     is missing or not the one the checkpoint was trained with (their hashes differ);
-    CheckpointMismatch if its arrays are not this model's. A checkpoint with no server step (left by a run that never
-    accepted an update) holds the seeded initial theta: starting over loses nothing.
+    CheckpointMismatch if its arrays are not this model's. A checkpoint with no server
+    step (left by a run that never accepted an update) holds the seeded initial theta:
+    starting over loses nothing.
     """
     ckpt = folder.load_checkpoint()
     if ckpt is None:

@@ -10,20 +10,28 @@ server loop in this process (``engine: loop``). A cell whose folder already hold
 reused, and one that was interrupted resumes from its checkpoint, so a killed sweep
 continues where it stopped. A run that failed (bad data, no update ever accepted) leaves
 no summary, so it runs again once the cause is fixed. Results: ``<out>/<algorithm>/
-seed<k>/`` per run, then ``summary.md``, ``summary.csv`` and plots. A named error (bad
-file or settings, unreadable data or checkpoint, a run that failed) stops the sweep with
-one ``error:`` line and exit status 1 (2 for a bad file).
+seed<k>/`` per run, then ``summary.md``, ``summary.csv`` and plots; ``--only`` updates
+its rows there and keeps the others. A named error (bad file or settings, unreadable data
+or checkpoint, a run that failed, a full disk, no permission) stops the sweep with one
+``error:`` line and exit status 1 (2 for a bad file); Ctrl-C with one line saying where
+the rerun resumes, and status 130.
+
+``--out`` must be empty, new, or a results folder of this project; while a sweep writes
+into it, a second one is refused with the first one's PID (common/folders.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -66,32 +74,102 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        exp = load_experiment(args.experiment)
-        exp = _apply_cli(exp, args)
+        from_file = load_experiment(args.experiment)
+        exp = _apply_cli(from_file, args)
     except ExperimentError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    out = (args.out or Path("results") / exp.name).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    cells = exp.cells(out)
-    print(
-        f"{exp.name}: {len(cells)} runs "
-        f"({len(exp.algorithms)} algorithms x {len(exp.seeds)} seeds) "
-        f"on the {exp.engine} engine, {exp.describe_layout()} -> {out}",
-        flush=True,
-    )
-    t0 = time.monotonic()
+        return _error(err, 2)
+    out = (args.out or Path("results") / exp.name).expanduser().resolve()
+    everything = dataclasses.replace(exp, algorithms=from_file.algorithms)  # without --only
     try:
-        run_cells(exp, cells)
+        return _run_locked(exp, everything, out)
+    except Interrupted as err:
+        return _error(err, 130)
+    except KeyboardInterrupt:
+        return _error("interrupted; rerun the same command to resume", 130)
+    except OSError as err:
+        if err.errno not in USER_OS_ERRORS:
+            raise  # not a cause the user can fix: its traceback is the useful report
+        return _error(os_error_message(err), 1)
     except Exception as err:
         if not isinstance(err, named_errors()):
             raise  # a bug: its traceback is the useful report
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
-    write_report(exp, out)
+        return _error(err, 1)
+
+
+def _run_locked(exp: Experiment, everything: Experiment, out: Path) -> int:
+    """Run ``exp``'s cells in ``out`` (ours, and locked while we write) and its report,
+    which keeps the rows of ``everything`` that finished with the same settings."""
+    from common.folders import FolderLock, claim
+
+    out = claim(out, "experiment")  # refuses a folder of the user's, touching nothing
+    with FolderLock(out, "--out"):
+        cells = exp.cells(out)
+        print(
+            f"{exp.name}: {len(cells)} runs "
+            f"({len(exp.algorithms)} algorithms x {len(exp.seeds)} seeds) "
+            f"on the {exp.engine} engine, {exp.describe_layout()} -> {out}",
+            flush=True,
+        )
+        t0 = time.monotonic()
+        run_cells(exp, cells)
+        write_report(_reported(exp, everything, out), out)
     print(f"done in {time.monotonic() - t0:.0f} s; table: {out / 'summary.md'}", flush=True)
     print((out / "summary.md").read_text(), flush=True)
     return 0
+
+
+def _error(err: object, code: int) -> int:
+    """Print the one ``error:`` line (bounded: a message quoting a huge value stays short)."""
+    message = " ".join(str(err).split())
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 3] + "..."
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+MAX_ERROR_CHARS = 2000
+
+# OS errors a user causes and can fix (where --out or the data point, a full disk);
+# any other OSError is reported with its traceback.
+USER_OS_ERRORS = {
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+    errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ENOENT,
+}  # fmt: skip
+
+
+def os_error_message(err: OSError) -> str:
+    where = f": {err.filename}" if err.filename else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = (
+            "free some space (or give --out on another disk), then rerun the same command: "
+            "runs resume from their last checkpoint"
+        )
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "no permission to write there; give --out a folder you can write to"
+    elif err.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+        fix = "a file stands where a folder is needed (or the reverse); give another --out"
+    else:
+        fix = "check the path"
+    return f"{err.strerror or err}{where}; {fix}"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during a run, with where the run can resume from."""
+
+
+def _interrupted(cell: Cell) -> Interrupted:
+    from server.run_folder import RunFolder, RunFolderError
+
+    run_dir = Path(cell.run_config["run-dir"])
+    try:
+        ckpt = RunFolder(run_dir).load_checkpoint()
+    except RunFolderError:
+        ckpt = None
+    done = ckpt.server_round if ckpt is not None else 0
+    return Interrupted(
+        f"interrupted after round {done} ({cell.algorithm} seed {cell.seed}, {run_dir}); "
+        "rerun the same command to resume"
+    )
 
 
 def named_errors() -> tuple[type[Exception], ...]:
@@ -101,13 +179,14 @@ def named_errors() -> tuple[type[Exception], ...]:
     """
     from common.config import ConfigError
     from common.data.types import DataError
+    from common.folders import FolderError
     from server.app import TrainingFailed
     from server.nodes import NodesUnavailable
     from server.run_folder import RunFolderError
 
     return (
         ExperimentError, SimulationError, ConfigError, DataError, RunFolderError,
-        TrainingFailed, NodesUnavailable,
+        TrainingFailed, NodesUnavailable, FolderError,
     )  # fmt: skip
 
 
@@ -206,17 +285,52 @@ def run_cells(exp: Experiment, cells: list[Cell]) -> None:
             print(f"  [{c.algorithm} seed {c.seed}] already done, reused", flush=True)
     if not pending:
         return
+    from common.folders import claim
+
     for cell, _ in pending:
-        run_dir = Path(cell.run_config["run-dir"])
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = claim(cell.run_config["run-dir"], "run-dir")
         (run_dir / FEDERATION).write_text(json.dumps(_federation(exp)) + "\n")
     if exp.engine == "loop":
         for i, (cell, state) in enumerate(pending, 1):
-            _run_in_loop(exp, cell, state, f"{i}/{len(pending)}")
+            with _resumable(cell):
+                _run_in_loop(exp, cell, state, f"{i}/{len(pending)}")
         return
     with simulation_superlink() as link:
         for i, (cell, state) in enumerate(pending, 1):
-            _run_on_engine(link, exp, cell, state, f"{i}/{len(pending)}")
+            with _resumable(cell):
+                _run_on_engine(link, exp, cell, state, f"{i}/{len(pending)}")
+
+
+@contextmanager
+def _resumable(cell: Cell) -> Iterator[None]:
+    """Ctrl-C inside ``cell`` becomes :class:`Interrupted`, saying where it resumes from."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise _interrupted(cell) from None
+
+
+def _reported(exp: Experiment, everything: Experiment, out: Path) -> Experiment:
+    """``exp`` with the file's other rows that finished in ``out`` with the same settings:
+    a rerun of some rows (--only) updates them in the summary and keeps the others."""
+    kept = {
+        name: overrides
+        for name, overrides in everything.algorithms.items()
+        if name in exp.algorithms or _finished_alike(everything, name, out)
+    }
+    return dataclasses.replace(exp, algorithms=kept)
+
+
+def _finished_alike(exp: Experiment, name: str, out: Path) -> bool:
+    states = []
+    for seed in exp.seeds:
+        try:
+            states.append(_state(exp, Cell(name, seed, exp.run_config(name, seed, out))))
+        except ExperimentError:  # finished with other settings: not this table's row
+            return False
+    return "done" in states
 
 
 def _config(cell: Cell, state: str) -> dict:
