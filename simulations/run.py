@@ -43,6 +43,8 @@ from simulations.experiment import (
     Experiment,
     ExperimentError,
     load_experiment,
+    parse_yaml,
+    shorten,
     validate_experiment,
 )
 from simulations.report import write_report
@@ -198,7 +200,11 @@ def _apply_cli(exp: Experiment, args: argparse.Namespace) -> Experiment:
             raise ExperimentError(exp.source, item, "--set needs KEY=VALUE")
         if key in PER_RUN:
             raise ExperimentError(exp.source, f"--set {key}", PER_RUN[key])
-        base[key] = yaml.safe_load(value)
+        try:
+            base[key] = parse_yaml(value)
+        except yaml.YAMLError as err:
+            problem = f"{shorten(value)} is not a YAML value ({' '.join(str(err).split())})"
+            raise ExperimentError(exp.source, f"--set {key}", problem) from None
     algorithms = exp.algorithms
     if args.only:
         names = [n.strip() for n in args.only.split(",")]
