@@ -23,7 +23,6 @@ continue, or be recorded, under other settings.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -39,30 +38,10 @@ import torch
 from common.arrays import split_state
 from common.config import ConfigError
 from common.folders import FolderLock, claim, temporary_name
+from common.settings_hash import RESUMABLE, settings_hash
 from server.aggregate import OptimizerState
 
 CHECKPOINT_FORMAT = 1
-
-# Settings a resumed run may change: none of them changes what theta is or how the rounds
-# so far trained it (how long to run, where and how fast, how it is scored). Every other
-# key, including keys added later, must equal the value recorded in config.json.
-RESUMABLE = frozenset(
-    {
-        "num-rounds", "run-dir", "resume", "device", "cohort-size",
-        "round-timeout", "node-wait-timeout", "min-available-nodes",
-        "evaluate-every", "fraction-evaluate", "eval-steps", "eval-episodes",
-        "new-client-steps", "new-client-train-points",
-        "data-path",  # the same data moved elsewhere; logged as a warning
-    }
-)  # fmt: skip
-
-
-def settings_hash(run_config: Mapping[str, Any]) -> str:
-    """sha256 of the settings that decide theta: every key but the :data:`RESUMABLE` ones,
-    as canonical JSON (the same from a Settings object and from the config.json it wrote)."""
-    fixed = {k: v for k, v in run_config.items() if k not in RESUMABLE}
-    text = json.dumps(fixed, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class RunFolderError(ValueError):
