@@ -51,6 +51,7 @@ from client.model_store import (
     INFO_FILE,
     ONNX_FILE,
     STATE_FILE,
+    ModelStoreError,
     export_onnx,
     export_torchscript,
     save_personalized,
@@ -143,7 +144,13 @@ def personalize_saved_model(
     if out.exists() and not out.is_dir():
         raise ModelFileError(f"--out {out} is a file; give a folder for the outputs")
     saved = load_global_model(model_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ModelStoreError(
+            f"cannot write the personalised model into '{out}': {err}. Point --out at a "
+            "writable folder."
+        ) from err
     staging = temporary_name(out.parent / f".{out.name}")
     try:
         result = _personalize_into(
