@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from_file = load_experiment(args.experiment)
         exp = _apply_cli(from_file, args)
+        check_memory(exp)
     except ExperimentError as err:
         return _error(err, 2)
     out = (args.out or Path("results") / exp.name).expanduser().resolve()
@@ -225,6 +226,22 @@ def _apply_cli(exp: Experiment, args: argparse.Namespace) -> Experiment:
     )
     validate_experiment(new)
     return new
+
+
+def check_memory(exp: Experiment) -> None:
+    """Refuse, before anything is allocated, a federation whose clients would not fit into
+    this machine's memory: every node of a simulation, and its server, run here."""
+    from client.runtime import MemoryEstimateError
+    from client.runtime import check_memory as check_machine
+    from common.config import parse_settings
+
+    where = f"this machine ({exp.num_supernodes} node(s) and the server)"
+    for name in exp.algorithms:
+        settings = parse_settings(exp.run_config(name, exp.seeds[0], Path(".")))
+        try:
+            check_machine(settings, exp.num_clients, exp.num_clients, True, where)
+        except MemoryEstimateError as err:
+            raise ExperimentError(exp.source, "base.clients-per-node", str(err)) from None
 
 
 def _state(exp: Experiment, cell: Cell) -> str:
