@@ -60,6 +60,7 @@ from common.config import Algorithm, Settings, parse_settings, settings_to_run_c
 from common.data.registry import load_client_data
 from common.device import select_device
 from common.folders import temporary_name
+from common.messages import ACC_AFTER, ACC_BEFORE, LOSS_AFTER, LOSS_BEFORE
 from common.meta import bounded_step_sizes
 from common.models import model_for
 from common.personalize import Personalized, personalize_and_score, tensors_of
@@ -223,9 +224,9 @@ def same_as_run(settings: Settings, steps: int) -> str:
 
 
 def _scores(result: Personalized) -> dict[str, float]:
-    scores = {"loss-before": result.before.loss, "loss-after": result.after.loss}
+    scores = {LOSS_BEFORE: result.before.loss, LOSS_AFTER: result.after.loss}
     if result.before.accuracy is not None and result.after.accuracy is not None:
-        scores |= {"acc-before": result.before.accuracy, "acc-after": result.after.accuracy}
+        scores |= {ACC_BEFORE: result.before.accuracy, ACC_AFTER: result.after.accuracy}
     return scores
 
 

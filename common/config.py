@@ -110,121 +110,404 @@ _ANY_NUMBER = (lambda v: True, "a finite number")
 _BOOL = (lambda v: True, "true or false")
 
 
-def _spec(check: tuple[Callable[[Any], bool], str], default: Any) -> Any:
-    return field(default=default, metadata={"check": check})
+GROUPS = (
+    "meta", "data", "model", "federation", "evaluation", "robust", "privacy", "optimizer", "run",
+)  # fmt: skip
+
+
+def _spec(check: tuple[Callable[[Any], bool], str], default: Any, group: str, doc: str) -> Any:
+    """A setting: its check, default, group and the one description of what it does (the
+    source of docs/config.md and of pyproject's ``[tool.flwr.app.config]``)."""
+    assert group in GROUPS, group
+    return field(default=default, metadata={"check": check, "group": group, "doc": doc})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """All settings of a run. Field docs live in README's configuration table."""
+    """All settings of a run, each described once here (docs/config.md is generated)."""
 
-    # what is learned
-    algorithm: str = _spec(_choice(Algorithm), "maml")
-    # data
+    algorithm: str = _spec(
+        _choice(Algorithm),
+        "maml",
+        "meta",
+        "what a client does with its data each round: exact second-order MAML, Per-FedAvg "
+        "(first-order, Hessian-free), Meta-SGD, or the baselines FedAvg, FedAvg + fine-tuning "
+        "and local training",
+    )
     dataset: str = _spec(
         _one_of(
             "sinusoid", "synthetic", "digits", "mnist", "fashion-mnist", "femnist", "omniglot",
             "shakespeare",
         ),
         "sinusoid",
+        "data",
+        "the clients' data: MAML's sinusoids, FedProx's Synthetic(α, β), scikit-learn's "
+        "digits, (Fashion-)MNIST, FEMNIST by writer, Omniglot, Shakespeare by speaking role",
     )  # fmt: skip
-    data_path: str = _spec(_ANY, "")
-    partition: str = _spec(_one_of("natural", "dirichlet", "pathological", "perfedavg"), "natural")
-    classes_per_client: int = _spec(_POS_INT, 2)
-    dirichlet_alpha: float = _spec(_POS, 0.5)
-    sinusoid_train_points: int = _spec(_POS_INT, 20)
-    sinusoid_test_points: int = _spec(_POS_INT, 50)
-    synthetic_alpha: float = _spec(_NONNEG, 0.5)
-    synthetic_beta: float = _spec(_NONNEG, 0.5)
-    test_fraction: float = _spec((lambda v: 0 < v < 1, "a number in (0, 1)"), 0.2)
-    # episodic few-shot tasks (omniglot): N-way K-shot episodes, see common/tasks.py
-    n_way: int = _spec((lambda v: v >= 2, "an integer >= 2"), 5)
-    k_shot: int = _spec(_POS_INT, 1)
-    query_shots: int = _spec(_POS_INT, 5)  # query examples per class in a training episode
-    eval_episodes: int = _spec(_POS_INT, 10)  # episodes averaged per client evaluation
-    # MAML's augmentation: each training character also appears rotated by 90, 180 and 270
-    # degrees, as 3 more classes of the same client (new clients' characters stay upright)
-    omniglot_rotations: bool = _spec(_BOOL, False)
-    # shakespeare (common/data/shakespeare.py): one client per speaking role
-    shakespeare_seq_len: int = _spec(_POS_INT, 80)  # characters of context per window (LEAF)
-    shakespeare_min_chars: int = _spec(_POS_INT, 2000)  # shorter roles are left out
-    shakespeare_stride: int = _spec(_POS_INT, 1)  # one target every this many characters
-    # model
-    model: str = _spec(_one_of("mlp", "logreg", "cnn", "lstm"), "mlp")
-    hidden_sizes: str = _spec(_INT_LIST, "40,40")
-    activation: str = _spec(_one_of("relu", "elu"), "relu")
-    # federation
-    num_rounds: int = _spec(_POS_INT, 100)
-    fraction_train: float = _spec(_FRACTION, 0.1)
-    fraction_evaluate: float = _spec(_FRACTION, 0.1)
-    # how many clients (data partitions) one Flower node hosts and trains together: node i
-    # of N hosts partitions i*M .. (i+1)*M-1 of N*M; 1 is one client per node
-    clients_per_node: int = _spec(_POS_INT, 1)
-    # at most this many of a node's clients run in one vmapped call (memory); 0: all at once
-    cohort_size: int = _spec(_NONNEG_INT, 0)
-    # evaluate every this many rounds (and always in the final round, which scores everyone)
-    evaluate_every: int = _spec(_POS_INT, 1)
-    min_available_nodes: int = _spec(_POS_INT, 2)
-    node_wait_timeout: float = _spec(_POS, 120.0)  # seconds to wait for min-available-nodes
-    round_timeout: float = _spec(_POS, 600.0)  # seconds a round waits for replies
-    # client optimisation (Per-FedAvg Algorithm 1 notation)
-    local_steps: int = _spec(_POS_INT, 5)  # tau
-    batch_size: int = _spec(_POS_INT, 5)  # |D| = |D'| (= |D''| unless hessian-batch-size)
-    # stability options (docs/benchmarks.md, "Stability options")
-    hessian_batch_size: int = _spec(_NONNEG_INT, 0)  # |D''| of perfedavg-hf; 0: batch-size
-    metasgd_alpha_min: float = _spec(_ANY_NUMBER, 0.0)  # lower bound of alpha when bounded
-    metasgd_alpha_max: float = _spec(_NONNEG, 0.0)  # 0: alpha unbounded; > 0: upper bound
-    inner_lr: float = _spec(_POS, 0.01)  # alpha (initial alpha for metasgd)
-    inner_steps: int = _spec(_POS_INT, 1)  # k during meta-training
-    outer_lr: float = _spec(_POS, 0.001)  # beta
-    eval_steps: int = _spec(_NONNEG_INT, 10)  # k at evaluation
-    hessian_free_mode: str = _spec(_one_of("exact", "finite-difference"), "exact")
-    hessian_free_delta: float = _spec(_POS, 1e-3)
-    metasgd_order: str = _spec(_one_of("second-order", "first-order"), "second-order")
-    # robust aggregation (server/robust.py; docs/robustness.md): replaces the weighted mean
-    aggregation: str = _spec(_choice(Aggregation), "mean")
-    trim_fraction: float = _spec((lambda v: 0 <= v < 0.5, "a number in [0, 0.5)"), 0.2)
-    krum_byzantine: int = _spec(_NONNEG_INT, 1)  # f, for krum, multi-krum and bulyan
-    multi_krum_keep: int = _spec(_NONNEG_INT, 0)  # m; 0: n - f
-    norm_bound: float = _spec(_NONNEG, 0.0)  # clip each update's L2 norm to this; 0: off
-    norm_bound_median_factor: float = _spec(_NONNEG, 0.0)  # bound = factor x median; 0: off
-    weighting: str = _spec(_choice(Weighting), "examples")
-    max_examples_weight: float = _spec(_NONNEG, 0.0)  # 'capped' weighting; 0: round's median
-    # simulated attackers (client/attacks.py): a seeded attack-fraction of all clients
-    attack: str = _spec(_choice(AttackKind), "none")
-    attack_fraction: float = _spec((lambda v: 0 <= v <= 1, "a number in [0, 1]"), 0.0)
-    attack_scale: float = _spec(_POS, 10.0)
-    attack_noise_std: float = _spec(_POS, 1.0)
-    # privacy (docs/privacy.md): client-level DP-FedAvg and SecAgg+ of the meta-updates
-    dp: bool = _spec(_BOOL, False)  # clip on the client, Gaussian noise on the server
-    dp_clip: float = _spec(_NONNEG, 0.0)  # C: L2 bound of each client's whole update
-    dp_noise_multiplier: float = _spec(_NONNEG, 0.0)  # z; 0 with target-epsilon: calibrated
-    dp_adaptive: bool = _spec(_BOOL, False)  # C follows a quantile (Andrew et al. 2021)
-    dp_target_quantile: float = _spec((lambda v: 0 < v < 1, "a number in (0, 1)"), 0.5)
-    dp_clip_lr: float = _spec(_POS, 0.2)  # eta_C of the geometric clip update
-    dp_clipped_count_stddev: float = _spec(_NONNEG, 0.0)  # sigma_b; 0: expected cohort / 20
-    dp_delta: float = _spec((lambda v: 0 < v < 1, "a number in (0, 1)"), 1e-5)
-    target_epsilon: float = _spec(_NONNEG, 0.0)  # refuse / stop beyond this epsilon; 0: none
-    secagg: bool = _spec(_BOOL, False)  # the server sees only the sum of the nodes' updates
-    secagg_num_shares: float = _spec(_FRACTION, 1.0)  # key shares, fraction of the nodes
-    secagg_threshold: float = _spec(_FRACTION, 0.7)  # shares to unmask, fraction of shares
-    # server optimizer
-    server_optimizer: str = _spec(_one_of("sgd", "adam"), "adam")
-    server_lr: float = _spec(_POS, 0.03)
-    server_beta1: float = _spec(_OPEN_UNIT, 0.9)
-    server_beta2: float = _spec(_OPEN_UNIT, 0.999)
-    server_eps: float = _spec(_POS, 1e-8)
-    # evaluation on clients never seen in training (server side)
-    new_clients: int = _spec(_NONNEG_INT, 0)
-    new_client_steps: str = _spec(_INT_LIST, "1,10")
-    new_client_train_points: int = _spec(_POS_INT, 5)  # K shots of a new sinusoid client
-    # share of pooled samples (digits, mnist, fashion-mnist) held out for new clients
-    new_client_fraction: float = _spec((lambda v: 0 < v < 1, "a number in (0, 1)"), 0.2)
-    # run
-    seed: int = _spec(_NONNEG_INT, 0)
-    device: str = _spec(_one_of("auto", "cpu", "cuda"), "auto")
-    run_dir: str = _spec((lambda v: v != "", "a non-empty path"), "runs/latest")
-    resume: bool = _spec(_BOOL, False)
+    data_path: str = _spec(
+        _ANY,
+        "",
+        "data",
+        (
+            "file or folder of the dataset (mnist/fashion-mnist/femnist/omniglot); a "
+            "SuperNode's node config `data-path` overrides it"
+        ),
+    )
+    partition: str = _spec(
+        _one_of("natural", "dirichlet", "pathological", "perfedavg"),
+        "natural",
+        "data",
+        (
+            "natural (one task/user/writer per client), dirichlet, pathological, "
+            "perfedavg (Fallah et al.'s MNIST split)"
+        ),
+    )
+    classes_per_client: int = _spec(_POS_INT, 2, "data", "pathological: classes per client")
+    dirichlet_alpha: float = _spec(
+        _POS, 0.5, "data", "dirichlet: concentration (smaller = more skewed)"
+    )
+    sinusoid_train_points: int = _spec(
+        _POS_INT, 20, "data", "sinusoid: points a client adapts/trains on"
+    )
+    sinusoid_test_points: int = _spec(
+        _POS_INT, 50, "data", "sinusoid: held-out points a client is scored on"
+    )
+    synthetic_alpha: float = _spec(_NONNEG, 0.5, "data", "Synthetic(α, β) of FedProx")
+    synthetic_beta: float = _spec(_NONNEG, 0.5, "data", "Synthetic(α, β) of FedProx")
+    test_fraction: float = _spec(
+        (lambda v: 0 < v < 1, "a number in (0, 1)"),
+        0.2,
+        "data",
+        "per-client test split for datasets without their own (seeded)",
+    )
+    n_way: int = _spec(
+        (lambda v: v >= 2, "an integer >= 2"), 5, "data", "omniglot: classes per episode"
+    )
+    k_shot: int = _spec(_POS_INT, 1, "data", "omniglot: support examples per class")
+    query_shots: int = _spec(
+        _POS_INT, 5, "data", "omniglot: query examples per class in a training episode"
+    )
+    eval_episodes: int = _spec(
+        _POS_INT, 10, "data", "omniglot: episodes averaged per client evaluation"
+    )
+    omniglot_rotations: bool = _spec(
+        _BOOL,
+        False,
+        "data",
+        (
+            "omniglot: MAML's augmentation, each training character also rotated "
+            "90/180/270° as 3 more classes of its client (new clients stay upright)"
+        ),
+    )
+    shakespeare_seq_len: int = _spec(
+        _POS_INT, 80, "data", "shakespeare: characters of context per window (LEAF's 80)"
+    )
+    shakespeare_min_chars: int = _spec(
+        _POS_INT,
+        2000,
+        "data",
+        "shakespeare: roles with less text are left out (and counted in the log)",
+    )
+    shakespeare_stride: int = _spec(
+        _POS_INT, 1, "data", "shakespeare: one target every this many characters"
+    )
+    model: str = _spec(
+        _one_of("mlp", "logreg", "cnn", "lstm"),
+        "mlp",
+        "model",
+        (
+            "mlp, logreg, cnn (MAML's conv net, BatchNorm without running stats), lstm "
+            "(LEAF's char-LSTM: embedding 8, widths from hidden-sizes; written from "
+            "Linear gates so it runs under vmap and second order)"
+        ),
+    )
+    hidden_sizes: str = _spec(
+        _INT_LIST, "40,40", "model", "mlp widths / cnn channels, comma-separated"
+    )
+    activation: str = _spec(_one_of("relu", "elu"), "relu", "model", "mlp activation: relu or elu")
+    num_rounds: int = _spec(_POS_INT, 100, "federation", "federated rounds")
+    fraction_train: float = _spec(
+        _FRACTION, 0.1, "federation", "fraction of connected clients trained per round"
+    )
+    fraction_evaluate: float = _spec(
+        _FRACTION,
+        0.1,
+        "federation",
+        "fraction of clients scored per evaluation (the final round scores all)",
+    )
+    clients_per_node: int = _spec(
+        _POS_INT,
+        1,
+        "federation",
+        (
+            "clients (data partitions) one node hosts and trains as one cohort: node i of "
+            "N hosts partitions i·M … (i+1)·M − 1 of N·M"
+        ),
+    )
+    cohort_size: int = _spec(
+        _NONNEG_INT,
+        0,
+        "federation",
+        (
+            "at most this many clients in one vmapped call on a node (GPU/CPU memory); 0: "
+            "all sampled clients of the node at once"
+        ),
+    )
+    evaluate_every: int = _spec(
+        _POS_INT, 1, "evaluation", "evaluate every this many rounds (and always in the final round)"
+    )
+    min_available_nodes: int = _spec(
+        _POS_INT,
+        2,
+        "federation",
+        "nodes required before a round starts (1 for a single cohort node)",
+    )
+    node_wait_timeout: float = _spec(
+        _POS,
+        120.0,
+        "federation",
+        "seconds to wait for min-available-nodes before failing with a message",
+    )
+    round_timeout: float = _spec(_POS, 600.0, "federation", "seconds a round waits for replies")
+    local_steps: int = _spec(_POS_INT, 5, "meta", "τ: local (meta-)steps per round")
+    batch_size: int = _spec(
+        _POS_INT, 5, "meta", "size of each batch D, D', D'' (and of each adaptation batch)"
+    )
+    hessian_batch_size: int = _spec(
+        _NONNEG_INT,
+        0,
+        "meta",
+        "size of perfedavg-hf's D'' (0: batch-size; Omniglot: shots per class)",
+    )
+    metasgd_alpha_min: float = _spec(
+        _ANY_NUMBER,
+        0.0,
+        "meta",
+        (
+            "metasgd: lower bound of α, kept when received, after every local step and "
+            "wherever it adapts (with metasgd-alpha-max > 0)"
+        ),
+    )
+    metasgd_alpha_max: float = _spec(
+        _NONNEG,
+        0.0,
+        "meta",
+        ("metasgd: upper bound of α (see metasgd-alpha-min); 0 = unbounded, as in Li et al. 2017"),
+    )
+    inner_lr: float = _spec(
+        _POS, 0.01, "meta", "α: inner / personalization step size (Meta-SGD's initial α)"
+    )
+    inner_steps: int = _spec(
+        _POS_INT, 1, "meta", "k: inner steps during meta-training (hessian-free needs 1)"
+    )
+    outer_lr: float = _spec(
+        _POS, 0.001, "meta", "β: client step size (meta-step, or SGD step for fedavg/local)"
+    )
+    eval_steps: int = _spec(_NONNEG_INT, 10, "evaluation", "k: personalization steps at evaluation")
+    hessian_free_mode: str = _spec(
+        _one_of("exact", "finite-difference"),
+        "exact",
+        "meta",
+        "exact (double backward) or finite-difference",
+    )
+    hessian_free_delta: float = _spec(
+        _POS, 1e-3, "meta", "δ of the finite-difference Hessian-vector product"
+    )
+    metasgd_order: str = _spec(
+        _one_of("second-order", "first-order"),
+        "second-order",
+        "meta",
+        "meta-gradient order used by metasgd",
+    )
+    aggregation: str = _spec(
+        _choice(Aggregation),
+        "mean",
+        "robust",
+        (
+            "mean, median, trimmed-mean, krum, multi-krum, bulyan (see "
+            "[`docs/robustness.md`](docs/robustness.md))"
+        ),
+    )
+    trim_fraction: float = _spec(
+        (lambda v: 0 <= v < 0.5, "a number in [0, 0.5)"),
+        0.2,
+        "robust",
+        "β of trimmed-mean: ⌊β·n⌋ dropped at each end, in [0, 0.5)",
+    )
+    krum_byzantine: int = _spec(
+        _NONNEG_INT,
+        1,
+        "robust",
+        "f: attackers per round that krum, multi-krum and bulyan are built to resist",
+    )
+    multi_krum_keep: int = _spec(
+        _NONNEG_INT, 0, "robust", "m: updates multi-krum averages; 0: n − f"
+    )
+    norm_bound: float = _spec(
+        _NONNEG, 0.0, "robust", "fixed L2 bound on each client's whole update; 0: off"
+    )
+    norm_bound_median_factor: float = _spec(
+        _NONNEG, 0.0, "robust", "bound = factor × the round's median update norm; 0: off"
+    )
+    weighting: str = _spec(_choice(Weighting), "examples", "robust", "examples, uniform, capped")
+    max_examples_weight: float = _spec(
+        _NONNEG, 0.0, "robust", "the cap of `capped`; 0: the round's median claim"
+    )
+    attack: str = _spec(
+        _choice(AttackKind),
+        "none",
+        "robust",
+        (
+            "simulation only: none, scaled, sign-flip, gaussian, num-examples-lie, "
+            "label-flip, same-bad-update"
+        ),
+    )
+    attack_fraction: float = _spec(
+        (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+        0.0,
+        "robust",
+        "share of all clients that attack, exactly round(fraction × clients)",
+    )
+    attack_scale: float = _spec(
+        _POS, 10.0, "robust", "s of scaled, sign-flip, num-examples-lie and same-bad-update"
+    )
+    attack_noise_std: float = _spec(_POS, 1.0, "robust", "σ of gaussian")
+    dp: bool = _spec(
+        _BOOL,
+        False,
+        "privacy",
+        (
+            "client-level DP-FedAvg: clients clip, the server Poisson-samples, adds "
+            "Gaussian noise to the sum, divides by the expected cohort, accounts ε (see "
+            "[`docs/privacy.md`](docs/privacy.md))"
+        ),
+    )
+    dp_clip: float = _spec(
+        _NONNEG,
+        0.0,
+        "privacy",
+        (
+            "C: L2 bound of each client's whole update (θ and α), clipped on its node; "
+            "needed by `dp` and `secagg`"
+        ),
+    )
+    dp_noise_multiplier: float = _spec(
+        _NONNEG,
+        0.0,
+        "privacy",
+        ("z (noise std z·C on the sum); 0 with `target-epsilon`: calibrated to it before round 1"),
+    )
+    dp_adaptive: bool = _spec(
+        _BOOL,
+        False,
+        "privacy",
+        ("adaptive clipping (Andrew et al. 2021): C follows a quantile of the update norms"),
+    )
+    dp_target_quantile: float = _spec(
+        (lambda v: 0 < v < 1, "a number in (0, 1)"),
+        0.5,
+        "privacy",
+        "dp-adaptive: the quantile of the update norms that C follows",
+    )
+    dp_clip_lr: float = _spec(
+        _POS, 0.2, "privacy", "dp-adaptive: η_C, the rate of C's geometric update"
+    )
+    dp_clipped_count_stddev: float = _spec(
+        _NONNEG,
+        0.0,
+        "privacy",
+        ("σ_b of the noised unclipped count (adaptive); 0: expected cohort / 20; must exceed z/2"),
+    )
+    dp_delta: float = _spec(
+        (lambda v: 0 < v < 1, "a number in (0, 1)"),
+        1e-5,
+        "privacy",
+        "δ at which ε is reported and checked",
+    )
+    target_epsilon: float = _spec(
+        _NONNEG,
+        0.0,
+        "privacy",
+        (
+            "refuse (before round 1) or stop (before the round) a run that would spend "
+            "more ε; 0: no limit"
+        ),
+    )
+    secagg: bool = _spec(
+        _BOOL,
+        False,
+        "privacy",
+        (
+            "training rounds through Flower's SecAgg+: the server sees only the sum over "
+            "nodes; excludes robust rules"
+        ),
+    )
+    secagg_num_shares: float = _spec(
+        _FRACTION, 1.0, "privacy", "SecAgg+ key shares, as a fraction of the round's nodes"
+    )
+    secagg_threshold: float = _spec(
+        _FRACTION, 0.7, "privacy", "SecAgg+ shares needed to unmask, as a fraction of the shares"
+    )
+    server_optimizer: str = _spec(
+        _one_of("sgd", "adam"),
+        "adam",
+        "optimizer",
+        "sgd (θ + lr·Δ) or adam (on −Δ, moments kept across rounds)",
+    )
+    server_lr: float = _spec(_POS, 0.03, "optimizer", "server optimizer step size")
+    server_beta1: float = _spec(
+        _OPEN_UNIT, 0.9, "optimizer", "Adam β₁, the decay of the first moment"
+    )
+    server_beta2: float = _spec(
+        _OPEN_UNIT, 0.999, "optimizer", "Adam β₂, the decay of the second moment"
+    )
+    server_eps: float = _spec(_POS, 1e-8, "optimizer", "Adam ε, added to the second moment's root")
+    new_clients: int = _spec(
+        _NONNEG_INT,
+        0,
+        "evaluation",
+        ("clients never seen in training, personalized and scored by the server at the end"),
+    )
+    new_client_steps: str = _spec(
+        _INT_LIST,
+        "1,10",
+        "evaluation",
+        'adaptation steps at which new clients are scored, e.g. "1,10"',
+    )
+    new_client_train_points: int = _spec(
+        _POS_INT, 5, "evaluation", "sinusoid: shots a new client adapts on"
+    )
+    new_client_fraction: float = _spec(
+        (lambda v: 0 < v < 1, "a number in (0, 1)"),
+        0.2,
+        "evaluation",
+        "pooled datasets: share of samples held out for new clients",
+    )
+    seed: int = _spec(
+        _NONNEG_INT, 0, "run", "one seed for data, initialization, sampling and batches"
+    )
+    device: str = _spec(
+        _one_of("auto", "cpu", "cuda"),
+        "auto",
+        "run",
+        (
+            "auto (CUDA if available and the model has ≥ 10,000 parameters; tiny models "
+            "such as the sinusoid MLP run faster on the CPU), cpu, cuda. Whatever "
+            "computes, what is stored, exported or sent is on the CPU"
+        ),
+    )
+    run_dir: str = _spec(
+        (lambda v: v != "", "a non-empty path"),
+        "runs/latest",
+        "run",
+        "where metrics, checkpoints and the model go",
+    )
+    resume: bool = _spec(
+        _BOOL,
+        False,
+        "run",
+        "continue from run-dir's checkpoint, with the settings in its config.json",
+    )
 
     # ---- derived views (computed, never stored twice) ----
     @functools.cached_property

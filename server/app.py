@@ -24,6 +24,7 @@ from common.arrays import from_record, join_state, split_state, to_record, to_te
 from common.config import ConfigError, Settings, parse_settings, settings_to_run_config
 from common.data.registry import check_data_available, smallest_train_split
 from common.device import select_device
+from common.messages import FINAL
 from common.models import model_for
 from common.tasks import batch_warnings
 from server.aggregate import OptimizerConfig, OptimizerState
@@ -122,7 +123,7 @@ def _run_rounds(settings: Settings, grid: Grid, folder: RunFolder) -> dict[str, 
         final = rnd == settings.num_rounds
         eval_metrics = None
         if final or rnd % settings.evaluate_every == 0:
-            eval_config = ConfigRecord({"final": final})
+            eval_config = ConfigRecord({FINAL: final})
             replies = send_and_receive(
                 grid,
                 strategy.configure_evaluate(rnd, record, eval_config, grid),
@@ -144,7 +145,7 @@ def _run_rounds(settings: Settings, grid: Grid, folder: RunFolder) -> dict[str, 
     if stopped and trained:  # score every client on the last model DP allowed
         replies = send_and_receive(
             grid,
-            strategy.configure_evaluate(stopped, record, ConfigRecord({"final": True}), grid),
+            strategy.configure_evaluate(stopped, record, ConfigRecord({FINAL: True}), grid),
             timeout=settings.round_timeout,
         )
         last_eval = dict(strategy.aggregate_evaluate(stopped, replies) or {})  # type: ignore[arg-type]

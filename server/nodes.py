@@ -18,6 +18,7 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from common.messages import read_identity
 from server.delivery import send_and_receive
 
 
@@ -127,9 +128,7 @@ class NodeDirectory:
                 self._refusals[node] = reply.error.reason
                 continue
             self._refusals.pop(node, None)
-            identity = reply.content["identity"]
-            hosted = identity.get("partitions", [identity["partition-id"]])
-            self._partitions[node] = tuple(int(p) for p in hosted)  # type: ignore[union-attr]
+            self._partitions[node] = tuple(read_identity(reply.content))
         log(
             INFO,
             "asked %d node(s) for their partition in %.1f s",
