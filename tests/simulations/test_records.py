@@ -24,6 +24,13 @@ from tests.simulations.test_experiments import _only_error_line, _tiny
 # here, that is pytest's own stream, not the stream of one capfd test closed after it.
 
 
+def _rounds(tmp_path: Path, rounds: int, extra: str = "") -> Path:
+    """_tiny's experiment with ``rounds`` rounds."""
+    path = _tiny(tmp_path, extra=extra)
+    path.write_text(path.read_text().replace("num-rounds: 1,", f"num-rounds: {rounds},"))
+    return path
+
+
 def test_an_out_folder_of_the_users_is_refused_and_untouched(tmp_path, capfd):
     out = tmp_path / "mine"
     out.mkdir()
@@ -90,7 +97,7 @@ def test_a_full_disk_is_one_error_line_and_the_rerun_resumes(tmp_path, capfd, mo
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), file.name)
         return savez(file, *args, **kwargs)
 
-    experiment, out = _tiny(tmp_path, extra=", num-rounds: 3"), tmp_path / "out"
+    experiment, out = _rounds(tmp_path, 3), tmp_path / "out"
     monkeypatch.setattr(np, "savez", disk_fills_in_round_two)
     assert main([str(experiment), "--out", str(out)]) == 1
     line = _only_error_line(capfd)
@@ -160,7 +167,7 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:
 
 
 def test_sigint_says_where_to_resume_exits_130_and_the_rerun_resumes(tmp_path):
-    experiment = _tiny(tmp_path, extra=", num-rounds: 400, evaluate-every: 1000")
+    experiment = _rounds(tmp_path, 150, ", evaluate-every: 1000")
     out = tmp_path / "out"
     command = [sys.executable, "-m", "simulations.run", str(experiment), "--out", str(out)]
     env = os.environ | {"PYTHONPATH": os.getcwd()}
@@ -180,7 +187,7 @@ def test_sigint_says_where_to_resume_exits_130_and_the_rerun_resumes(tmp_path):
     assert "interrupted after round " in errors[0]
     assert errors[0].endswith("rerun the same command to resume")
     done = int(errors[0].split("interrupted after round ")[1].split()[0])
-    assert 1 <= done < 400
+    assert 1 <= done < 150
     assert not (out / LOCK).exists() and not (out / "maml/seed0" / LOCK).exists()
 
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
