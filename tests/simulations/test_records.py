@@ -166,6 +166,7 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # two runner processes: 30-60 s on a shared 2-core machine
 def test_sigint_says_where_to_resume_exits_130_and_the_rerun_resumes(tmp_path):
     experiment = _rounds(tmp_path, 150, ", evaluate-every: 1000")
     out = tmp_path / "out"
