@@ -388,12 +388,17 @@ def _run_on_engine(link: SuperLink, exp: Experiment, cell: Cell, state: str, tag
     with (run_dir / "flwr.log").open("a") as log:
         proc = link.start_run(_config(cell, state), exp.num_supernodes, exp.cpus_per_client)
         assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            lines.append(line)
-            if progress := _PROGRESS.search(line):  # the server's round lines, nothing else
-                print(f"  [{cell.algorithm} s{cell.seed}] {progress.group(1)}", flush=True)
-        code = proc.wait()
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                lines.append(line)
+                if progress := _PROGRESS.search(line):  # the server's round lines only
+                    print(f"  [{cell.algorithm} s{cell.seed}] {progress.group(1)}", flush=True)
+            code = proc.wait()
+        finally:  # Ctrl-C: the `flwr run` we started goes too (the SuperLink stops its app)
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
     where = f"run {cell.algorithm} seed {cell.seed}"
     try:
         if code == 0:
