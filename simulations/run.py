@@ -136,7 +136,7 @@ MAX_ERROR_CHARS = 2000
 # any other OSError is reported with its traceback.
 USER_OS_ERRORS = {
     errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
-    errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ENOENT,
+    errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG,
 }  # fmt: skip
 
 
@@ -152,7 +152,7 @@ def os_error_message(err: OSError) -> str:
     elif err.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
         fix = "a file stands where a folder is needed (or the reverse); give another --out"
     else:
-        fix = "check the path"
+        fix = "give a shorter path"
     return f"{err.strerror or err}{where}; {fix}"
 
 

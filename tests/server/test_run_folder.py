@@ -120,3 +120,15 @@ def test_a_checkpoint_resumes_only_beside_the_config_it_was_trained_with(tmp_pat
         run_in_loop(fedavg | {"num-rounds": 2}, num_nodes=4)
     assert "resume=false" in str(err.value)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_run_dir_of_the_users_is_refused_and_untouched(tmp_path):
+    from common.folders import FolderError
+    from simulations.loop import run_in_loop
+
+    (tmp_path / "notes.md").write_text("mine")
+    (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(FolderError, match=f"{tmp_path} is not empty and holds no records"):
+        run_in_loop(TINY | {"run-dir": str(tmp_path)}, num_nodes=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.md", "summary.json"]
+    assert (tmp_path / "summary.json").read_text() == "{}"

@@ -43,12 +43,15 @@ def test_an_out_folder_of_the_users_is_refused_and_untouched(tmp_path, capfd):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_an_out_that_is_a_file_is_one_error_line(tmp_path, capfd):
-    out = tmp_path / "results"
-    out.write_text("a file")
-    assert main([str(_tiny(tmp_path)), "--out", str(out)]) == 1
-    assert f"{out} is a file, not a folder" in _only_error_line(capfd)
-    assert out.read_text() == "a file"
+@pytest.mark.parametrize(
+    ("below", "problem"), [("", "is a file, not a folder"), ("sub", "a file stands where")]
+)
+def test_an_out_that_is_a_file_or_below_one_is_one_error_line(tmp_path, capfd, below, problem):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file")
+    assert main([str(_tiny(tmp_path)), "--out", str(blocker / below)]) == 1
+    assert problem in _only_error_line(capfd)
+    assert blocker.read_text() == "a file"
 
 
 def test_a_second_sweep_on_one_out_is_refused_with_the_first_ones_pid(tmp_path, capfd):
