@@ -63,7 +63,7 @@ def claim(path: str | Path, kind: str) -> Path:
         )
     if found is not None and found != kind:
         raise FolderError(
-            f"{folder} holds a {found}, not a {kind}; nothing in it was touched. "
+            f"{folder} holds records of kind '{found}', not '{kind}'; nothing in it was touched. "
             f"Give another folder for the {kind}"
         )
     if not (folder / MARKER).exists():

@@ -38,7 +38,7 @@ def test_an_empty_or_new_folder_is_claimed_once_and_then_ours(tmp_path):
     assert json.loads((folder / MARKER).read_text()) == {"kind": "run-dir"}
     (folder / "metrics.jsonl").write_text("{}\n")
     assert claim(folder, "run-dir") == folder
-    with pytest.raises(FolderError, match="holds a run-dir, not a experiment"):
+    with pytest.raises(FolderError, match="holds records of kind .run-dir., not .experiment."):
         claim(folder, "experiment")
 
 
