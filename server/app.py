@@ -142,14 +142,18 @@ def _run_rounds(settings: Settings, grid: Grid, folder: RunFolder) -> dict[str, 
             privacy = strategy.privacy.to_json() if strategy.privacy else None
             folder.save_checkpoint(Checkpoint(rnd, state, strategy.optimizer_state, privacy))
         log(INFO, "%s", progress_line(settings, row))
-    if stopped and trained:  # score every client on the last model DP allowed
+    # Score every client on the last model: the one DP allowed, or, resumed after the last
+    # round (a crash between its checkpoint and summary.json), the final one again.
+    scored = stopped or (settings.num_rounds if start > settings.num_rounds else 0)
+    if scored and trained:
         replies = send_and_receive(
             grid,
-            strategy.configure_evaluate(stopped, record, ConfigRecord({FINAL: True}), grid),
+            strategy.configure_evaluate(scored, record, ConfigRecord({FINAL: True}), grid),
             timeout=settings.round_timeout,
         )
-        last_eval = dict(strategy.aggregate_evaluate(stopped, replies) or {})  # type: ignore[arg-type]
-        last_eval["stopped-after-round"] = stopped
+        last_eval = dict(strategy.aggregate_evaluate(scored, replies) or {})  # type: ignore[arg-type]
+        if stopped:
+            last_eval["stopped-after-round"] = stopped
     if strategy.privacy is not None and strategy.dp is not None:
         last_eval |= {
             "epsilon": strategy.privacy.ledger.epsilon(strategy.dp.delta),

@@ -23,6 +23,7 @@ continue, or be recorded, under other settings.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -244,7 +245,9 @@ class RunFolder:
         }
         if alpha is not None:
             payload["alpha"] = {k: torch.from_numpy(np.array(v)) for k, v in alpha.items()}
-        _atomic(self.file("model.pt"), lambda tmp: torch.save(payload, tmp))
+        buffer = io.BytesIO()  # torch's own writer reports a full disk as a RuntimeError
+        torch.save(payload, buffer)
+        _atomic(self.file("model.pt"), lambda tmp: tmp.write_bytes(buffer.getvalue()))
         return self.file("model.pt")
 
 
@@ -284,5 +287,9 @@ def _atomic(path: Path, write: Callable[[Path], object]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None:  # a write through a file object: name the file
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)

@@ -132,3 +132,23 @@ def test_a_run_dir_of_the_users_is_refused_and_untouched(tmp_path):
         run_in_loop(TINY | {"run-dir": str(tmp_path)}, num_nodes=4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.md", "summary.json"]
     assert (tmp_path / "summary.json").read_text() == "{}"
+
+
+def test_a_crash_after_the_last_checkpoint_loses_no_scores(tmp_path):
+    """The disk filled up writing summary.json after the final round's checkpoint: the
+    rerun has no round left to train and must still score the final model, as the run did."""
+    import json
+
+    from simulations.loop import run_in_loop
+
+    config = TINY | {"num-rounds": 2, "run-dir": str(tmp_path)}
+    first = run_in_loop(config, num_nodes=4)
+    (tmp_path / "summary.json").unlink()
+    (tmp_path / "model.pt").unlink()
+    again = run_in_loop(config | {"resume": True}, num_nodes=4)
+    scores = [k for k in first if k.startswith("mse-")]
+    assert scores and {k: again[k] for k in scores} == {k: first[k] for k in scores}
+    rounds = [
+        json.loads(r)["round"] for r in (tmp_path / "metrics.jsonl").read_text().split("\n") if r
+    ]
+    assert rounds == [1, 2]
