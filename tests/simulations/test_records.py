@@ -200,3 +200,29 @@ def test_sigint_says_where_to_resume_exits_130_and_the_rerun_resumes(tmp_path):
         rerun.stdout + rerun.stderr
     )
     assert Path(out / "maml/seed0/summary.json").exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs (root only, where mounting is allowed), unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root and the permission to mount")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_real_full_disk_is_one_error_line_and_the_rerun_finishes(tiny_disk, tmp_path, capfd):
+    experiment, out = _rounds(tmp_path, 40), tiny_disk / "out"
+    assert main([str(experiment), "--out", str(out)]) == 1
+    line = _only_error_line(capfd)
+    assert line.startswith("error: No space left on device: ") and "rerun the same" in line
+    assert not list(out.rglob("*.tmp"))
+    subprocess.run(["mount", "-o", "remount,size=1m", str(tiny_disk)], check=True)
+    assert main([str(experiment), "--out", str(out)]) == 0
+    summary = json.loads((out / "maml/seed0/summary.json").read_text())
+    assert summary["mse-after-mean"] > 0  # scored, whichever file the disk filled up on
