@@ -16,7 +16,6 @@ A run-dir and an experiment's ``--out`` hold results that took hours to make, so
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -24,6 +23,11 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: the O_EXCL create alone decides
+    fcntl = None  # type: ignore[assignment]
 
 MARKER = ".fedmeta-flower.json"  # {"kind": "run-dir" | "experiment"}
 LOCK = ".lock"
@@ -146,6 +150,9 @@ def _serialised(folder: Path) -> Iterator[None]:
     """Hold an flock on the folder while a lock is checked, taken over or removed, so two
     processes that both find a dead writer's lock do not both take it. The kernel drops an
     flock with its process; where the file system has none, the O_EXCL create still decides."""
+    if fcntl is None:
+        yield
+        return
     fd = os.open(folder, os.O_RDONLY)
     try:
         with contextlib.suppress(OSError):

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -108,3 +109,44 @@ def test_temporary_files_are_each_processes_own(tmp_path):
     path = tmp_path / "checkpoint.npz"
     names = {temporary_name(path) for _ in range(5)}
     assert len(names) == 5 and all(f".{os.getpid()}." in n.name for n in names)
+
+
+RACER = """
+import sys, time
+from common.folders import FolderError, FolderLock
+lock = FolderLock(sys.argv[1], "run-dir")
+while time.time() < float(sys.argv[2]):
+    pass  # start together
+try:
+    lock.acquire()
+except FolderError:
+    print("refused", flush=True)
+else:
+    print("got", flush=True)
+    time.sleep(120)  # hold it, alive, until the test has every answer and stops us
+"""
+
+
+def test_of_writers_racing_for_a_dead_writers_lock_exactly_one_wins(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = FolderLock(tmp_path, "run-dir")
+    (tmp_path / LOCK).write_text(json.dumps(lock.mine | {"pid": dead.pid}))
+    start = f"{time.time() + 5:.3f}"  # after (most) racers have imported
+    env = os.environ | {"PYTHONPATH": os.getcwd()}
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(tmp_path), start],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )  # fmt: skip
+        for _ in range(4)
+    ]
+    try:
+        outcomes = sorted(p.stdout.readline().strip() for p in racers)  # type: ignore[union-attr]
+    finally:
+        for p in racers:
+            p.kill()
+            p.wait()
+    assert outcomes == ["got", "refused", "refused", "refused"]
