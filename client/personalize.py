@@ -191,7 +191,7 @@ def _personalize_into(
     )
     result = personalize_and_score(
         model, theta, lr, data, steps=steps, batch_size=settings.batch_size,
-        task=settings.task, rng=rng, device=torch_device,
+        task=settings.task, rng=rng, device=torch_device, loss=settings.loss,
     )  # fmt: skip
     info = {
         "source-model": str(model_path.resolve()),
