@@ -48,9 +48,11 @@ from simulations.experiment import (
     validate_experiment,
 )
 from simulations.ray_cluster import (
+    PRIVATE,
     ClientResources,
     RayClusterError,
     RayTarget,
+    choose_ray,
     federation_config,
     resolve_ray,
     wait_for_nodes,
@@ -261,18 +263,34 @@ def _apply_cli(exp: Experiment, args: argparse.Namespace) -> Experiment:
 
 def check_memory(exp: Experiment) -> None:
     """Refuse, before anything is allocated, a federation whose clients would not fit into
-    this machine's memory: every node of a simulation, and its server, run here."""
+    this machine's memory: the server and, unless a Ray cluster spreads them, every node."""
     from client.runtime import MemoryEstimateError
     from client.runtime import check_memory as check_machine
     from common.config import parse_settings
 
-    where = f"this machine ({exp.num_supernodes} node(s) and the server)"
+    here = _clients_here(exp)
+    where = f"this machine ({exp.num_supernodes if here else 0} node(s) and the server)"
     for name in exp.algorithms:
         settings = parse_settings(exp.run_config(name, exp.seeds[0], Path(".")))
         try:
-            check_machine(settings, exp.num_clients, exp.num_clients, True, where)
+            check_machine(settings, exp.num_clients, here, True, where)
         except MemoryEstimateError as err:
             raise ExperimentError(exp.source, "base.clients-per-node", str(err)) from None
+        except Exception as err:  # the model could not be built (the user's data or code)
+            if not isinstance(err, named_errors()):
+                raise
+            return  # the run names that problem itself, where it belongs
+
+
+def _clients_here(exp: Experiment) -> int:
+    """Clients whose nodes run on this machine: all, unless a Ray cluster runs the nodes."""
+    if exp.engine == "simulation":
+        try:
+            if choose_ray(exp.ray_address)[0] != PRIVATE:
+                return 0
+        except RayClusterError:
+            pass  # named when the run starts
+    return exp.num_clients
 
 
 def _state(exp: Experiment, cell: Cell) -> str:
