@@ -8,8 +8,9 @@ rather than rebuilt on every message. Settings are parsed and the skeleton built
 run config and shared by every client: the skeleton only gives ``functional_call`` its
 structure (models carry no buffers, common/models.py), so no client can leave anything in
 it. Client data is kept for the most recently served clients up to ``DATA_CACHE_BYTES``
-per process, so 10,000 sinusoid clients all stay cached while a process serving FEMNIST or
-Omniglot writers holds a bounded amount. Nothing learned lives here: the shared state
+per process (their arrays plus the objects around them), so ~120,000 sinusoid clients stay
+cached while a process serving FEMNIST or Omniglot writers holds a bounded amount, however
+many clients the federation has. Nothing learned lives here: the shared state
 arrives in each message and a client's personal state lives in ``context.state``.
 
 A SuperNode whose node config has ``data-path`` and no ``partition-id`` holds its own data
@@ -206,13 +207,16 @@ def _skeleton(settings: Settings) -> nn.Module:
 
 
 # ---- memory for clients-per-node, estimated before anything is allocated -------------------
-# Bookkeeping per hosted client, measured with tracemalloc on 10**6 clients: 40 B on the
-# node (the partition list of its reply to the server's query), 82 B on the server (its
-# directory of partitions and one round's sample); doubled for the serialised copies in
-# transit. Without the estimate, clients-per-node=100000000 ran out of memory inside that
-# reply, and the server reported it after its 120 s wait as "start more SuperNodes".
-NODE_BYTES_PER_CLIENT = 80
-SERVER_BYTES_PER_CLIENT = 160
+# Without the estimate, clients-per-node=100000000 ran out of memory while the nodes listed
+# their clients, and the server reported it after its 120 s wait as "start more
+# SuperNodes". Nodes now report their clients as a range, so what grows with the clients
+# is the final round, which scores final-fraction-evaluate of them (every one by default):
+# each scored client's result on its node, in the reply, and as the server's row. Measured
+# as peak RSS of the loop engine (node and server in one process, sinusoid, 20,000 ->
+# 60,000 clients, all scored): 5.0 KB per client, split here evenly between node and server.
+NODE_BYTES_PER_SCORED_CLIENT = 2500
+SERVER_BYTES_PER_SCORED_CLIENT = 2500
+SERVER_BYTES_PER_CLIENT = 16  # the sample drawn each round (DP's Poisson draw: 8 B + mask)
 
 
 class MemoryEstimateError(ValueError):
@@ -221,18 +225,24 @@ class MemoryEstimateError(ValueError):
 
 def federation_bytes(settings: Settings, num_clients: int, hosted: int, server_here: bool) -> int:
     """Bytes this machine needs for ``hosted`` of the federation's ``num_clients`` clients
-    (and for the server, when it runs here): bookkeeping per client, plus one round's
-    updates of the clients fraction-train samples (on a node: its stacked rows and the
-    reply; on the server: its rows of every sampled client)."""
+    (and for the server, when it runs here): the final round's scored clients, plus one
+    round's updates of the clients fraction-train samples (on a node: its stacked rows and
+    the reply; on the server: its rows of every sampled client)."""
     model = _skeleton(settings)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if settings.learns_inner_lr:
         model_bytes *= 2  # Meta-SGD's alpha travels with theta
-    sampled = min(num_clients, max(1, int(num_clients * settings.fraction_train)))
-    sampled_here = -(-sampled * hosted // num_clients)
-    need = hosted * NODE_BYTES_PER_CLIENT + sampled_here * model_bytes * 2
+
+    def share(fraction: float) -> tuple[int, int]:  # (in the federation, on this machine)
+        total = min(num_clients, max(1, int(num_clients * fraction)))
+        return total, -(-total * hosted // num_clients)
+
+    trained, trained_here = share(settings.fraction_train)
+    scored, scored_here = share(settings.final_fraction_evaluate)
+    need = scored_here * NODE_BYTES_PER_SCORED_CLIENT + trained_here * model_bytes * 2
     if server_here:
-        need += num_clients * SERVER_BYTES_PER_CLIENT + sampled * model_bytes
+        need += scored * SERVER_BYTES_PER_SCORED_CLIENT + trained * model_bytes
+        need += num_clients * SERVER_BYTES_PER_CLIENT
     return need
 
 
@@ -258,10 +268,10 @@ def check_memory(
         return
     raise MemoryEstimateError(
         f"config key 'clients-per-node' has value {settings.clients_per_node}: {hosted:,} "
-        f"clients on {where} need an estimated {_size(need)} (bookkeeping per client plus "
-        "one round's updates of the clients fraction-train samples), more than the "
-        f"{_size(have)} available; lower clients-per-node or fraction-train, or spread the "
-        "clients over more machines"
+        f"clients on {where} need an estimated {_size(need)} (the final round's scores of "
+        "final-fraction-evaluate of them, one round's updates of fraction-train of them), "
+        f"more than the {_size(have)} available; lower clients-per-node, "
+        "final-fraction-evaluate or fraction-train, or spread the clients over more machines"
     )
 
 
@@ -287,9 +297,16 @@ def _build_client(
     return ClientRuntime(settings, partition_id, num_partitions, data)
 
 
+# Python objects around a cached client's arrays: the runtime, its ClientData, four array
+# headers, the key and the cache's slot. Measured: 2.1 KB per sinusoid client whose arrays
+# hold 560 bytes, so counting array bytes alone let the 256 MiB cache grow to ~1 GB of
+# tiny clients (a million-client federation would cache every client it ever served).
+ENTRY_OVERHEAD_BYTES = 1600
+
+
 def _data_bytes(rt: ClientRuntime) -> int:
     d = rt.data
-    return sum(a.nbytes for a in (d.x_train, d.y_train, d.x_test, d.y_test))
+    return ENTRY_OVERHEAD_BYTES + sum(a.nbytes for a in (d.x_train, d.y_train, d.x_test, d.y_test))
 
 
 class RuntimeCache:

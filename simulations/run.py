@@ -3,6 +3,9 @@
     python -m simulations.run simulations/experiments/quickstart.yaml
     python -m simulations.run quickstart        # the same file, by name, from any folder
 
+From Python (a notebook, a script): ``simulations.run_experiment(mapping_or_path)`` runs
+the same code and returns every run's summary.
+
 Each (algorithm, seed) cell is one run of the Flower app (``engine: simulation``: one
 SuperLink started for the whole experiment, one ``flwr run`` per cell) or of the same
 server loop in this process (``engine: loop``). A cell whose folder already holds a
@@ -30,9 +33,10 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -42,6 +46,7 @@ from simulations.experiment import (
     Cell,
     Experiment,
     ExperimentError,
+    experiment_from_mapping,
     load_experiment,
     parse_yaml,
     shorten,
@@ -92,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         check_memory(exp)
     except ExperimentError as err:
         return _error(err, 2)
-    out = (args.out or Path("results") / exp.name).expanduser().resolve()
+    out = results_folder(exp, args.out)
     everything = dataclasses.replace(exp, algorithms=from_file.algorithms)  # without --only
+    t0 = time.monotonic()
     try:
-        return _run_locked(exp, everything, out)
+        run_experiment(exp, out, report=everything)
     except Interrupted as err:
         return _error(err, 130)
     except KeyboardInterrupt:
@@ -108,14 +114,47 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(err, named_errors()):
             raise  # a bug: its traceback is the useful report
         return _error(err, 1)
+    print(f"done in {time.monotonic() - t0:.0f} s; table: {out / 'summary.md'}", flush=True)
+    print((out / "summary.md").read_text(), flush=True)
+    return 0
 
 
-def _run_locked(exp: Experiment, everything: Experiment, out: Path) -> int:
-    """Run ``exp``'s cells in ``out`` (ours, and locked while we write) and its report,
-    which keeps the rows of ``everything`` that finished with the same settings."""
+Summaries = dict[str, dict[int, dict[str, float]]]  # row -> seed -> the run's summary.json
+
+
+def run_experiment(
+    experiment: Mapping[str, Any] | str | Path | Experiment,
+    out: str | Path | None = None,
+    *,
+    report: Experiment | None = None,
+) -> Summaries:
+    """Run an experiment and return every run's summary, ``{row: {seed: summary}}``.
+
+    The entry point for notebooks and scripts, and the one the command line calls:
+    ``experiment`` is a mapping shaped like the YAML file (``name``, ``engine``,
+    ``num-supernodes``, ``seeds``, ``base``, ``algorithms``), a YAML path or shipped name,
+    or a loaded :class:`Experiment`; ``out`` the results folder (default results/<name>),
+    which must be new, empty or one of ours, and is locked while the experiment writes.
+    ``report``: the experiment whose rows finished in ``out`` the summary keeps beside
+    these (--only runs some rows of a file); default ``experiment`` alone. A cause the
+    user can fix raises one of :func:`named_errors` with its message; Ctrl-C raises
+    :class:`Interrupted`, saying the round to resume after.
+
+        from simulations import run_experiment
+        summaries = run_experiment({"engine": "loop", "num-supernodes": 10,
+                                    "base": {"num-rounds": 5}, "algorithms": {"maml": {}}})
+        summaries["maml"][0]["mse-after-mean"]
+    """
     from common.folders import FolderLock, claim
 
-    out = claim(out, "experiment")  # refuses a folder of the user's, touching nothing
+    if isinstance(experiment, str | Path):
+        exp = load_experiment(experiment)
+    elif isinstance(experiment, Experiment):
+        exp = experiment
+    else:
+        exp = experiment_from_mapping(experiment, Path(str(experiment.get("name", "experiment"))))
+    check_memory(exp)
+    out = claim(results_folder(exp, out), "experiment")  # a folder of the user's: refused
     with FolderLock(out, "--out"):
         cells = exp.cells(out)
         print(
@@ -124,12 +163,17 @@ def _run_locked(exp: Experiment, everything: Experiment, out: Path) -> int:
             f"on the {exp.engine} engine, {exp.describe_layout()} -> {out}",
             flush=True,
         )
-        t0 = time.monotonic()
         run_cells(exp, cells)
-        write_report(_reported(exp, everything, out), out)
-    print(f"done in {time.monotonic() - t0:.0f} s; table: {out / 'summary.md'}", flush=True)
-    print((out / "summary.md").read_text(), flush=True)
-    return 0
+        write_report(_reported(exp, report or exp, out), out)
+    summaries: Summaries = {}
+    for cell in cells:
+        path = Path(cell.run_config["run-dir"]) / "summary.json"
+        summaries.setdefault(cell.algorithm, {})[cell.seed] = json.loads(path.read_text())
+    return summaries
+
+
+def results_folder(exp: Experiment, out: str | Path | None) -> Path:
+    return (Path(out) if out is not None else Path("results") / exp.name).expanduser().resolve()
 
 
 def _error(err: object, code: int) -> int:
@@ -214,6 +258,7 @@ def named_errors() -> tuple[type[Exception], ...]:
     """
     from common.config import ConfigError
     from common.data.types import DataError
+    from common.fingerprint import CodeMismatch
     from common.folders import FolderError
     from server.app import TrainingFailed
     from server.nodes import NodesUnavailable
@@ -221,7 +266,7 @@ def named_errors() -> tuple[type[Exception], ...]:
 
     return (
         ExperimentError, SimulationError, ConfigError, DataError, RunFolderError,
-        TrainingFailed, NodesUnavailable, RayClusterError, FolderError,
+        TrainingFailed, NodesUnavailable, RayClusterError, CodeMismatch, FolderError,
     )  # fmt: skip
 
 

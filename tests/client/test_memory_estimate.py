@@ -9,7 +9,12 @@ import time
 import pytest
 
 from client import runtime
-from client.runtime import NODE_BYTES_PER_CLIENT, SERVER_BYTES_PER_CLIENT, federation_bytes
+from client.runtime import (
+    NODE_BYTES_PER_SCORED_CLIENT,
+    SERVER_BYTES_PER_CLIENT,
+    SERVER_BYTES_PER_SCORED_CLIENT,
+    federation_bytes,
+)
 from common.config import parse_settings
 from server.nodes import NodesUnavailable
 from simulations.loop import run_in_loop
@@ -18,15 +23,18 @@ from simulations.run import main
 TINY = {"num-rounds": 1, "local-steps": 1, "hidden-sizes": "8"}
 
 
-def test_the_estimate_grows_with_clients_and_with_the_sampled_updates():
+def test_the_estimate_grows_with_the_scored_clients_and_the_sampled_updates():
     settings = parse_settings(TINY | {"fraction-train": 0.5})
     model_bytes = sum(p.numel() * 4 for p in runtime._skeleton(settings).parameters())
     node = federation_bytes(settings, 1000, 100, server_here=False)
-    assert node == 100 * NODE_BYTES_PER_CLIENT + 50 * model_bytes * 2  # its half sampled
+    assert node == 100 * NODE_BYTES_PER_SCORED_CLIENT + 50 * model_bytes * 2  # its half sampled
     both = federation_bytes(settings, 1000, 1000, server_here=True)
-    assert both == 1000 * (NODE_BYTES_PER_CLIENT + SERVER_BYTES_PER_CLIENT) + 500 * model_bytes * 3
+    scored = NODE_BYTES_PER_SCORED_CLIENT + SERVER_BYTES_PER_SCORED_CLIENT
+    assert both == 1000 * (scored + SERVER_BYTES_PER_CLIENT) + 500 * model_bytes * 3
     metasgd = parse_settings(TINY | {"fraction-train": 0.5, "algorithm": "metasgd"})
     assert federation_bytes(metasgd, 1000, 100, False) > node  # alpha doubles each update
+    sampled = parse_settings(TINY | {"fraction-train": 0.5, "final-fraction-evaluate": 0.1})
+    assert federation_bytes(sampled, 1000, 100, False) == node - 90 * NODE_BYTES_PER_SCORED_CLIENT
 
 
 def test_the_runner_refuses_too_many_clients_at_once(tmp_path, capsys, monkeypatch):
@@ -58,4 +66,4 @@ def test_a_node_refuses_its_share_and_the_server_stops_without_waiting(tmp_path,
     message = str(err.value)
     assert "every connected node (2) failed to say which clients it hosts" in message
     assert "'clients-per-node' has value 1000000: 1,000,000 clients on this node" in message
-    assert "MiB (bookkeeping" in message and "than the 10.0 MiB available" in message
+    assert "(the final round's scores" in message and "than the 10.0 MiB available" in message
