@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -275,7 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             steps=args.steps, data_path=args.data_path, device=args.device, onnx=args.onnx,
         )  # fmt: skip
     except (ValueError, OSError) as err:  # our errors name the input and the fix
-        print(f"error: {err}", file=sys.stderr)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            err = OSError(
+                f"no space left on the device of --out {args.out}; nothing was written. "
+                "Free some space or give --out on another disk"
+            )
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     info = json.loads((args.out / INFO_FILE).read_text())
     why_not = "" if info["same-as-run"] == "yes" else info["same-as-run"]

@@ -195,3 +195,37 @@ def test_an_out_that_is_a_file_is_one_error(tmp_path, capsys):
     (tmp_path / "out").write_text("a file")
     assert main(["--model", str(model_path), *ARGS, "--out", str(tmp_path / "out")]) == 2
     assert "is a file; give a folder" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_error_and_no_files(tmp_path, capsys, monkeypatch):
+    model_path = _saved_model(tmp_path / "run", SINUSOID)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("client.personalize.export_torchscript", full_disk)
+    out = tmp_path / "out"
+    assert main(["--model", str(model_path), *ARGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: no space left on the device of --out {out}; nothing was written. "
+        "Free some space or give --out on another disk\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_real_full_disk_is_one_error_and_no_files(tmp_path, capsys):
+    """Torch's own file writer aborted the process on a full disk (a 16 KiB tmpfs here,
+    where root may mount one): no error line, and the outputs half written."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root and the permission to mount")
+    try:
+        model_path = _saved_model(tmp_path / "run", SINUSOID)
+        assert main(["--model", str(model_path), *ARGS, "--out", str(disk / "out")]) == 2
+        assert "error: no space left on the device of --out" in capsys.readouterr().err
+        assert not list(disk.iterdir())
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
