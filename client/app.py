@@ -54,6 +54,7 @@ from common.arrays import (
     to_tensors,
 )
 from common.config import Algorithm, AttackKind, settings_to_run_config
+from common.fingerprint import check_code
 from common.messages import (
     ACC_AFTER,
     ACC_BEFORE,
@@ -62,6 +63,7 @@ from common.messages import (
     NUM_EXAMPLES,
     Instruction,
     instruction_of,
+    query_code,
     read_instruction,
     write_identity,
     write_reply,
@@ -101,6 +103,7 @@ def _unpack(msg: Message, node: NodeRuntime) -> Received:
 
 
 def _received(state: dict[str, np.ndarray], asked: Instruction, node: NodeRuntime) -> Received:
+    check_code(asked.code)  # a worker with other code than the ServerApp's must not train
     theta, alpha = split_state(state)
     return Received(
         theta=to_tensors(theta, node.device),
@@ -345,5 +348,6 @@ def _model_info(
 @app.query()
 def identity(msg: Message, context: Context) -> Message:
     """Tell the server which clients (partitions) this node hosts (for reproducible sampling)."""
+    check_code(query_code(msg.content))
     node = node_runtime(context)
     return Message(write_identity(node.node_partition, node.partitions), reply_to=msg)

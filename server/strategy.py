@@ -165,10 +165,10 @@ class MetaStrategy(FedAvg):
         fraction = (
             self.settings.fraction_train
             if kind == MessageType.TRAIN
-            else 1.0
+            else self.settings.final_fraction_evaluate
             if config.get(FINAL)
             else self.settings.fraction_evaluate
-        )  # fmt: skip  (the final round scores every client, for the summary table)
+        )  # fmt: skip  (the final round scores every client by default, for the summary)
         train = kind == MessageType.TRAIN
         self.sample_clients(server_round, fraction, train)
         if train:  # before anything is sent: a start-up error in round 1
