@@ -176,7 +176,8 @@ def _start_privacy(
     clients = nodes.wait()
     population = len(clients)
     check_delta(dp.delta, population)
-    check_tolerated_drops(settings, len({node for _, node in clients}))
+    if settings.dp_mechanism == "distributed":  # (the node count is only needed there)
+        check_tolerated_drops(settings, len({node for _, node in clients}))
     expected = cohort_size(population, settings.fraction_train)
     q = expected / population
     state, planned = start_state(settings, dp, q, expected, saved)
