@@ -184,7 +184,8 @@ def _start_privacy(
     clients = nodes.wait()
     population = len(clients)
     check_delta(dp.delta, population)
-    check_tolerated_drops(settings, len({node for _, node in clients}))
+    if settings.dp_mechanism == "distributed":  # (the node count is only needed there)
+        check_tolerated_drops(settings, len({node for _, node in clients}))
     expected = cohort_size(population, settings.fraction_train)
     q = expected / population
     state, planned = start_state(settings, dp, q, expected, saved)
@@ -286,9 +287,11 @@ def progress_line(s: Settings, row: dict) -> str:
     if f"{metric}-after-mean" not in ev:
         dropped = len(row["dropped"])
         if row["round"] % s.evaluate_every and row["round"] != s.num_rounds:
+            # distributed DP: the nodes sample their clients, the count is not released
+            accepted = "hidden" if row["accepted"] is None else row["accepted"]
             return (
                 f"round {row['round']}/{s.num_rounds} [{s.algorithm}] trained "
-                f"{row['accepted']} clients, dropped {dropped} {row['seconds']:.2f}s"
+                f"{accepted} clients, dropped {dropped} {row['seconds']:.2f}s"
             )
         return f"round {row['round']}/{s.num_rounds}: no evaluation results ({dropped} dropped)"
     return (

@@ -394,7 +394,11 @@ def _trained(run_dir: Path) -> bool:
     path = run_dir / "metrics.jsonl"
     for line in path.read_text().splitlines() if path.exists() else []:
         try:
-            if json.loads(line).get("accepted", 0) > 0:
+            row = json.loads(line)
+            if row.get("accepted") is None and "accepted" in row:  # hidden: distributed DP
+                if row.get("privacy", {}).get("nodes-summed", 0) > 0:
+                    return True
+            elif row.get("accepted", 0) > 0:
                 return True
         except (ValueError, AttributeError, TypeError):
             continue  # a row cut short by a crash
