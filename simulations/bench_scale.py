@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="fedmeta-scale-"))
     populations = [int(c) for c in args.clients.split(",")]
     engines = args.engines.split(",")
-    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"machine: {machine()}", flush=True)  # with the load average
     print("| engine | clients | s/round | CPU s/round | peak RSS (GiB) | round 1 (s) |")
     print("|---|---:|---:|---:|---:|---:|", flush=True)
     for engine in engines:
