@@ -111,10 +111,7 @@ def _cohort(node: NodeRuntime, clients: list[int]) -> Cohort:
     order = list(dict.fromkeys(clients))  # a repeated id is served once
     for pid in order:
         if pid not in node.partitions:
-            skipped[pid] = (
-                f"partition {pid} is not hosted by this node (it hosts "
-                f"{node.partitions.start}..{node.partitions.stop - 1})"
-            )
+            skipped[pid] = f"partition {pid} is not hosted by this node (it hosts {node.hosted})"
             continue
         rt = node.client(pid)
         if reason := rt.too_small_reason:
@@ -275,6 +272,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         [rt.rng(got.server_round, EVALUATE_PURPOSE) for rt in cohort.ready],
         steps=(steps,), batch_size=s.batch_size, task=s.task, device=node.device,
         cohort_size=s.cohort_size, per_client_params=local, keep_params=bool(model_dir),
+        loss=s.loss,
     )  # fmt: skip
     for rt, result in zip(cohort.ready, results, strict=True):
         before, after = result.before, result.after

@@ -5,7 +5,8 @@ reproduced. Each node is asked once, by a ``query`` message, for the partitions 
 (one, or ``clients-per-node`` of them); clients are then sampled by partition with an RNG
 seeded from (seed, round, purpose), so a rerun with the same seed trains the same clients
 in the same rounds, however many clients share a node: 100 clients on 100 nodes and the
-same 100 clients on 2 nodes are sampled alike.
+same 100 clients on 2 nodes are sampled alike. DP's Poisson sample is seeded instead from
+the run's secret noise key (server/privacy.py), so that it cannot be predicted.
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ class NodeDirectory:
 
         Exactly k = :func:`cohort_size` clients, drawn without replacement; with ``poisson``
         each client joins independently with probability k / N instead (k on average, what
-        differential privacy's accounting assumes, server/privacy.py)."""
+        differential privacy's accounting assumes, server/privacy.py). ``seed`` is the
+        experiment seed, or for DP's sample the run's secret noise key."""
         clients = self.wait()
         self.population = len(clients)
         k = cohort_size(len(clients), fraction)

@@ -21,7 +21,7 @@ server/secagg.py) and the server screens nodes, not single updates (docs/privacy
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from logging import WARNING
 
 import numpy as np
@@ -47,7 +47,14 @@ from common.messages import (
 from common.privacy import WITHIN_CLIP, clip_rows
 from server.aggregate import NamedArrays, OptimizerConfig, OptimizerState, client_stats, server_step
 from server.nodes import NodeDirectory, cohort_size
-from server.privacy import NOISE_PURPOSE, DPConfig, PrivacyState, private_mean
+from server.privacy import (
+    NOISE_PURPOSE,
+    NOT_PRIVATE,
+    DPConfig,
+    PrivacyState,
+    noise_rng,
+    private_mean,
+)
 from server.robust import Aggregate, RobustConfig, check_round_size, robust_aggregate
 from server.secagg import node_drops, secure_sum
 
@@ -171,10 +178,13 @@ class MetaStrategy(FedAvg):
 
         With DP, training clients are Poisson-sampled (the accountant's assumption); with
         SecAgg+ every live node takes part, those without sampled clients with a zero sum,
-        so that each round has the two or more nodes the protocol needs."""
+        so that each round has the two or more nodes the protocol needs. DP's sample is
+        drawn from the run's secret noise key, not the seed (server/privacy.py): who took
+        part must be as unpredictable as the noise."""
         purpose = 0 if train else 1
         dp = train and self.dp is not None
-        self.asked = self.nodes.sample(fraction, self.settings.seed, server_round, purpose, dp)
+        key = self.privacy.noise_key if dp and self.privacy is not None else self.settings.seed
+        self.asked = self.nodes.sample(fraction, key, server_round, purpose, dp)
         self.population = self.nodes.population
         if train and self.settings.secagg:
             live = {node for _, node in self.nodes.live()}
@@ -352,16 +362,18 @@ class MetaStrategy(FedAvg):
             raise RuntimeError("private_delta needs dp = true and a PrivacyState")
         expected = cohort_size(self.population, self.settings.fraction_train)
         q = expected / self.population
-        rng = np.random.default_rng([self.settings.seed, server_round, NOISE_PURPOSE])
+        rng = noise_rng(self.privacy.noise_key, server_round, NOISE_PURPOSE)
         release = private_mean(total, within_centered, self.privacy, self.dp, expected, rng)
         z = self.privacy.noise_multiplier
         ledger = self.privacy.ledger.add(q, z)
-        self.privacy = PrivacyState(release.next_clip, z, ledger)
+        self.privacy = replace(self.privacy, clip=release.next_clip, ledger=ledger)
         self.report.privacy |= {
-            "epsilon": ledger.epsilon(self.dp.delta), "delta": self.dp.delta,
+            "epsilon": ledger.epsilon(self.dp.delta, self.dp.accountant),
+            "accountant": self.dp.accountant, "delta": self.dp.delta,
             "q": q, "expected-clients": expected, "noise-multiplier": z,
             "noise-std": release.noise_std, "clip": release.clip,
             "next-clip": release.next_clip, "unclipped-fraction": release.unclipped_fraction,
+            "release": NOT_PRIVATE if self.dp.reproducible else "private",
         }  # fmt: skip
         return release.delta
 
