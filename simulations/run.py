@@ -130,8 +130,8 @@ def named_errors() -> tuple[type[Exception], ...]:
     Imported when needed: server modules pull in torch, which ``--help`` should not wait for.
     """
     from common.config import ConfigError
-    from common.fingerprint import CodeMismatch
     from common.data.types import DataError
+    from common.fingerprint import CodeMismatch
     from server.app import TrainingFailed
     from server.nodes import NodesUnavailable
     from server.run_folder import RunFolderError
