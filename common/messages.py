@@ -72,6 +72,13 @@ STATE_KEYS = "state-keys"
 DROPPED = "dropped"
 SUM_PREFIX = "sum/"
 
+# ---- distributed DP under SecAgg+ (FitIns config; common/privacy.py DistributedNoise) ---
+DP_GRANULARITY = "dp-granularity"  # gamma
+DP_BOUND = "dp-bound"  # Delta_2
+DP_NODE_STD = "dp-node-std"  # sigma of a node's discrete Gaussian share
+DP_MODULUS = "dp-modulus"  # m
+DP_SAMPLE_RATE = "dp-sample-rate"  # q: each node samples its own clients
+
 # ---- identity -------------------------------------------------------------------------
 IDENTITY = "identity"
 PARTITIONS = "partitions"

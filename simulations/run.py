@@ -3,6 +3,9 @@
     python -m simulations.run simulations/experiments/quickstart.yaml
     python -m simulations.run quickstart        # the same file, by name, from any folder
 
+From Python (a notebook, a script): ``simulations.run_experiment(mapping_or_path)`` runs
+the same code and returns every run's summary.
+
 Each (algorithm, seed) cell is one run of the Flower app (``engine: simulation``: one
 SuperLink started for the whole experiment, one ``flwr run`` per cell) or of the same
 server loop in this process (``engine: loop``). A cell whose folder already holds a
@@ -24,7 +27,9 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -34,6 +39,7 @@ from simulations.experiment import (
     Cell,
     Experiment,
     ExperimentError,
+    experiment_from_mapping,
     load_experiment,
     validate_experiment,
 )
@@ -80,7 +86,46 @@ def main(argv: list[str] | None = None) -> int:
     except ExperimentError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = (args.out or Path("results") / exp.name).resolve()
+    out = results_folder(exp, args.out)
+    t0 = time.monotonic()
+    try:
+        run_experiment(exp, out)
+    except Exception as err:
+        if not isinstance(err, named_errors()):
+            raise  # a bug: its traceback is the useful report
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    print(f"done in {time.monotonic() - t0:.0f} s; table: {out / 'summary.md'}", flush=True)
+    print((out / "summary.md").read_text(), flush=True)
+    return 0
+
+
+Summaries = dict[str, dict[int, dict[str, float]]]  # row -> seed -> the run's summary.json
+
+
+def run_experiment(
+    experiment: Mapping[str, Any] | str | Path | Experiment, out: str | Path | None = None
+) -> Summaries:
+    """Run an experiment and return every run's summary, ``{row: {seed: summary}}``.
+
+    The entry point for notebooks and scripts, and the one the command line calls:
+    ``experiment`` is a mapping shaped like the YAML file (``name``, ``engine``,
+    ``num-supernodes``, ``seeds``, ``base``, ``algorithms``), a YAML path or shipped name,
+    or a loaded :class:`Experiment`; ``out`` the results folder (default results/<name>).
+    A cause the user can fix raises one of :func:`named_errors` with its message.
+
+        from simulations import run_experiment
+        summaries = run_experiment({"engine": "loop", "num-supernodes": 10,
+                                    "base": {"num-rounds": 5}, "algorithms": {"maml": {}}})
+        summaries["maml"][0]["mse-after-mean"]
+    """
+    if isinstance(experiment, str | Path):
+        exp = load_experiment(experiment)
+    elif isinstance(experiment, Experiment):
+        exp = experiment
+    else:
+        exp = experiment_from_mapping(experiment, Path(str(experiment.get("name", "experiment"))))
+    out = results_folder(exp, out)
     out.mkdir(parents=True, exist_ok=True)
     cells = exp.cells(out)
     print(
@@ -89,18 +134,17 @@ def main(argv: list[str] | None = None) -> int:
         f"on the {exp.engine} engine, {exp.describe_layout()} -> {out}",
         flush=True,
     )
-    t0 = time.monotonic()
-    try:
-        run_cells(exp, cells)
-    except Exception as err:
-        if not isinstance(err, named_errors()):
-            raise  # a bug: its traceback is the useful report
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+    run_cells(exp, cells)
     write_report(exp, out)
-    print(f"done in {time.monotonic() - t0:.0f} s; table: {out / 'summary.md'}", flush=True)
-    print((out / "summary.md").read_text(), flush=True)
-    return 0
+    summaries: Summaries = {}
+    for cell in cells:
+        path = Path(cell.run_config["run-dir"]) / "summary.json"
+        summaries.setdefault(cell.algorithm, {})[cell.seed] = json.loads(path.read_text())
+    return summaries
+
+
+def results_folder(exp: Experiment, out: str | Path | None) -> Path:
+    return (Path(out) if out is not None else Path("results") / exp.name).resolve()
 
 
 def _add_ray_options(parser: argparse.ArgumentParser) -> None:
