@@ -8,6 +8,7 @@ own overrides, stated in the table), the seeds, and the engine that runs them.
     gpus-per-client: 0            # per worker; 0.5 puts two workers on a GPU
     ray-address: ""               # "" Ray's own choice, local, auto or HOST:PORT (docs/scaling.md)
     ray-nodes: 0                  # Ray nodes to wait for (up to ray-wait s) before each run
+    ray-wait: 60                  # seconds to wait for them
     seeds: [0, 1, 2]
     base:                         # run-config keys shared by every run
       dataset: sinusoid
