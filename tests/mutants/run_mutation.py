@@ -59,12 +59,8 @@ GROUPS = {
     ),  # fmt: skip
     "aggregate": Group(
         ("server/aggregate.py",),  # the weighted mean and the server optimizer (SGD, Adam)
-        (
-            "tests/server/test_aggregate.py",
-            "tests/server/test_round_by_hand.py",
-            "tests/server/test_strategy.py",
-        ),
-    ),  # fmt: skip
+        ("tests/server/test_aggregate.py",),
+    ),
     "personalize": Group(
         ("common/personalize.py",),
         ("tests/common/test_personalize.py", KNOWN_BUGS),
@@ -75,7 +71,7 @@ GROUPS = {
     ),
     "client-app": Group(
         ("client/app.py",),
-        (KNOWN_BUGS, "tests/server/test_round_by_hand.py", "tests/client/test_federation_loop.py"),
+        (KNOWN_BUGS, "tests/server/test_round_by_hand.py"),
     ),
     "robust": Group(
         ("server/robust.py",),
