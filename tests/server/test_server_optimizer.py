@@ -1,0 +1,36 @@
+"""The server optimizer's bookkeeping that the hand-computed steps of test_aggregate.py do
+not pin: Adam keeps its moments in float64 whatever the update's dtype (drift over
+thousands of rounds), and an unknown optimizer is refused by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.aggregate import OptimizerConfig, OptimizerState, server_step, weighted_mean
+
+
+def test_adam_keeps_its_moments_in_float64_for_a_float32_update():
+    theta = {"w": np.array([0.5, -0.5], np.float32)}
+    delta = {"w": np.array([0.1, -0.3], np.float32)}
+    new, opt = server_step(theta, delta, OptimizerConfig("adam", lr=0.1), OptimizerState())
+    assert opt.m["w"].dtype == np.float64 and opt.v["w"].dtype == np.float64
+    assert new["w"].dtype == np.float32  # theta keeps its own dtype
+    np.testing.assert_allclose(opt.m["w"], 0.1 * -np.float64(delta["w"]), rtol=1e-15)
+
+
+def test_an_unknown_server_optimizer_is_refused_by_name():
+    with pytest.raises(
+        ValueError, match=r"unknown server optimizer 'rmsprop'; use 'sgd' or 'adam'"
+    ):
+        server_step({"w": np.zeros(1)}, {"w": np.zeros(1)}, OptimizerConfig("rmsprop", 0.1),
+                    OptimizerState())  # fmt: skip
+
+
+def test_weighted_mean_sums_in_float64_and_normalises_the_weights():
+    """Three clients whose float32 updates would lose the small one in float32 sums."""
+    big = {"w": np.array([1e8], np.float32)}
+    small = {"w": np.array([1.0], np.float32)}
+    out = weighted_mean([big, small, {"w": np.array([-1e8], np.float32)}], [1, 2, 1])
+    assert out["w"].dtype == np.float64
+    np.testing.assert_allclose(out["w"], [2.0 / 4], rtol=0, atol=0)
