@@ -34,3 +34,18 @@ def test_weighted_mean_sums_in_float64_and_normalises_the_weights():
     out = weighted_mean([big, small, {"w": np.array([-1e8], np.float32)}], [1, 2, 1])
     assert out["w"].dtype == np.float64
     np.testing.assert_allclose(out["w"], [2.0 / 4], rtol=0, atol=0)
+
+
+def test_adams_eps_damps_a_tiny_update_instead_of_amplifying_it():
+    """|delta| = 1e-9 < eps = 1e-8: the first step is lr * d / (|d| + eps) = lr / 11, in the
+    update's direction (eps in the denominator's other sign would flip and enlarge it)."""
+    cfg = OptimizerConfig("adam", lr=0.1, eps=1e-8)
+    new, _ = server_step({"w": np.zeros(1)}, {"w": np.array([1e-9])}, cfg, OptimizerState())
+    np.testing.assert_allclose(new["w"], [0.1 * 1e-9 / (1e-9 + 1e-8)], rtol=1e-9)
+
+
+def test_client_stats_refuses_an_empty_round_by_name():
+    from server.aggregate import client_stats
+
+    with pytest.raises(ValueError, match="^no client values to summarise$"):
+        client_stats([], higher_is_better=True)
