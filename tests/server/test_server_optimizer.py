@@ -7,7 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.aggregate import OptimizerConfig, OptimizerState, server_step, weighted_mean
+from server.aggregate import (
+    OptimizerConfig,
+    OptimizerState,
+    client_stats,
+    server_step,
+    weighted_mean,
+)
 
 
 def test_adam_keeps_its_moments_in_float64_for_a_float32_update():
@@ -45,7 +51,5 @@ def test_adams_eps_damps_a_tiny_update_instead_of_amplifying_it():
 
 
 def test_client_stats_refuses_an_empty_round_by_name():
-    from server.aggregate import client_stats
-
     with pytest.raises(ValueError, match="^no client values to summarise$"):
         client_stats([], higher_is_better=True)
