@@ -102,6 +102,9 @@ def mutmut_config(group: Group) -> str:
             f"pytest_add_cli_args_test_selection = {toml_list(group.tests)}",
             # torch is not fork-safe once it has run: fork each worker from a clean server
             'process_isolation = "forkserver"',
+            # a mutant that loops (an inner-step count off, a loop bound flipped) is stopped at
+            # 5x its tests' CPU time, not mutmut's default 15x: it counts as caught either way
+            "timeout_multiplier = 5.0",
             "",
         ]
     )
