@@ -59,7 +59,11 @@ GROUPS = {
     ),  # fmt: skip
     "aggregate": Group(
         ("server/aggregate.py",),  # the weighted mean and the server optimizer (SGD, Adam)
-        ("tests/server/test_aggregate.py", "tests/server/test_server_optimizer.py"),
+        (
+            "tests/server/test_aggregate.py",
+            "tests/server/test_server_optimizer.py",
+            "tests/server/test_client_stats.py",
+        ),
     ),
     "personalize": Group(
         ("common/personalize.py",),
