@@ -14,6 +14,7 @@ what changed. Needs the ``mutation`` extra (``pip install -e ".[mutation]"``).
 
     python tests/mutants/run_mutation.py meta aggregate     # groups below; all if none
     python tests/mutants/run_mutation.py --list
+    python tests/mutants/run_mutation.py --recheck aggregate  # survivors vs today's tests
     cd <workdir>/meta && python -m mutmut show <mutant>      # the diff of one survivor
 
 It prints, per group, mutants killed / survived / not covered / timed out and the score
@@ -182,6 +183,35 @@ def run_group(name: str, group: Group, workdir: Path, max_children: int, run: bo
     }
 
 
+def recheck(name: str, group: Group, workdir: Path, survivors: list[str]) -> list[str]:
+    """Survivors of the last run that the current tests still miss.
+
+    Each survivor is applied (``mutmut apply``) to the source in the group's workdir, after
+    the tests there are refreshed from the checkout, and the group's test files run once;
+    the source is restored after each. Cheaper than a new run after adding tests for
+    survivors (a changed test selection makes mutmut redo every mutant)."""
+    dest = workdir / name
+    prepare(ROOT, dest, group)
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(dest))
+    missed = []
+    for mutant in survivors:
+        mutmut(["apply", mutant], dest)
+        try:
+            out = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p",
+                 "no:cacheprovider", *group.tests],
+                cwd=dest, env=env, capture_output=True, text=True,
+            )  # fmt: skip
+        finally:
+            for module in group.modules:
+                shutil.copy2(ROOT / module, dest / module)
+        verdict = "killed now" if out.returncode == 1 else "still survives"
+        print(f"    {verdict:15s} {mutant}")
+        if out.returncode != 1:
+            missed.append(mutant)
+    return missed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("groups", nargs="*", help=f"any of {', '.join(GROUPS)} (default: all)")
@@ -193,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report", action="store_true", help="only summarise the runs already in --workdir"
     )
+    parser.add_argument(
+        "--recheck", action="store_true",
+        help="test the last run's survivors again against the current tests",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.list:
         for name, g in GROUPS.items():
@@ -204,6 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     summary_path = args.workdir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if args.recheck:
+        for name in args.groups or list(GROUPS):
+            if name not in summary:
+                continue
+            print(f"{name}: rechecking {len(summary[name]['survivors'])} survivors")
+            left = recheck(name, GROUPS[name], args.workdir, summary[name]["survivors"])
+            summary[name]["survivors_after_recheck"] = left
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        return 0
     for name in args.groups or list(GROUPS):
         if not args.report:
             print(f"{name}: mutating {', '.join(GROUPS[name].modules)} ...", flush=True)

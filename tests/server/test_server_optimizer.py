@@ -53,3 +53,19 @@ def test_adams_eps_damps_a_tiny_update_instead_of_amplifying_it():
 def test_client_stats_refuses_an_empty_round_by_name():
     with pytest.raises(ValueError, match="^no client values to summarise$"):
         client_stats([], higher_is_better=True)
+
+
+def test_weighted_mean_of_one_client_is_its_update_whatever_its_weight():
+    one = {"w": np.array([0.25, -4.0], np.float32)}
+    for weight in (1, 0.5, 3.0):  # a weight sum of 1 or below is fine as long as it is > 0
+        np.testing.assert_array_equal(weighted_mean([one], [weight])["w"], [0.25, -4.0])
+    out = weighted_mean([one, {"w": np.zeros(2)}], [0.25, 0.75])  # normalised weights
+    np.testing.assert_allclose(out["w"], [0.0625, -1.0])
+
+
+def test_weighted_mean_needs_one_weight_per_update():
+    updates = [{"w": np.ones(1)}, {"w": np.zeros(1)}]
+    with pytest.raises(ValueError, match="need one weight per update, got 2 and 1"):
+        weighted_mean(updates, [1.0])
+    with pytest.raises(ValueError, match="need one weight per update, got 0 and 0"):
+        weighted_mean([], [])
