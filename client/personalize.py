@@ -121,7 +121,7 @@ def personalize_saved_model(
     )
     result = personalize_and_score(
         model, theta, lr, data, steps=steps, batch_size=settings.batch_size,
-        task=settings.task, rng=rng, device=torch_device,
+        task=settings.task, rng=rng, device=torch_device, loss=settings.loss,
     )  # fmt: skip
     info = {
         "source-model": str(model_path.resolve()),

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +83,12 @@ class AttackKind(enum.Enum):
     SAME_BAD_UPDATE = "same-bad-update"  # every attacker the same crafted vector (colluding)
 
 
+# issue 16: the formats users bring (common/data/user_data.py), and Flower Datasets'
+# partitioners that only they accept (the built-in datasets keep their own lists)
+USER_DATASETS = ("table", "client-folders", "hf-disk")
+FLOWER_ONLY_PARTITIONS = ("iid", "shard", "linear", "square", "exponential")
+
+
 def _choice(enum_cls: type[enum.Enum]) -> tuple[Callable[[Any], bool], str]:
     values = [m.value for m in enum_cls]
     return (lambda v: v in values), "one of " + ", ".join(repr(v) for v in values)
@@ -98,6 +106,7 @@ def _int_list(v: str) -> bool:
     return len(items) > 0 and all(i > 0 for i in items)
 
 
+_SHAPE = (lambda v: v == "" or _int_list(v), "'' or comma-separated sizes, e.g. '1,28,28'")
 _POS = (lambda v: v > 0, "a number > 0")
 _NONNEG = (lambda v: v >= 0, "a number >= 0")
 _POS_INT = (lambda v: v >= 1, "an integer >= 1")
@@ -115,11 +124,40 @@ GROUPS = (
 )  # fmt: skip
 
 
-def _spec(check: tuple[Callable[[Any], bool], str], default: Any, group: str, doc: str) -> Any:
+def _spec(
+    check: tuple[Callable[[Any], bool], str], default: Any, group: str, doc: str, key: str = ""
+) -> Any:
     """A setting: its check, default, group and the one description of what it does (the
-    source of docs/config.md and of pyproject's ``[tool.flwr.app.config]``)."""
+    source of docs/config.md and of pyproject's ``[tool.flwr.app.config]``); ``key`` when
+    its config key is not its kebab-case name."""
     assert group in GROUPS, group
-    return field(default=default, metadata={"check": check, "group": group, "doc": doc})
+    return field(default=default, metadata={"check": check, "group": group, "doc": doc, "key": key})
+
+
+# issue 16: a user's model factory or loss "package.module:attribute" (common/plugins.py)
+BUILT_IN_MODELS = ("mlp", "logreg", "cnn", "lstm")  # common/models.py's factory table
+IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _is_json_object(v: str) -> bool:
+    if not v.strip():
+        return True
+    try:
+        return isinstance(json.loads(v), dict)
+    except ValueError:
+        return False
+
+
+_MODEL = (
+    lambda v: v in BUILT_IN_MODELS or bool(IMPORT_PATH.match(v)),
+    "one of " + ", ".join(repr(m) for m in BUILT_IN_MODELS)
+    + ", or a factory 'package.module:function' (docs/models.md)",
+)  # fmt: skip
+_LOSS = (
+    lambda v: v == "" or bool(IMPORT_PATH.match(v)),
+    "'' (cross-entropy or MSE, from the task) or 'package.module:function' (docs/models.md)",
+)
+_JSON_OBJECT = (_is_json_object, "a JSON object of keyword arguments, e.g. '{\"hidden\": 64}'")
 
 
 @dataclass(frozen=True)
@@ -137,29 +175,33 @@ class Settings:
     dataset: str = _spec(
         _one_of(
             "sinusoid", "synthetic", "digits", "mnist", "fashion-mnist", "femnist", "omniglot",
-            "shakespeare",
+            "shakespeare", *USER_DATASETS,
         ),
         "sinusoid",
         "data",
         "the clients' data: MAML's sinusoids, FedProx's Synthetic(α, β), scikit-learn's "
-        "digits, (Fashion-)MNIST, FEMNIST by writer, Omniglot, Shakespeare by speaking role",
+        "digits, (Fashion-)MNIST, FEMNIST by writer, Omniglot, Shakespeare by speaking role; "
+        "your own: table (CSV/Parquet), client-folders (<client>.npz or <client>/<label>/"
+        "*.png), hf-disk (a Hugging Face dataset saved with save_to_disk), docs/your-model.md",
     )  # fmt: skip
     data_path: str = _spec(
         _ANY,
         "",
         "data",
         (
-            "file or folder of the dataset (mnist/fashion-mnist/femnist/omniglot); a "
-            "SuperNode's node config `data-path` overrides it"
+            "file or folder of the dataset (mnist/fashion-mnist/femnist/omniglot, your own "
+            "data); a SuperNode's node config `data-path` overrides it (its own data: "
+            "with no `partition-id` the node hosts every client of its file)"
         ),
     )
     partition: str = _spec(
-        _one_of("natural", "dirichlet", "pathological", "perfedavg"),
+        _one_of("natural", "dirichlet", "pathological", "perfedavg", *FLOWER_ONLY_PARTITIONS),
         "natural",
         "data",
         (
             "natural (one task/user/writer per client), dirichlet, pathological, "
-            "perfedavg (Fallah et al.'s MNIST split)"
+            "perfedavg (Fallah et al.'s MNIST split); for table and hf-disk without a "
+            "client-column also Flower Datasets' iid, shard, linear, square, exponential"
         ),
     )
     classes_per_client: int = _spec(_POS_INT, 2, "data", "pathological: classes per client")
@@ -211,20 +253,71 @@ class Settings:
     shakespeare_stride: int = _spec(
         _POS_INT, 1, "data", "shakespeare: one target every this many characters"
     )
+    # issue 16, your own data (common/data/user_data.py; docs/your-model.md)
+    client_column: str = _spec(
+        _ANY, "", "data",
+        "table / hf-disk: the column naming each row's client (partition `natural`); empty: "
+        "the rows are split by `partition` (dirichlet, pathological, iid, shard, linear, "
+        "square, exponential: Flower Datasets' partitioners)",
+    )  # fmt: skip
+    label_column: str = _spec(
+        _ANY, "label", "data",
+        "table / hf-disk: the label column: integer class ids 0..C-1, or real targets with "
+        "task regression",
+    )  # fmt: skip
+    feature_columns: str = _spec(
+        _ANY, "", "data",
+        "table / hf-disk: comma-separated feature columns; empty: every column but the "
+        "client, label and split ones",
+    )  # fmt: skip
+    split_column: str = _spec(
+        _ANY, "", "data",
+        "table / hf-disk: a column of `train`/`test` per row; empty: each client gets its "
+        "own seeded `test-fraction` split",
+    )  # fmt: skip
+    num_classes: int = _spec(
+        _NONNEG_INT, 0, "data",
+        "table / client-folders / hf-disk: classes C; 0: the largest label + 1. Required "
+        "when the data lives only on the SuperNodes",
+    )  # fmt: skip
+    input_shape: str = _spec(
+        _SHAPE, "", "data",
+        "client-folders / hf-disk: one sample's shape (e.g. `1,28,28`); empty: from the "
+        "data. Required there when the data lives only on the SuperNodes (a table's shape "
+        "is its feature-columns)",
+    )  # fmt: skip
     model: str = _spec(
-        _one_of("mlp", "logreg", "cnn", "lstm"),
+        _MODEL,
         "mlp",
         "model",
         (
             "mlp, logreg, cnn (MAML's conv net, BatchNorm without running stats), lstm "
             "(LEAF's char-LSTM: embedding 8, widths from hidden-sizes; written from "
-            "Linear gates so it runs under vmap and second order)"
+            "Linear gates so it runs under vmap and second order), or your own factory "
+            "`package.module:function` (docs/models.md)"
         ),
     )
     hidden_sizes: str = _spec(
         _INT_LIST, "40,40", "model", "mlp widths / cnn channels, comma-separated"
     )
     activation: str = _spec(_one_of("relu", "elu"), "relu", "model", "mlp activation: relu or elu")
+    # issue 16, your own model (docs/models.md)
+    model_args: str = _spec(
+        _JSON_OBJECT, "", "model",
+        "keyword arguments of the model factory as a JSON object, e.g. `{\"hidden\": 64}`; "
+        "with a built-in name they override hidden-sizes and activation",
+    )  # fmt: skip
+    task_choice: str = _spec(
+        _one_of("auto", *(t.value for t in Task)), "auto", "model",
+        "auto (what the dataset is: sinusoid regression, the others classification; your "
+        "own data classification), classification (cross-entropy) or regression (MSE)",
+        key="task",
+    )  # fmt: skip
+    loss: str = _spec(
+        _LOSS, "", "model",
+        "a loss `package.module:function`, fn(pred, target) -> scalar tensor, used in "
+        "training and scoring; empty: the task's own",
+    )  # fmt: skip
     num_rounds: int = _spec(_POS_INT, 100, "federation", "federated rounds")
     fraction_train: float = _spec(
         _FRACTION, 0.1, "federation", "fraction of connected clients trained per round"
@@ -448,6 +541,37 @@ class Settings:
     secagg_threshold: float = _spec(
         _FRACTION, 0.7, "privacy", "SecAgg+ shares needed to unmask, as a fraction of the shares"
     )
+    # issue 18: unpredictable noise, accountant choice, distributed DP under SecAgg+
+    dp_reproducible_noise: bool = _spec(
+        _BOOL,
+        False,
+        "privacy",
+        (
+            "**not a private release**: noise and DP sampling drawn from `seed` (tests, "
+            "benchmarks); by default they come from OS entropy, kept only in the checkpoint"
+        ),
+    )
+    dp_accountant: str = _spec(
+        _one_of("pld", "rdp"),
+        "pld",
+        "privacy",
+        "how ε is computed: pld (privacy loss distributions, tighter) or rdp (Rényi DP)",
+    )
+    dp_mechanism: str = _spec(
+        _one_of("central", "distributed"),
+        "central",
+        "privacy",
+        (
+            "central (the server adds Gaussian noise) or distributed (each node adds discrete "
+            "Gaussian noise before SecAgg+ masks its sum; needs `secagg`)"
+        ),
+    )
+    dp_tolerated_drops: int = _spec(
+        _NONNEG_INT,
+        0,
+        "privacy",
+        "distributed: nodes that may drop out of a round with the full noise still in the sum",
+    )
     server_optimizer: str = _spec(
         _one_of("sgd", "adam"),
         "adam",
@@ -482,6 +606,14 @@ class Settings:
         0.2,
         "evaluation",
         "pooled datasets: share of samples held out for new clients",
+    )
+    # issue 20: with a million clients, scoring every one at the end takes far longer than
+    # training does; this samples the final evaluation like the others (seeded, reproducible)
+    final_fraction_evaluate: float = _spec(
+        _FRACTION,
+        1.0,
+        "evaluation",
+        "fraction of clients the final round scores (1: every client, for the summary table)",
     )
     seed: int = _spec(
         _NONNEG_INT, 0, "run", "one seed for data, initialization, sampling and batches"
@@ -582,10 +714,27 @@ class Settings:
 
     @property
     def task(self) -> Task:
-        return Task.REGRESSION if self.dataset == "sinusoid" else Task.CLASSIFICATION
+        """The config's ``task``; with 'auto' what the dataset is (sinusoid: regression).
+
+        A user's own data is classification unless ``task = regression``: the data layer
+        reads this to decide whether labels are classes, so it is never derived from it.
+        """
+        if self.task_choice != "auto":
+            return Task(self.task_choice)
+        return _BUILT_IN_TASKS.get(self.dataset, Task.CLASSIFICATION)
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        """``model-args`` parsed: the keyword arguments of the model factory."""
+        return json.loads(self.model_args) if self.model_args.strip() else {}
 
 
-_FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(Settings)}
+def config_key(f: dataclasses.Field) -> str:
+    """The run-config key of a Settings field: its kebab-case name unless it names one."""
+    return f.metadata["key"] or f.name.replace("_", "-")
+
+
+_FIELDS = {config_key(f): f for f in dataclasses.fields(Settings)}
 
 
 def _coerce(key: str, value: Any, typ: type) -> Any:
@@ -664,6 +813,53 @@ def _check_combinations(s: Settings) -> None:
         raise ConfigError("model", s.model, "'mlp' or 'logreg' for vector inputs")
     _check_attack(s)
     _check_privacy(s)
+    _check_user_data(s)
+    _check_task(s)
+
+
+def _check_user_data(s: Settings) -> None:
+    """issue 16: which clients a user's data can be split into (common/data/user_data.py)."""
+    if s.dataset not in USER_DATASETS:
+        if s.partition in FLOWER_ONLY_PARTITIONS:
+            raise ConfigError(
+                "partition", s.partition,
+                f"a partition of dataset '{s.dataset}' ('{s.partition}' is for dataset "
+                f"{', '.join(repr(d) for d in USER_DATASETS)})",
+            )  # fmt: skip
+        return
+    if s.partition == "perfedavg":
+        raise ConfigError("partition", s.partition, "'perfedavg' only with mnist/fashion-mnist")
+    if s.dataset == "client-folders" and s.partition != "natural":
+        raise ConfigError(
+            "partition", s.partition, "'natural' for dataset 'client-folders' (a file per client)"
+        )
+    if s.dataset != "client-folders" and (s.partition == "natural") != bool(s.client_column):
+        raise ConfigError(
+            "partition" if s.client_column else "client-column",
+            s.partition if s.client_column else s.client_column,
+            "'natural' when client-column names the clients (or clear client-column to "
+            "split the rows with this partition)"
+            if s.client_column
+            else "the column that names each row's client with partition 'natural' (or a "
+            "partition that splits the rows: dirichlet, pathological, iid, shard, linear, "
+            "square, exponential)",
+        )  # fmt: skip
+
+
+# What each built-in dataset is (Settings.task with task = 'auto').
+_BUILT_IN_TASKS = {"sinusoid": Task.REGRESSION} | {
+    d: Task.CLASSIFICATION
+    for d in ("synthetic", "digits", "mnist", "fashion-mnist", "femnist", "omniglot", "shakespeare")
+}
+
+
+def _check_task(s: Settings) -> None:
+    """issue 16: an explicit task must be what a built-in dataset is."""
+    known = _BUILT_IN_TASKS.get(s.dataset)
+    if known is not None and s.task_choice not in ("auto", known.value):
+        raise ConfigError(
+            "task", s.task_choice, f"'auto' or '{known.value}' for dataset '{s.dataset}'"
+        )
 
 
 def _check_attack(s: Settings) -> None:
@@ -684,12 +880,58 @@ def _check_attack(s: Settings) -> None:
         )  # fmt: skip
 
 
+# Keys that mean something only with dp = true (dp-clip also serves secagg = true alone).
+DP_ONLY_KEYS = (
+    "dp-noise-multiplier", "dp-adaptive", "dp-target-quantile", "dp-clip-lr",
+    "dp-clipped-count-stddev", "dp-delta", "target-epsilon", "dp-reproducible-noise",
+    "dp-accountant", "dp-mechanism", "dp-tolerated-drops",
+)  # fmt: skip
+
+
+def _check_dp_keys(s: Settings) -> None:
+    """A DP key set without what it belongs to would be silently ignored: no DP, no warning,
+    and a reader of the config would believe the run private. Refuse it instead."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    if not s.dp:
+        for key in DP_ONLY_KEYS + (() if s.secagg else ("dp-clip",)):
+            name = key.replace("-", "_")
+            if getattr(s, name) != defaults[name]:
+                raise ConfigError(
+                    key, getattr(s, name),
+                    f"its default {defaults[name]!r} unless dp = true: without dp it does "
+                    "nothing and the run has no differential privacy",
+                )  # fmt: skip
+        return
+    if s.dp_clipped_count_stddev and not s.dp_adaptive:
+        raise ConfigError(
+            "dp-clipped-count-stddev", s.dp_clipped_count_stddev,
+            "0 unless dp-adaptive = true: it is the noise on the clipped count that only "
+            "adaptive clipping releases",
+        )  # fmt: skip
+    distributed = s.dp_mechanism == "distributed"
+    if distributed and not s.secagg:
+        raise ConfigError(
+            "dp-mechanism", s.dp_mechanism,
+            "'central' unless secagg = true: distributed noise is private only because "
+            "SecAgg+ hides each node's noised sum",
+        )  # fmt: skip
+    if distributed and s.dp_adaptive:
+        raise ConfigError(
+            "dp-adaptive", s.dp_adaptive,
+            "false with dp-mechanism = 'distributed': the clipped count would need its own "
+            "distributed noise",
+        )  # fmt: skip
+    if s.dp_tolerated_drops and not distributed:
+        raise ConfigError(
+            "dp-tolerated-drops", s.dp_tolerated_drops,
+            "0 unless dp-mechanism = 'distributed' (with central DP the server adds all noise)",
+        )  # fmt: skip
+
+
 def _check_privacy(s: Settings) -> None:
     """DP and SecAgg+ need a client-side clip bound and the plain, unweighted sum."""
+    _check_dp_keys(s)
     if not (s.dp or s.secagg):
-        for key in ("dp-adaptive", "target-epsilon"):
-            if getattr(s, key.replace("-", "_")):
-                raise ConfigError(key, getattr(s, key.replace("-", "_")), "unset without dp = true")
         return
     what = "dp = true" if s.dp else "secagg = true"
     if s.dp_clip <= 0:
@@ -728,10 +970,6 @@ def _check_privacy(s: Settings) -> None:
             "at least 2 with secagg = true: SecAgg+ masks each node's sum with its "
             "neighbours' keys, so a single node's sum would be its own",
         )  # fmt: skip
-    if s.dp_adaptive and not s.dp:
-        raise ConfigError("dp-adaptive", s.dp_adaptive, "false unless dp = true")
-    if s.target_epsilon and not s.dp:
-        raise ConfigError("target-epsilon", s.target_epsilon, "0 unless dp = true")
 
 
 OMNIGLOT_DRAWERS = 20  # drawings per Omniglot character
@@ -775,8 +1013,9 @@ def _check_stability(s: Settings) -> None:
 
 
 def _check_shakespeare(s: Settings) -> None:
-    """The char-LSTM and the Shakespeare roles belong together (and only together)."""
-    if (s.dataset == "shakespeare") != (s.model == "lstm"):
+    """The char-LSTM and the Shakespeare roles belong together (and only together); a
+    model by import path is the user's to fit to the data (checked on one batch)."""
+    if s.model in BUILT_IN_MODELS and (s.dataset == "shakespeare") != (s.model == "lstm"):
         allowed = (
             "'lstm' for dataset 'shakespeare' (next-character prediction on text windows)"
             if s.dataset == "shakespeare"
@@ -799,4 +1038,4 @@ def _check_shakespeare(s: Settings) -> None:
 
 def settings_to_run_config(s: Settings) -> dict[str, Any]:
     """The inverse of :func:`parse_settings` (used to record a run's exact settings)."""
-    return {f.name.replace("_", "-"): getattr(s, f.name) for f in dataclasses.fields(s)}
+    return {config_key(f): getattr(s, f.name) for f in dataclasses.fields(s)}

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.config import GROUPS, Settings
+from common.config import GROUPS, Settings, config_key
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "config.md"
@@ -61,7 +61,7 @@ def _fields_of(group: str) -> list[dataclasses.Field]:
 
 
 def _key(f: dataclasses.Field) -> str:
-    return f.name.replace("_", "-")
+    return config_key(f)
 
 
 def config_markdown() -> str:

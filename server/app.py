@@ -32,10 +32,13 @@ from server.delivery import send_and_receive
 from server.new_clients import evaluate_new_clients
 from server.nodes import NodeDirectory, cohort_size
 from server.privacy import (
+    NOT_PRIVATE,
     DPConfig,
     PrivacyBudgetExceeded,
     PrivacyState,
     check_budget,
+    check_delta,
+    check_tolerated_drops,
     start_state,
 )  # fmt: skip
 from server.run_folder import Checkpoint, RunFolder, check_matches
@@ -148,11 +151,13 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
         last_eval["stopped-after-round"] = stopped
     if strategy.privacy is not None and strategy.dp is not None:
         last_eval |= {
-            "epsilon": strategy.privacy.ledger.epsilon(strategy.dp.delta),
+            "epsilon": strategy.privacy.ledger.epsilon(strategy.dp.delta, strategy.dp.accountant),
             "delta": strategy.dp.delta,
             "noise-multiplier": strategy.privacy.noise_multiplier,
             "final-clip": strategy.privacy.clip,
         }
+        if strategy.dp.reproducible:  # loudly: this run's epsilon protects no one
+            last_eval["not-a-private-release"] = 1.0
     if not trained:
         raise TrainingFailed(
             f"no client update was accepted in rounds {start}..{settings.num_rounds} "
@@ -168,7 +173,10 @@ def _start_privacy(
     """DP's state for the first round to run: resumed, or with z configured or calibrated.
 
     The sampling rate q = k / N needs N, the clients on the nodes connected now."""
-    population = len(nodes.wait())
+    clients = nodes.wait()
+    population = len(clients)
+    check_delta(dp.delta, population)
+    check_tolerated_drops(settings, len({node for _, node in clients}))
     expected = cohort_size(population, settings.fraction_train)
     q = expected / population
     state, planned = start_state(settings, dp, q, expected, saved)
@@ -179,6 +187,8 @@ def _start_privacy(
         state.noise_multiplier, state.clip, expected, population, q, settings.num_rounds,
         planned, dp.delta,
     )  # fmt: skip
+    if dp.reproducible:
+        log(WARNING, "DP: %s; epsilon does not hold against anyone who knows the seed", NOT_PRIVATE)
     return state
 
 

@@ -3,6 +3,9 @@
     python -m simulations.run simulations/experiments/quickstart.yaml
     python -m simulations.run quickstart        # the same file, by name, from any folder
 
+From Python (a notebook, a script): ``simulations.run_experiment(mapping_or_path)`` runs
+the same code and returns every run's summary.
+
 Each (algorithm, seed) cell is one run of the Flower app (``engine: simulation``: one
 SuperLink started for the whole experiment, one ``flwr run`` per cell) or of the same
 server loop in this process (``engine: loop``). A cell whose folder already holds a
@@ -24,7 +27,9 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -34,8 +39,17 @@ from simulations.experiment import (
     Cell,
     Experiment,
     ExperimentError,
+    experiment_from_mapping,
     load_experiment,
     validate_experiment,
+)
+from simulations.ray_cluster import (
+    ClientResources,
+    RayClusterError,
+    RayTarget,
+    federation_config,
+    resolve_ray,
+    wait_for_nodes,
 )
 from simulations.report import write_report
 
@@ -64,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a base run-config key (YAML value), e.g. --set num-rounds=5",
     )
+    _add_ray_options(parser)
     args = parser.parse_args(argv)
     try:
         exp = load_experiment(args.experiment)
@@ -71,7 +86,46 @@ def main(argv: list[str] | None = None) -> int:
     except ExperimentError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = (args.out or Path("results") / exp.name).resolve()
+    out = results_folder(exp, args.out)
+    t0 = time.monotonic()
+    try:
+        run_experiment(exp, out)
+    except Exception as err:
+        if not isinstance(err, named_errors()):
+            raise  # a bug: its traceback is the useful report
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    print(f"done in {time.monotonic() - t0:.0f} s; table: {out / 'summary.md'}", flush=True)
+    print((out / "summary.md").read_text(), flush=True)
+    return 0
+
+
+Summaries = dict[str, dict[int, dict[str, float]]]  # row -> seed -> the run's summary.json
+
+
+def run_experiment(
+    experiment: Mapping[str, Any] | str | Path | Experiment, out: str | Path | None = None
+) -> Summaries:
+    """Run an experiment and return every run's summary, ``{row: {seed: summary}}``.
+
+    The entry point for notebooks and scripts, and the one the command line calls:
+    ``experiment`` is a mapping shaped like the YAML file (``name``, ``engine``,
+    ``num-supernodes``, ``seeds``, ``base``, ``algorithms``), a YAML path or shipped name,
+    or a loaded :class:`Experiment`; ``out`` the results folder (default results/<name>).
+    A cause the user can fix raises one of :func:`named_errors` with its message.
+
+        from simulations import run_experiment
+        summaries = run_experiment({"engine": "loop", "num-supernodes": 10,
+                                    "base": {"num-rounds": 5}, "algorithms": {"maml": {}}})
+        summaries["maml"][0]["mse-after-mean"]
+    """
+    if isinstance(experiment, str | Path):
+        exp = load_experiment(experiment)
+    elif isinstance(experiment, Experiment):
+        exp = experiment
+    else:
+        exp = experiment_from_mapping(experiment, Path(str(experiment.get("name", "experiment"))))
+    out = results_folder(exp, out)
     out.mkdir(parents=True, exist_ok=True)
     cells = exp.cells(out)
     print(
@@ -80,18 +134,38 @@ def main(argv: list[str] | None = None) -> int:
         f"on the {exp.engine} engine, {exp.describe_layout()} -> {out}",
         flush=True,
     )
-    t0 = time.monotonic()
-    try:
-        run_cells(exp, cells)
-    except Exception as err:
-        if not isinstance(err, named_errors()):
-            raise  # a bug: its traceback is the useful report
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+    run_cells(exp, cells)
     write_report(exp, out)
-    print(f"done in {time.monotonic() - t0:.0f} s; table: {out / 'summary.md'}", flush=True)
-    print((out / "summary.md").read_text(), flush=True)
-    return 0
+    summaries: Summaries = {}
+    for cell in cells:
+        path = Path(cell.run_config["run-dir"]) / "summary.json"
+        summaries.setdefault(cell.algorithm, {})[cell.seed] = json.loads(path.read_text())
+    return summaries
+
+
+def results_folder(exp: Experiment, out: str | Path | None) -> Path:
+    return (Path(out) if out is not None else Path("results") / exp.name).resolve()
+
+
+def _add_ray_options(parser: argparse.ArgumentParser) -> None:
+    """Issue 20: where the Simulation Engine's workers run; each overrides the file's key."""
+    ray = parser.add_argument_group("Simulation Engine workers (docs/scaling.md)")
+    ray.add_argument(
+        "--ray-address",
+        help="local (a private Ray per run), auto (the cluster `ray start` recorded on this "
+        "machine) or HOST:PORT; default: RAY_ADDRESS, else that cluster, else private",
+    )
+    ray.add_argument("--ray-nodes", type=int, help="Ray nodes to wait for before each run")
+    ray.add_argument("--cpus-per-client", type=float, help="CPUs per worker, e.g. 0.5")
+    ray.add_argument("--gpus-per-client", type=float, help="GPUs per worker, e.g. 0.5")
+
+
+def _ray_overrides(args: argparse.Namespace) -> dict[str, object]:
+    fields = {
+        "ray_address": args.ray_address, "ray_nodes": args.ray_nodes,
+        "cpus_per_client": args.cpus_per_client, "gpus_per_client": args.gpus_per_client,
+    }  # fmt: skip
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def named_errors() -> tuple[type[Exception], ...]:
@@ -101,13 +175,14 @@ def named_errors() -> tuple[type[Exception], ...]:
     """
     from common.config import ConfigError
     from common.data.types import DataError
+    from common.fingerprint import CodeMismatch
     from server.app import TrainingFailed
     from server.nodes import NodesUnavailable
     from server.run_folder import RunFolderError
 
     return (
         ExperimentError, SimulationError, ConfigError, DataError, RunFolderError,
-        TrainingFailed, NodesUnavailable,
+        TrainingFailed, NodesUnavailable, RayClusterError, CodeMismatch,
     )  # fmt: skip
 
 
@@ -136,8 +211,9 @@ def _apply_cli(exp: Experiment, args: argparse.Namespace) -> Experiment:
                 exp.source, "--seeds", f"needs integers like 0,1,2, got {args.seeds!r}"
             ) from None
     new = dataclasses.replace(
-        exp, base=base, algorithms=algorithms, seeds=seeds, engine=args.engine or exp.engine
-    )
+        exp, base=base, algorithms=algorithms, seeds=seeds, engine=args.engine or exp.engine,
+        **_ray_overrides(args),
+    )  # fmt: skip
     validate_experiment(new)
     return new
 
@@ -164,11 +240,17 @@ def _state(exp: Experiment, cell: Cell) -> str:
 
 
 FEDERATION = "federation.json"  # the runner's record of the federation a cell trained in
+CLIENT_KEYS = ("num-supernodes",)  # federation keys that decide the clients (checked on reuse)
 
 
-def _federation(exp: Experiment) -> dict[str, int]:
-    """What decides the clients and is not a run-config key: how many nodes there are."""
-    return {"num-supernodes": exp.num_supernodes}
+def _federation(exp: Experiment, ray: RayTarget | None = None) -> dict[str, object]:
+    """What is not a run-config key: how many nodes there are (which decides the clients),
+    and, on the Simulation Engine, what each worker held and which Ray ran it."""
+    record: dict[str, object] = {"num-supernodes": exp.num_supernodes}
+    if ray is not None:
+        record |= {"cpus-per-client": exp.cpus_per_client, "gpus-per-client": exp.gpus_per_client}
+        record |= ray.record()
+    return record
 
 
 def _check_federation(exp: Experiment, run_dir: Path) -> None:
@@ -176,7 +258,8 @@ def _check_federation(exp: Experiment, run_dir: Path) -> None:
     if not path.exists():
         return
     recorded = json.loads(path.read_text())
-    for key, value in _federation(exp).items():
+    for key in CLIENT_KEYS:
+        value = _federation(exp)[key]
         if recorded.get(key, value) != value:
             raise ExperimentError(
                 exp.source, key,
@@ -206,17 +289,28 @@ def run_cells(exp: Experiment, cells: list[Cell]) -> None:
             print(f"  [{c.algorithm} seed {c.seed}] already done, reused", flush=True)
     if not pending:
         return
+    ray = None
+    if exp.engine == "simulation":  # checked before any folder is written
+        ray = resolve_ray(exp.ray_address, exp.ray_nodes, exp.ray_wait)
+        federation_config(exp.num_supernodes, _resources(exp), ray)  # refuses what Flower can't
+        print(ray.describe(), flush=True)
     for cell, _ in pending:
         run_dir = Path(cell.run_config["run-dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / FEDERATION).write_text(json.dumps(_federation(exp)) + "\n")
-    if exp.engine == "loop":
+        (run_dir / FEDERATION).write_text(json.dumps(_federation(exp, ray)) + "\n")
+    if ray is None:
         for i, (cell, state) in enumerate(pending, 1):
             _run_in_loop(exp, cell, state, f"{i}/{len(pending)}")
         return
-    with simulation_superlink() as link:
+    with simulation_superlink(ray=ray) as link:
         for i, (cell, state) in enumerate(pending, 1):
+            if not ray.private:  # the pool is sized from the nodes alive when a run starts
+                wait_for_nodes(ray, exp.ray_nodes, exp.ray_wait)
             _run_on_engine(link, exp, cell, state, f"{i}/{len(pending)}")
+
+
+def _resources(exp: Experiment) -> ClientResources:
+    return ClientResources(exp.cpus_per_client, exp.gpus_per_client)
 
 
 def _config(cell: Cell, state: str) -> dict:
@@ -249,7 +343,10 @@ def _run_on_engine(link: SuperLink, exp: Experiment, cell: Cell, state: str, tag
     t = time.monotonic()
     lines: list[str] = []
     with (run_dir / "flwr.log").open("a") as log:
-        proc = link.start_run(_config(cell, state), exp.num_supernodes, exp.cpus_per_client)
+        log.write(f"{link.ray.describe()}\n")  # which Ray ran it, beside what it printed
+        proc = link.start_run(
+            _config(cell, state), exp.num_supernodes, exp.cpus_per_client, exp.gpus_per_client
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)

@@ -5,7 +5,7 @@ import dataclasses
 import tomllib
 
 from common import config_docs
-from common.config import GROUPS, Settings, parse_settings
+from common.config import GROUPS, Settings, config_key, parse_settings
 
 
 def test_docs_config_md_is_generated_from_the_code():
@@ -28,7 +28,7 @@ def test_every_key_has_a_group_and_a_description_and_appears_in_the_docs():
     for f in dataclasses.fields(Settings):
         assert f.metadata["group"] in GROUPS
         assert len(f.metadata["doc"]) > 10, f.name
-        assert f"| `{f.name.replace('_', '-')}` |" in doc
+        assert f"| `{config_key(f)}` |" in doc
 
 
 def test_a_changed_default_makes_the_check_fail():
