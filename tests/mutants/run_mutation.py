@@ -68,7 +68,7 @@ GROUPS = {
     ),
     "personalize": Group(
         ("common/personalize.py",),
-        ("tests/common/test_personalize.py", KNOWN_BUGS),
+        ("tests/common/test_personalize.py", "tests/common/test_tensors_of.py", KNOWN_BUGS),
     ),
     "client-train": Group(
         ("client/train.py",),
