@@ -80,7 +80,7 @@ GROUPS = {
     ),
     "robust": Group(
         ("server/robust.py",),
-        ("tests/server/test_robust.py",),
+        ("tests/server/test_robust.py", "tests/server/test_robust_edges.py"),
     ),
     "privacy": Group(
         ("server/privacy.py", "common/privacy.py"),
