@@ -279,3 +279,13 @@ def test_hessian_free_keeps_no_graph_to_theta_or_a_learned_alpha():
     )  # fmt: skip
     outputs = [*got.params.values(), *got.inner_lr.values(), got.support_loss, got.query_loss]
     assert not any(t.requires_grad for t in outputs)
+
+
+def test_zero_inner_steps_return_theta_and_its_support_loss():
+    from common.meta import adapt_with_loss
+
+    model, support = _net(), _batch(1)
+    theta = _theta(model)
+    adapted, loss = adapt_with_loss(model, theta, [support], F.mse_loss, 0.3, 0, True)
+    assert all(adapted[n] is theta[n] for n in theta)
+    assert float(loss) == pytest.approx(float(_loss(model, theta, support)), rel=1e-12)

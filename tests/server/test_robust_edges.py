@@ -49,3 +49,10 @@ def test_trimmed_mean_of_one_update_is_that_update():
     np.testing.assert_array_equal(trimmed_mean([one], 0.2)["w"], [1.5, -2.0])
     three = [{"w": np.array([v])} for v in (0.0, 1.0, 100.0)]
     np.testing.assert_allclose(trimmed_mean(three, 0.34)["w"], [1.0])  # one per side
+
+
+def test_a_multi_krum_keep_above_n_minus_f_is_refused_with_its_value():
+    cfg = RobustConfig(Aggregation.MULTI_KRUM, byzantine=1, keep=8)
+    check_round_size(cfg, 9)  # n - f = 8: keeping 8 is allowed
+    with pytest.raises(ConfigError, match=r"'multi-krum-keep' has value 8.*at most n - f = 7"):
+        check_round_size(cfg, 8)
