@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -139,6 +140,7 @@ def main(out: Path) -> dict[str, object]:
         result |= {"theta-equal": equal, "theta-max-diff": diff}
     finally:
         result |= teardown()
+        shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)  # Ray's sessions and logs
     return result
 
 
