@@ -214,6 +214,14 @@ class Settings:
     server_beta1: float = _spec(_OPEN_UNIT, 0.9)
     server_beta2: float = _spec(_OPEN_UNIT, 0.999)
     server_eps: float = _spec(_POS, 1e-8)
+    # issue 17: divergence is an outcome. A run whose theta (or alpha) turns non-finite, or
+    # that accepts no update for max-stalled-rounds rounds in a row once it has trained,
+    # stops as diverged at that round ("stop"), or goes back to the last good state and
+    # retries with the server step scaled by rollback-lr-factor, at most max-rollbacks times
+    max_stalled_rounds: int = _spec(_POS_INT, 3)
+    on_divergence: str = _spec(_one_of("stop", "rollback"), "stop")
+    rollback_lr_factor: float = _spec((lambda v: 0 < v < 1, "a number in (0, 1)"), 0.5)
+    max_rollbacks: int = _spec(_POS_INT, 3)
     # evaluation on clients never seen in training (server side)
     new_clients: int = _spec(_NONNEG_INT, 0)
     new_client_steps: str = _spec(_INT_LIST, "1,10")

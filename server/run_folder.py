@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common import strict_json
 from common.arrays import split_state
 from common.config import ConfigError
 from server.aggregate import OptimizerState
@@ -74,11 +75,12 @@ class RunFolder:
 
     # ---- logs --------------------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> None:
-        _atomic_write(self.file(name), json.dumps(obj, indent=2, sort_keys=True).encode())
+        text = strict_json.dumps(obj, indent=2, sort_keys=True)  # NaN/inf: null (strict JSON)
+        _atomic_write(self.file(name), text.encode())
 
     def append_jsonl(self, name: str, obj: Any) -> None:
         with self.file(name).open("a") as f:
-            f.write(json.dumps(obj, sort_keys=True) + "\n")
+            f.write(strict_json.dumps(obj, sort_keys=True) + "\n")
 
     def truncate_jsonl_after(self, name: str, server_round: int) -> None:
         """Drop rows of rounds after ``server_round`` (written before a crash, not checkpointed).
