@@ -187,8 +187,11 @@ class Settings:
     krum_byzantine: int = _spec(_NONNEG_INT, 1)  # f, for krum, multi-krum and bulyan
     multi_krum_keep: int = _spec(_NONNEG_INT, 0)  # m; 0: n - f
     norm_bound: float = _spec(_NONNEG, 0.0)  # clip each update's L2 norm to this; 0: off
-    norm_bound_median_factor: float = _spec(_NONNEG, 0.0)  # bound = factor x median; 0: off
-    weighting: str = _spec(_choice(Weighting), "examples")
+    # issue 17: defaults that hold. One client's update counts at most 5x the round's median
+    # norm (honest sinusoid rounds reach 2.6x typically, 7x at the 99th percentile) and its
+    # claimed examples at most the round's median claim; docs/robustness.md, "Defaults".
+    norm_bound_median_factor: float = _spec(_NONNEG, 5.0)  # bound = factor x median; 0: off
+    weighting: str = _spec(_choice(Weighting), "capped")
     max_examples_weight: float = _spec(_NONNEG, 0.0)  # 'capped' weighting; 0: round's median
     # simulated attackers (client/attacks.py): a seeded attack-fraction of all clients
     attack: str = _spec(_choice(AttackKind), "none")
@@ -432,18 +435,22 @@ def _check_privacy(s: Settings) -> None:
             else "DP's noise is calibrated to a sum of clipped updates"
         )
         raise ConfigError("aggregation", s.aggregation, f"'mean' with {what}: {why}")
+    defaults = Settings()
     for key in ("norm-bound", "norm-bound-median-factor"):
-        if getattr(s, key.replace("-", "_")):
+        value, default = getattr(s, key.replace("-", "_")), getattr(defaults, key.replace("-", "_"))
+        if value != default:
             raise ConfigError(
-                key, getattr(s, key.replace("-", "_")),
-                f"0 with {what}: every client already clips to dp-clip on its own node",
+                key, value,
+                f"its default {default} with {what}, which ignores it: every client already "
+                "clips to dp-clip on its own node",
             )  # fmt: skip
-    if s.weighting != Weighting.UNIFORM.value:
+    if s.weighting == Weighting.EXAMPLES.value:
         raise ConfigError(
             "weighting", s.weighting,
-            f"'uniform' with {what}: every client counts once in the sum (DP divides it by "
-            "the fixed expected cohort size, SecAgg+ by the number of clients); weights "
-            "from claimed example counts would let one client exceed the bound dp-clip",
+            f"'uniform' (or the default 'capped', which {what} treats as uniform): every "
+            "client counts once in the sum (DP divides it by the fixed expected cohort size, "
+            "SecAgg+ by the number of clients); weights from claimed example counts would "
+            "let one client exceed the bound dp-clip",
         )  # fmt: skip
     if s.algo is Algorithm.LOCAL:
         raise ConfigError("algorithm", s.algorithm, f"a federated algorithm with {what}")
