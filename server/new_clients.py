@@ -53,7 +53,8 @@ def evaluate_new_clients(
         # and left out of the statistics, as for the training clients.
         bad = diverged_clients(start, [r.by_steps[k].loss for r in results])
         scores = [r.by_steps[k] for r, b in zip(results, bad, strict=True) if not b]
-        out[f"new-clients-k{k}-diverged"] = sum(bad)
+        if k > 0:
+            out[f"new-clients-k{k}-diverged"] = sum(bad)
         if not scores:
             continue
         losses = [s.loss for s in scores]

@@ -449,12 +449,15 @@ class MetaStrategy(FedAvg):
             [c.update for c in accepted], [c.weight for c in accepted], self.robust
         )
         self.report.robust = robust_log(result, accepted)
-        if result.actions or result.note:
-            said = [result.note] if result.note else []
-            said += [
-                f"partition {c['partition']} (norm {c['norm']:.4g}) {c['action']}"
-                for c in self.report.robust["clients"]
-            ]
+        # Capping alone is routine with the default 'capped' weighting (every claim above
+        # the round's median), so it stays in metrics.jsonl; clipping and exclusion are said.
+        said = [result.note] if result.note else []
+        said += [
+            f"partition {c['partition']} (norm {c['norm']:.4g}) {c['action']}"
+            for c in self.report.robust["clients"]
+            if "clipped" in c["action"] or "excluded" in c["action"]
+        ]
+        if said:
             log(WARNING, "round %d %s: %s", server_round, result.rule.value, "; ".join(said))
         return result
 
