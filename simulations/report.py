@@ -395,6 +395,8 @@ def _curves(plt: Any, exp: Experiment, rows: list[dict], out: Path, metric: str)
             runs[label] = [per_seed[seed]]
             stopped.append(label)
     curves = _all_curves(runs, higher, stopped)
+    if not curves:
+        return
     fig, ax = plt.subplots(figsize=(10, 4.5))
     if metric == "mse":
         ax.set_yscale("log")
@@ -469,11 +471,13 @@ def _distributions(plt: Any, exp: Experiment, rows: list[dict], out: Path, metri
     data, labels = [], []
     for r in rows:
         f = out / r["algorithm"] / f"seed{exp.seeds[0]}" / "clients.jsonl"
-        if not f.exists():
+        if not f.exists() or exp.seeds[0] in r["diverged"]:  # no final round: nothing to show
             continue
         last = json.loads(f.read_text().splitlines()[-1])["clients"]
-        data += [_finite([c[f"{key}-{when}"] for c in last]) for when in ("before", "after")]
-        labels += [f"{r['algorithm']}\nbefore", f"{r['algorithm']}\nafter"]
+        both = [_finite([c[f"{key}-{when}"] for c in last]) for when in ("before", "after")]
+        if all(both):
+            data += both
+            labels += [f"{r['algorithm']}\nbefore", f"{r['algorithm']}\nafter"]
     if not data:
         return
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labels)), 4))
