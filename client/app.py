@@ -1,13 +1,13 @@
 """Flower ClientApp: thin handlers that unpack a Message, call pure functions, pack a reply.
 
 A node hosts one or many clients (``clients-per-node``, client/runtime.py). Each message
-names the clients the server sampled on this node (``config["clients"]``, partition ids);
-the node runs them together, as one cohort under ``torch.func.vmap``, and replies per
-client:
+names the clients the server sampled on this node (partition ids); the node runs them
+together, as one cohort under ``torch.func.vmap``, and replies per client (the message
+contract, keys and layout, is common/messages.py):
 
 ``train``    tau local steps per client (client/train.py); the reply's ``updates``
              ArrayRecord stacks every client's update (local state - received state) on a
-             leading axis, in the order of ``metrics["partition-id"]``, with each client's
+             leading axis, in the order of its partition ids, with each client's
              ``num-examples``, ``skipped`` flag and training losses as lists.
 ``evaluate`` personalises a functional copy of the received theta with k steps on each
              client's train split and scores it, before and after, on its held-out test
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from client.attacks import attack_reply, training_split
@@ -45,6 +45,18 @@ from common.arrays import (
     to_tensors,
 )
 from common.config import Algorithm, AttackKind, settings_to_run_config
+from common.messages import (
+    ACC_AFTER,
+    ACC_BEFORE,
+    LOSS_AFTER,
+    LOSS_BEFORE,
+    NUM_EXAMPLES,
+    Instruction,
+    instruction_of,
+    read_instruction,
+    write_identity,
+    write_reply,
+)
 from common.meta import bounded_step_sizes
 from common.personalize import evaluate_cohort, tensors_of
 from common.privacy import WITHIN_CLIP, clip_rows
@@ -75,19 +87,19 @@ class Cohort:
 
 
 def _unpack(msg: Message, node: NodeRuntime) -> Received:
-    return _received(from_record(msg.content["arrays"]), msg.content["config"], node)
+    arrays, instruction = read_instruction(msg.content)
+    return _received(from_record(arrays), instruction, node)
 
 
-def _received(state: dict[str, np.ndarray], config: Any, node: NodeRuntime) -> Received:
+def _received(state: dict[str, np.ndarray], asked: Instruction, node: NodeRuntime) -> Received:
     theta, alpha = split_state(state)
-    clients = config.get("clients")
     return Received(
         theta=to_tensors(theta, node.device),
         alpha=to_tensors(alpha, node.device) if alpha is not None else None,
         state=state,
-        server_round=int(config["server-round"]),
-        clients=list(node.partitions) if clients is None else [int(c) for c in clients],
-        clip=float(config.get("dp-clip", 0.0)),
+        server_round=asked.server_round,
+        clients=list(node.partitions) if asked.clients is None else asked.clients,
+        clip=asked.clip,
     )
 
 
@@ -96,10 +108,7 @@ def _cohort(node: NodeRuntime, clients: list[int]) -> Cohort:
     order = list(dict.fromkeys(clients))  # a repeated id is served once
     for pid in order:
         if pid not in node.partitions:
-            skipped[pid] = (
-                f"partition {pid} is not hosted by this node (it hosts "
-                f"{node.partitions.start}..{node.partitions.stop - 1})"
-            )
+            skipped[pid] = f"partition {pid} is not hosted by this node (it hosts {node.hosted})"
             continue
         rt = node.client(pid)
         if reason := rt.too_small_reason:
@@ -113,25 +122,7 @@ def _reply(
     msg: Message, cohort: Cohort, values: dict[int, dict[str, float | int]],
     arrays: ArrayRecord | None,
 ) -> Message:  # fmt: skip
-    """Per-client lists in ``cohort.order``; skipped clients get zeros and their reason."""
-    keys = sorted({k for v in values.values() for k in v})
-    metrics: dict[str, list] = {
-        "partition-id": cohort.order,
-        "skipped": [int(p in cohort.skipped) for p in cohort.order],
-    }
-    for k in keys:
-        column = [values.get(p, {}).get(k, 0) for p in cohort.order]
-        metrics[k] = column if k == "num-examples" else [float(x) for x in column]
-    metrics.setdefault("num-examples", [0] * len(cohort.order))
-    content = RecordDict(
-        {
-            "metrics": MetricRecord(metrics),
-            "skip": ConfigRecord({"reasons": [cohort.skipped.get(p, "") for p in cohort.order]}),
-        }
-    )
-    if arrays is not None:
-        content["updates"] = arrays
-    return Message(content, reply_to=msg)
+    return Message(write_reply(cohort.order, cohort.skipped, values, arrays), reply_to=msg)
 
 
 @app.train()
@@ -149,7 +140,7 @@ def _train_secagg(msg: Message, context: Context, node: NodeRuntime) -> Message:
     drops a client whose update is not finite (the server cannot see single updates) and
     replies with its scaled sum for the mod to mask (client/secagg.py)."""
     state, config = unpack_fitins(msg)
-    got = _received(state, config, node)
+    got = _received(state, instruction_of(config), node)
     cohort, updates, values, within = _train_rows(context, node, got)
     dropped = {p: f"client skipped: {why}" for p, why in cohort.skipped.items()}
     bad = nonfinite_rows(updates, len(cohort.order))
@@ -163,7 +154,7 @@ def _train_secagg(msg: Message, context: Context, node: NodeRuntime) -> Message:
             rows.append(row)
     kept = {cohort.order[r] for r in rows}
     sums = {
-        p: {k: v for k, v in row.items() if k not in ("num-examples", WITHIN_CLIP)}
+        p: {k: v for k, v in row.items() if k not in (NUM_EXAMPLES, WITHIN_CLIP)}
         for p, row in values.items()
         if p in kept
     }
@@ -191,7 +182,7 @@ def _train_rows(
                 updates[key][rows] = stacked
         for j, rt in enumerate(cohort.ready):
             values[rt.partition_id] = {k: float(v[j]) for k, v in result.metrics.items()}
-            values[rt.partition_id]["num-examples"] = rt.data.num_train
+            values[rt.partition_id][NUM_EXAMPLES] = rt.data.num_train
     within = np.ones(len(cohort.order))
     if got.clip > 0:  # DP / SecAgg+: no honest update leaves above C
         clipped = clip_rows(updates, got.clip)
@@ -200,12 +191,12 @@ def _train_rows(
             if pid in values:
                 values[pid][WITHIN_CLIP] = float(within[row])
     if s.attack_kind is not AttackKind.NONE:  # simulated attackers (client/attacks.py)
-        claims = {p: int(v["num-examples"]) for p, v in values.items()}
+        claims = {p: int(v[NUM_EXAMPLES]) for p, v in values.items()}
         updates, claims = attack_reply(
             s, updates, claims, cohort.order, node.num_partitions, got.server_round
         )
         for p, n in claims.items():
-            values[p]["num-examples"] = n
+            values[p][NUM_EXAMPLES] = n
     return cohort, updates, values, within
 
 
@@ -278,16 +269,17 @@ def evaluate(msg: Message, context: Context) -> Message:
         [rt.rng(got.server_round, EVALUATE_PURPOSE) for rt in cohort.ready],
         steps=(steps,), batch_size=s.batch_size, task=s.task, device=node.device,
         cohort_size=s.cohort_size, per_client_params=local, keep_params=bool(model_dir),
+        loss=s.loss,
     )  # fmt: skip
     for rt, result in zip(cohort.ready, results, strict=True):
         before, after = result.before, result.after
         row: dict[str, float | int] = {
-            "num-examples": rt.data.num_test,
-            "loss-before": before.loss,
-            "loss-after": after.loss,
+            NUM_EXAMPLES: rt.data.num_test,
+            LOSS_BEFORE: before.loss,
+            LOSS_AFTER: after.loss,
         }
         if before.accuracy is not None and after.accuracy is not None:
-            row |= {"acc-before": before.accuracy, "acc-after": after.accuracy}
+            row |= {ACC_BEFORE: before.accuracy, ACC_AFTER: after.accuracy}
         values[rt.partition_id] = row
         if model_dir:
             folder = _model_folder(model_dir, node, rt.partition_id)
@@ -336,7 +328,4 @@ def _model_info(
 def identity(msg: Message, context: Context) -> Message:
     """Tell the server which clients (partitions) this node hosts (for reproducible sampling)."""
     node = node_runtime(context)
-    content = MetricRecord(
-        {"partition-id": node.node_partition, "partitions": list(node.partitions)}
-    )
-    return Message(RecordDict({"identity": content}), reply_to=msg)
+    return Message(write_identity(node.node_partition, node.partitions), reply_to=msg)

@@ -52,6 +52,7 @@ from client.model_store import (
 from common.config import Algorithm, Settings, parse_settings, settings_to_run_config
 from common.data.registry import load_client_data
 from common.device import select_device
+from common.messages import ACC_AFTER, ACC_BEFORE, LOSS_AFTER, LOSS_BEFORE
 from common.meta import bounded_step_sizes
 from common.models import model_for
 from common.personalize import Personalized, personalize_and_score, tensors_of
@@ -120,7 +121,7 @@ def personalize_saved_model(
     )
     result = personalize_and_score(
         model, theta, lr, data, steps=steps, batch_size=settings.batch_size,
-        task=settings.task, rng=rng, device=torch_device,
+        task=settings.task, rng=rng, device=torch_device, loss=settings.loss,
     )  # fmt: skip
     info = {
         "source-model": str(model_path.resolve()),
@@ -153,9 +154,9 @@ def same_as_run(settings: Settings, steps: int) -> str:
 
 
 def _scores(result: Personalized) -> dict[str, float]:
-    scores = {"loss-before": result.before.loss, "loss-after": result.after.loss}
+    scores = {LOSS_BEFORE: result.before.loss, LOSS_AFTER: result.after.loss}
     if result.before.accuracy is not None and result.after.accuracy is not None:
-        scores |= {"acc-before": result.before.accuracy, "acc-after": result.after.accuracy}
+        scores |= {ACC_BEFORE: result.before.accuracy, ACC_AFTER: result.after.accuracy}
     return scores
 
 

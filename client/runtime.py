@@ -11,6 +11,10 @@ it. Client data is kept for the most recently served clients up to ``DATA_CACHE_
 per process, so 10,000 sinusoid clients all stay cached while a process serving FEMNIST or
 Omniglot writers holds a bounded amount. Nothing learned lives here: the shared state
 arrives in each message and a client's personal state lives in ``context.state``.
+
+A SuperNode whose node config has ``data-path`` and no ``partition-id`` holds its own data
+(a user's table or folder, common/data/user_data.py): it hosts every client in it, known
+by numbers hashed from their ids, and checks that data itself before its first answer.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -28,8 +32,13 @@ from flwr.app import Context
 from torch import nn
 
 from common.config import MetaOrder, Settings, parse_settings
-from common.data.registry import load_client_data
-from common.data.types import ClientData
+from common.data.registry import (
+    check_data_available,
+    hosted_client_numbers,
+    load_client_data,
+    load_hosted_client_data,
+)
+from common.data.types import ClientData, DataError
 from common.device import select_device
 from common.models import model_for
 
@@ -71,20 +80,30 @@ class NodeRuntime:
     """One Flower node: which clients it hosts, and the shared model skeleton and device."""
 
     settings: Settings
-    node_partition: int  # the node config's partition-id
-    partitions: range  # the clients this node hosts
-    num_partitions: int  # clients in the whole federation
+    node_partition: int  # the node config's partition-id (OWN_DATA: none, its own data)
+    partitions: Sequence[int]  # the clients this node hosts (a range, or its own clients)
+    num_partitions: int  # clients in the whole federation (own data: on this node)
     device: torch.device
     model: nn.Module
     data_path: str
 
+    @property
+    def own_data(self) -> bool:
+        return self.node_partition == OWN_DATA
+
+    @property
+    def hosted(self) -> str:
+        """Which clients this node hosts, for messages."""
+        if self.own_data:
+            return f"the {len(self.partitions)} clients of its own data at {self.data_path}"
+        return f"{self.partitions[0]}..{self.partitions[-1]}"
+
     def client(self, partition_id: int) -> ClientRuntime:
         if partition_id not in self.partitions:
             raise KeyError(
-                f"partition {partition_id} is not hosted by this node (it hosts "
-                f"{self.partitions.start}..{self.partitions.stop - 1})"
+                f"partition {partition_id} is not hosted by this node (it hosts {self.hosted})"
             )
-        return _CLIENTS.get((self.settings, partition_id, self.num_partitions))
+        return _CLIENTS.get((self.settings, partition_id, self.num_partitions, self.own_data))
 
 
 TORCH_THREADS_KEY = "torch-threads"  # node config: torch's intra-op threads in this node
@@ -114,11 +133,16 @@ def apply_torch_threads(node_config: Mapping[str, object]) -> None:
         torch.set_num_threads(wanted)
 
 
+OWN_DATA = -1  # node_partition of a node that hosts its own data (no partition-id)
+
+
 def node_runtime(context: Context) -> NodeRuntime:
     node = context.node_config
     apply_torch_threads(node)
     data_path = str(node.get("data-path", ""))
     settings = _settings(tuple(sorted(context.run_config.items())), data_path)
+    if "partition-id" not in node:
+        return _own_data_node(settings, data_path)
     index, nodes = int(node["partition-id"]), int(node["num-partitions"])
     per_node = settings.clients_per_node
     model = _skeleton(settings)
@@ -131,6 +155,38 @@ def node_runtime(context: Context) -> NodeRuntime:
         model=model,
         data_path=data_path,
     )
+
+
+def _own_data_node(settings: Settings, data_path: str) -> NodeRuntime:
+    """A device that holds its own data: it hosts every client of its file(s).
+
+    The node checks its data itself before it answers anything (the server never reads
+    it): bad data raises one DataError line naming the file, column and client, which
+    Flower returns to the server as this node's error reply, logged there by name.
+    """
+    if not data_path:
+        raise DataError(
+            "this SuperNode's node config has neither partition-id/num-partitions (a share "
+            "of the run's data) nor data-path (its own data): give --node-config "
+            "'data-path=<its file or folder>'"
+        )
+    hosted = _hosted_clients(settings)
+    model = _skeleton(settings)
+    return NodeRuntime(
+        settings=settings,
+        node_partition=OWN_DATA,
+        partitions=hosted,
+        num_partitions=len(hosted),
+        device=select_device(settings.device, model),
+        model=model,
+        data_path=data_path,
+    )
+
+
+@lru_cache(maxsize=8)
+def _hosted_clients(settings: Settings) -> tuple[int, ...]:
+    check_data_available(settings)  # once per process and run config
+    return hosted_client_numbers(settings)
 
 
 @lru_cache(maxsize=8)
@@ -146,8 +202,13 @@ def _skeleton(settings: Settings) -> nn.Module:
     return model_for(settings)
 
 
-def _build_client(settings: Settings, partition_id: int, num_partitions: int) -> ClientRuntime:
-    data = load_client_data(settings, partition_id, num_partitions)
+def _build_client(
+    settings: Settings, partition_id: int, num_partitions: int, own_data: bool
+) -> ClientRuntime:
+    if own_data:  # partition_id is the client's number (common/data/user_data.py)
+        data = load_hosted_client_data(settings, partition_id)
+    else:
+        data = load_client_data(settings, partition_id, num_partitions)
     return ClientRuntime(settings, partition_id, num_partitions, data)
 
 

@@ -33,6 +33,8 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 
+from common.messages import CLIENTS, DROPPED, STATE_KEYS, SUM_PREFIX
+
 COUNTS_KEY = "secagg/counts"  # the extra array: [C m / M, 2C/M sum_i (b_i - 1/2)]
 FITINS_CONFIG = "fitins.config"
 
@@ -56,12 +58,12 @@ def unpack_fitins(msg: Message) -> tuple[dict[str, np.ndarray], dict]:
     """The state theta (+ alpha) by name and the round's config, from a SecAgg+ FitIns."""
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     config = dict(fitins.config)
-    keys = str(config["state-keys"]).split(",")
+    keys = str(config[STATE_KEYS]).split(",")
     arrays = parameters_to_ndarrays(fitins.parameters)
     if len(arrays) != len(keys):
         raise ValueError(f"FitIns holds {len(arrays)} arrays for {len(keys)} state keys")
-    text = str(config.get("clients", ""))
-    config["clients"] = [int(c) for c in text.split(",")] if text else []
+    text = str(config.get(CLIENTS, ""))
+    config[CLIENTS] = [int(c) for c in text.split(",")] if text else []
     return dict(zip(keys, arrays, strict=True)), config
 
 
@@ -76,10 +78,11 @@ def node_sum_reply(
     scaled = [np.asarray(updates[k], np.float64)[rows].sum(axis=0) / per_node for k in keys]
     within_centered = float(np.sum(within[rows] - 0.5)) if m else 0.0
     counts = np.array([clip * m / per_node, 2 * clip * within_centered / per_node])
-    metrics: dict[str, int | float | str] = {"clients": m, "dropped": json.dumps(dropped)}
+    metrics: dict[str, int | float | str] = {CLIENTS: m, DROPPED: json.dumps(dropped)}
     for row in values.values():
         for key, value in row.items():
-            metrics[f"sum/{key}"] = float(metrics.get(f"sum/{key}", 0.0)) + float(value)
+            total = SUM_PREFIX + key
+            metrics[total] = float(metrics.get(total, 0.0)) + float(value)
     fitres = FitRes(
         Status(Code.OK, "secagg"), ndarrays_to_parameters([*scaled, counts]), per_node, metrics
     )

@@ -11,7 +11,8 @@ tensors in and out). :func:`train_cohort` draws every client's batches on the ho
 that client's own RNG, stacks them, and runs the per-client function for all clients in
 lockstep under ``torch.func.vmap``: a cohort of one is the single-client case, and a
 client's result does not depend on which other clients share its cohort (beyond float
-rounding of batched kernels).
+rounding of batched kernels). A model vmap cannot batch runs the same per-client function
+client by client (common/batching.py).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import vmap
 
+from common.batching import map_clients, probe_key, torch_seed
 from common.config import MetaOrder, Settings
 from common.meta import (
     Batch,
@@ -170,7 +171,8 @@ def _train_chunk(
     meta: bool,
     start: Params | None,
 ) -> CohortResult:
-    loss_fn = loss_fn_for(s.task)
+    loss_fn = loss_fn_for(s.task, s.loss)
+    seeds = [torch_seed(rng) for rng in rngs]  # the model's own randomness (dropout)
     samplers = [task_sampler(x, y, s) for x, y in clients]
     params, in_dim = (start, 0) if start is not None else (theta, None)
     if meta:
@@ -191,7 +193,10 @@ def _train_chunk(
         def one_meta(p: Params, b: dict[str, Batch]) -> dict:
             return meta_train_steps(model, loss_fn, p, inner_lr, b, cfg)
 
-        out = vmap(one_meta, in_dims=(in_dim, 0))(params, batches)
+        out = map_clients(
+            one_meta, (in_dim, 0), (params, batches), seeds=seeds, device=device,
+            key=probe_key(f"train-{cfg.order.value}", model, s.loss),
+        )  # fmt: skip
     else:
         plain = stack_to_device(
             [sm.batches(rng, s.local_steps) for sm, rng in zip(samplers, rngs, strict=True)],
@@ -201,7 +206,10 @@ def _train_chunk(
         def one_sgd(p: Params, b: Batch) -> dict:
             return sgd_train_steps(model, loss_fn, p, b, s.outer_lr)
 
-        out = vmap(one_sgd, in_dims=(in_dim, 0))(params, plain)
+        out = map_clients(
+            one_sgd, (in_dim, 0), (params, plain), seeds=seeds, device=device,
+            key=probe_key("train-sgd", model, s.loss),
+        )  # fmt: skip
     metrics = {
         k: v.detach().double().cpu().numpy() for k, v in out.items() if isinstance(v, Tensor)
     }

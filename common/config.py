@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +83,12 @@ class AttackKind(enum.Enum):
     SAME_BAD_UPDATE = "same-bad-update"  # every attacker the same crafted vector (colluding)
 
 
+# issue 16: the formats users bring (common/data/user_data.py), and Flower Datasets'
+# partitioners that only they accept (the built-in datasets keep their own lists)
+USER_DATASETS = ("table", "client-folders", "hf-disk")
+FLOWER_ONLY_PARTITIONS = ("iid", "shard", "linear", "square", "exponential")
+
+
 def _choice(enum_cls: type[enum.Enum]) -> tuple[Callable[[Any], bool], str]:
     values = [m.value for m in enum_cls]
     return (lambda v: v in values), "one of " + ", ".join(repr(v) for v in values)
@@ -98,6 +106,7 @@ def _int_list(v: str) -> bool:
     return len(items) > 0 and all(i > 0 for i in items)
 
 
+_SHAPE = (lambda v: v == "" or _int_list(v), "'' or comma-separated sizes, e.g. '1,28,28'")
 _POS = (lambda v: v > 0, "a number > 0")
 _NONNEG = (lambda v: v >= 0, "a number >= 0")
 _POS_INT = (lambda v: v >= 1, "an integer >= 1")
@@ -110,132 +119,548 @@ _ANY_NUMBER = (lambda v: True, "a finite number")
 _BOOL = (lambda v: True, "true or false")
 
 
-def _spec(check: tuple[Callable[[Any], bool], str], default: Any) -> Any:
-    return field(default=default, metadata={"check": check})
+GROUPS = (
+    "meta", "data", "model", "federation", "evaluation", "robust", "privacy", "optimizer", "run",
+)  # fmt: skip
+
+
+def _spec(
+    check: tuple[Callable[[Any], bool], str], default: Any, group: str, doc: str, key: str = ""
+) -> Any:
+    """A setting: its check, default, group and the one description of what it does (the
+    source of docs/config.md and of pyproject's ``[tool.flwr.app.config]``); ``key`` when
+    its config key is not its kebab-case name."""
+    assert group in GROUPS, group
+    return field(default=default, metadata={"check": check, "group": group, "doc": doc, "key": key})
+
+
+# issue 16: a user's model factory or loss "package.module:attribute" (common/plugins.py)
+BUILT_IN_MODELS = ("mlp", "logreg", "cnn", "lstm")  # common/models.py's factory table
+IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _is_json_object(v: str) -> bool:
+    if not v.strip():
+        return True
+    try:
+        return isinstance(json.loads(v), dict)
+    except ValueError:
+        return False
+
+
+_MODEL = (
+    lambda v: v in BUILT_IN_MODELS or bool(IMPORT_PATH.match(v)),
+    "one of " + ", ".join(repr(m) for m in BUILT_IN_MODELS)
+    + ", or a factory 'package.module:function' (docs/models.md)",
+)  # fmt: skip
+_LOSS = (
+    lambda v: v == "" or bool(IMPORT_PATH.match(v)),
+    "'' (cross-entropy or MSE, from the task) or 'package.module:function' (docs/models.md)",
+)
+_JSON_OBJECT = (_is_json_object, "a JSON object of keyword arguments, e.g. '{\"hidden\": 64}'")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """All settings of a run. Field docs live in README's configuration table."""
+    """All settings of a run, each described once here (docs/config.md is generated)."""
 
-    # what is learned
-    algorithm: str = _spec(_choice(Algorithm), "maml")
-    # data
+    algorithm: str = _spec(
+        _choice(Algorithm),
+        "maml",
+        "meta",
+        "what a client does with its data each round: exact second-order MAML, Per-FedAvg "
+        "(first-order, Hessian-free), Meta-SGD, or the baselines FedAvg, FedAvg + fine-tuning "
+        "and local training",
+    )
     dataset: str = _spec(
         _one_of(
             "sinusoid", "synthetic", "digits", "mnist", "fashion-mnist", "femnist", "omniglot",
-            "shakespeare",
+            "shakespeare", *USER_DATASETS,
         ),
         "sinusoid",
+        "data",
+        "the clients' data: MAML's sinusoids, FedProx's Synthetic(α, β), scikit-learn's "
+        "digits, (Fashion-)MNIST, FEMNIST by writer, Omniglot, Shakespeare by speaking role; "
+        "your own: table (CSV/Parquet), client-folders (<client>.npz or <client>/<label>/"
+        "*.png), hf-disk (a Hugging Face dataset saved with save_to_disk), docs/your-model.md",
     )  # fmt: skip
-    data_path: str = _spec(_ANY, "")
-    partition: str = _spec(_one_of("natural", "dirichlet", "pathological", "perfedavg"), "natural")
-    classes_per_client: int = _spec(_POS_INT, 2)
-    dirichlet_alpha: float = _spec(_POS, 0.5)
-    sinusoid_train_points: int = _spec(_POS_INT, 20)
-    sinusoid_test_points: int = _spec(_POS_INT, 50)
-    synthetic_alpha: float = _spec(_NONNEG, 0.5)
-    synthetic_beta: float = _spec(_NONNEG, 0.5)
-    test_fraction: float = _spec((lambda v: 0 < v < 1, "a number in (0, 1)"), 0.2)
-    # episodic few-shot tasks (omniglot): N-way K-shot episodes, see common/tasks.py
-    n_way: int = _spec((lambda v: v >= 2, "an integer >= 2"), 5)
-    k_shot: int = _spec(_POS_INT, 1)
-    query_shots: int = _spec(_POS_INT, 5)  # query examples per class in a training episode
-    eval_episodes: int = _spec(_POS_INT, 10)  # episodes averaged per client evaluation
-    # MAML's augmentation: each training character also appears rotated by 90, 180 and 270
-    # degrees, as 3 more classes of the same client (new clients' characters stay upright)
-    omniglot_rotations: bool = _spec(_BOOL, False)
-    # shakespeare (common/data/shakespeare.py): one client per speaking role
-    shakespeare_seq_len: int = _spec(_POS_INT, 80)  # characters of context per window (LEAF)
-    shakespeare_min_chars: int = _spec(_POS_INT, 2000)  # shorter roles are left out
-    shakespeare_stride: int = _spec(_POS_INT, 1)  # one target every this many characters
-    # model
-    model: str = _spec(_one_of("mlp", "logreg", "cnn", "lstm"), "mlp")
-    hidden_sizes: str = _spec(_INT_LIST, "40,40")
-    activation: str = _spec(_one_of("relu", "elu"), "relu")
-    # federation
-    num_rounds: int = _spec(_POS_INT, 100)
-    fraction_train: float = _spec(_FRACTION, 0.1)
-    fraction_evaluate: float = _spec(_FRACTION, 0.1)
-    # how many clients (data partitions) one Flower node hosts and trains together: node i
-    # of N hosts partitions i*M .. (i+1)*M-1 of N*M; 1 is one client per node
-    clients_per_node: int = _spec(_POS_INT, 1)
-    # at most this many of a node's clients run in one vmapped call (memory); 0: all at once
-    cohort_size: int = _spec(_NONNEG_INT, 0)
-    # evaluate every this many rounds (and always in the final round, which scores everyone)
-    evaluate_every: int = _spec(_POS_INT, 1)
-    min_available_nodes: int = _spec(_POS_INT, 2)
-    node_wait_timeout: float = _spec(_POS, 120.0)  # seconds to wait for min-available-nodes
-    round_timeout: float = _spec(_POS, 600.0)  # seconds a round waits for replies
-    # client optimisation (Per-FedAvg Algorithm 1 notation)
-    local_steps: int = _spec(_POS_INT, 5)  # tau
-    batch_size: int = _spec(_POS_INT, 5)  # |D| = |D'| (= |D''| unless hessian-batch-size)
-    # stability options (docs/benchmarks.md, "Stability options")
-    hessian_batch_size: int = _spec(_NONNEG_INT, 0)  # |D''| of perfedavg-hf; 0: batch-size
-    metasgd_alpha_min: float = _spec(_ANY_NUMBER, 0.0)  # lower bound of alpha when bounded
-    metasgd_alpha_max: float = _spec(_NONNEG, 0.0)  # 0: alpha unbounded; > 0: upper bound
-    inner_lr: float = _spec(_POS, 0.01)  # alpha (initial alpha for metasgd)
-    inner_steps: int = _spec(_POS_INT, 1)  # k during meta-training
-    outer_lr: float = _spec(_POS, 0.001)  # beta
-    eval_steps: int = _spec(_NONNEG_INT, 10)  # k at evaluation
-    hessian_free_mode: str = _spec(_one_of("exact", "finite-difference"), "exact")
-    hessian_free_delta: float = _spec(_POS, 1e-3)
-    metasgd_order: str = _spec(_one_of("second-order", "first-order"), "second-order")
-    # robust aggregation (server/robust.py; docs/robustness.md): replaces the weighted mean
-    aggregation: str = _spec(_choice(Aggregation), "mean")
-    trim_fraction: float = _spec((lambda v: 0 <= v < 0.5, "a number in [0, 0.5)"), 0.2)
-    krum_byzantine: int = _spec(_NONNEG_INT, 1)  # f, for krum, multi-krum and bulyan
-    multi_krum_keep: int = _spec(_NONNEG_INT, 0)  # m; 0: n - f
-    norm_bound: float = _spec(_NONNEG, 0.0)  # clip each update's L2 norm to this; 0: off
+    data_path: str = _spec(
+        _ANY,
+        "",
+        "data",
+        (
+            "file or folder of the dataset (mnist/fashion-mnist/femnist/omniglot, your own "
+            "data); a SuperNode's node config `data-path` overrides it (its own data: "
+            "with no `partition-id` the node hosts every client of its file)"
+        ),
+    )
+    partition: str = _spec(
+        _one_of("natural", "dirichlet", "pathological", "perfedavg", *FLOWER_ONLY_PARTITIONS),
+        "natural",
+        "data",
+        (
+            "natural (one task/user/writer per client), dirichlet, pathological, "
+            "perfedavg (Fallah et al.'s MNIST split); for table and hf-disk without a "
+            "client-column also Flower Datasets' iid, shard, linear, square, exponential"
+        ),
+    )
+    classes_per_client: int = _spec(_POS_INT, 2, "data", "pathological: classes per client")
+    dirichlet_alpha: float = _spec(
+        _POS, 0.5, "data", "dirichlet: concentration (smaller = more skewed)"
+    )
+    sinusoid_train_points: int = _spec(
+        _POS_INT, 20, "data", "sinusoid: points a client adapts/trains on"
+    )
+    sinusoid_test_points: int = _spec(
+        _POS_INT, 50, "data", "sinusoid: held-out points a client is scored on"
+    )
+    synthetic_alpha: float = _spec(_NONNEG, 0.5, "data", "Synthetic(α, β) of FedProx")
+    synthetic_beta: float = _spec(_NONNEG, 0.5, "data", "Synthetic(α, β) of FedProx")
+    test_fraction: float = _spec(
+        (lambda v: 0 < v < 1, "a number in (0, 1)"),
+        0.2,
+        "data",
+        "per-client test split for datasets without their own (seeded)",
+    )
+    n_way: int = _spec(
+        (lambda v: v >= 2, "an integer >= 2"), 5, "data", "omniglot: classes per episode"
+    )
+    k_shot: int = _spec(_POS_INT, 1, "data", "omniglot: support examples per class")
+    query_shots: int = _spec(
+        _POS_INT, 5, "data", "omniglot: query examples per class in a training episode"
+    )
+    eval_episodes: int = _spec(
+        _POS_INT, 10, "data", "omniglot: episodes averaged per client evaluation"
+    )
+    omniglot_rotations: bool = _spec(
+        _BOOL,
+        False,
+        "data",
+        (
+            "omniglot: MAML's augmentation, each training character also rotated "
+            "90/180/270° as 3 more classes of its client (new clients stay upright)"
+        ),
+    )
+    shakespeare_seq_len: int = _spec(
+        _POS_INT, 80, "data", "shakespeare: characters of context per window (LEAF's 80)"
+    )
+    shakespeare_min_chars: int = _spec(
+        _POS_INT,
+        2000,
+        "data",
+        "shakespeare: roles with less text are left out (and counted in the log)",
+    )
+    shakespeare_stride: int = _spec(
+        _POS_INT, 1, "data", "shakespeare: one target every this many characters"
+    )
+    # issue 16, your own data (common/data/user_data.py; docs/your-model.md)
+    client_column: str = _spec(
+        _ANY, "", "data",
+        "table / hf-disk: the column naming each row's client (partition `natural`); empty: "
+        "the rows are split by `partition` (dirichlet, pathological, iid, shard, linear, "
+        "square, exponential: Flower Datasets' partitioners)",
+    )  # fmt: skip
+    label_column: str = _spec(
+        _ANY, "label", "data",
+        "table / hf-disk: the label column: integer class ids 0..C-1, or real targets with "
+        "task regression",
+    )  # fmt: skip
+    feature_columns: str = _spec(
+        _ANY, "", "data",
+        "table / hf-disk: comma-separated feature columns; empty: every column but the "
+        "client, label and split ones",
+    )  # fmt: skip
+    split_column: str = _spec(
+        _ANY, "", "data",
+        "table / hf-disk: a column of `train`/`test` per row; empty: each client gets its "
+        "own seeded `test-fraction` split",
+    )  # fmt: skip
+    num_classes: int = _spec(
+        _NONNEG_INT, 0, "data",
+        "table / client-folders / hf-disk: classes C; 0: the largest label + 1. Required "
+        "when the data lives only on the SuperNodes",
+    )  # fmt: skip
+    input_shape: str = _spec(
+        _SHAPE, "", "data",
+        "client-folders / hf-disk: one sample's shape (e.g. `1,28,28`); empty: from the "
+        "data. Required there when the data lives only on the SuperNodes (a table's shape "
+        "is its feature-columns)",
+    )  # fmt: skip
+    model: str = _spec(
+        _MODEL,
+        "mlp",
+        "model",
+        (
+            "mlp, logreg, cnn (MAML's conv net, BatchNorm without running stats), lstm "
+            "(LEAF's char-LSTM: embedding 8, widths from hidden-sizes; written from "
+            "Linear gates so it runs under vmap and second order), or your own factory "
+            "`package.module:function` (docs/models.md)"
+        ),
+    )
+    hidden_sizes: str = _spec(
+        _INT_LIST, "40,40", "model", "mlp widths / cnn channels, comma-separated"
+    )
+    activation: str = _spec(_one_of("relu", "elu"), "relu", "model", "mlp activation: relu or elu")
+    # issue 16, your own model (docs/models.md)
+    model_args: str = _spec(
+        _JSON_OBJECT, "", "model",
+        "keyword arguments of the model factory as a JSON object, e.g. `{\"hidden\": 64}`; "
+        "with a built-in name they override hidden-sizes and activation",
+    )  # fmt: skip
+    task_choice: str = _spec(
+        _one_of("auto", *(t.value for t in Task)), "auto", "model",
+        "auto (what the dataset is: sinusoid regression, the others classification; your "
+        "own data classification), classification (cross-entropy) or regression (MSE)",
+        key="task",
+    )  # fmt: skip
+    loss: str = _spec(
+        _LOSS, "", "model",
+        "a loss `package.module:function`, fn(pred, target) -> scalar tensor, used in "
+        "training and scoring; empty: the task's own",
+    )  # fmt: skip
+    num_rounds: int = _spec(_POS_INT, 100, "federation", "federated rounds")
+    fraction_train: float = _spec(
+        _FRACTION, 0.1, "federation", "fraction of connected clients trained per round"
+    )
+    fraction_evaluate: float = _spec(
+        _FRACTION,
+        0.1,
+        "federation",
+        "fraction of clients scored per evaluation (the final round scores all)",
+    )
+    clients_per_node: int = _spec(
+        _POS_INT,
+        1,
+        "federation",
+        (
+            "clients (data partitions) one node hosts and trains as one cohort: node i of "
+            "N hosts partitions i·M … (i+1)·M − 1 of N·M"
+        ),
+    )
+    cohort_size: int = _spec(
+        _NONNEG_INT,
+        0,
+        "federation",
+        (
+            "at most this many clients in one vmapped call on a node (GPU/CPU memory); 0: "
+            "all sampled clients of the node at once"
+        ),
+    )
+    evaluate_every: int = _spec(
+        _POS_INT, 1, "evaluation", "evaluate every this many rounds (and always in the final round)"
+    )
+    min_available_nodes: int = _spec(
+        _POS_INT,
+        2,
+        "federation",
+        "nodes required before a round starts (1 for a single cohort node)",
+    )
+    node_wait_timeout: float = _spec(
+        _POS,
+        120.0,
+        "federation",
+        "seconds to wait for min-available-nodes before failing with a message",
+    )
+    round_timeout: float = _spec(_POS, 600.0, "federation", "seconds a round waits for replies")
+    local_steps: int = _spec(_POS_INT, 5, "meta", "τ: local (meta-)steps per round")
+    batch_size: int = _spec(
+        _POS_INT, 5, "meta", "size of each batch D, D', D'' (and of each adaptation batch)"
+    )
+    hessian_batch_size: int = _spec(
+        _NONNEG_INT,
+        0,
+        "meta",
+        "size of perfedavg-hf's D'' (0: batch-size; Omniglot: shots per class)",
+    )
+    metasgd_alpha_min: float = _spec(
+        _ANY_NUMBER,
+        0.0,
+        "meta",
+        (
+            "metasgd: lower bound of α, kept when received, after every local step and "
+            "wherever it adapts (with metasgd-alpha-max > 0)"
+        ),
+    )
+    metasgd_alpha_max: float = _spec(
+        _NONNEG,
+        0.0,
+        "meta",
+        ("metasgd: upper bound of α (see metasgd-alpha-min); 0 = unbounded, as in Li et al. 2017"),
+    )
+    inner_lr: float = _spec(
+        _POS, 0.01, "meta", "α: inner / personalization step size (Meta-SGD's initial α)"
+    )
+    inner_steps: int = _spec(
+        _POS_INT, 1, "meta", "k: inner steps during meta-training (hessian-free needs 1)"
+    )
+    outer_lr: float = _spec(
+        _POS, 0.001, "meta", "β: client step size (meta-step, or SGD step for fedavg/local)"
+    )
+    eval_steps: int = _spec(_NONNEG_INT, 10, "evaluation", "k: personalization steps at evaluation")
+    hessian_free_mode: str = _spec(
+        _one_of("exact", "finite-difference"),
+        "exact",
+        "meta",
+        "exact (double backward) or finite-difference",
+    )
+    hessian_free_delta: float = _spec(
+        _POS, 1e-3, "meta", "δ of the finite-difference Hessian-vector product"
+    )
+    metasgd_order: str = _spec(
+        _one_of("second-order", "first-order"),
+        "second-order",
+        "meta",
+        "meta-gradient order used by metasgd",
+    )
+    aggregation: str = _spec(
+        _choice(Aggregation),
+        "mean",
+        "robust",
+        (
+            "mean, median, trimmed-mean, krum, multi-krum, bulyan (see "
+            "[`docs/robustness.md`](docs/robustness.md))"
+        ),
+    )
+    trim_fraction: float = _spec(
+        (lambda v: 0 <= v < 0.5, "a number in [0, 0.5)"),
+        0.2,
+        "robust",
+        "β of trimmed-mean: ⌊β·n⌋ dropped at each end, in [0, 0.5)",
+    )
+    krum_byzantine: int = _spec(
+        _NONNEG_INT,
+        1,
+        "robust",
+        "f: attackers per round that krum, multi-krum and bulyan are built to resist",
+    )
+    multi_krum_keep: int = _spec(
+        _NONNEG_INT, 0, "robust", "m: updates multi-krum averages; 0: n − f"
+    )
+    norm_bound: float = _spec(
+        _NONNEG, 0.0, "robust", "fixed L2 bound on each client's whole update; 0: off"
+    )
     # issue 17: defaults that hold. One client's update counts at most 5x the round's median
     # norm (honest sinusoid rounds reach 2.6x typically, 7x at the 99th percentile) and its
     # claimed examples at most the round's median claim; docs/robustness.md, "Defaults".
-    norm_bound_median_factor: float = _spec(_NONNEG, 5.0)  # bound = factor x median; 0: off
-    weighting: str = _spec(_choice(Weighting), "capped")
-    max_examples_weight: float = _spec(_NONNEG, 0.0)  # 'capped' weighting; 0: round's median
-    # simulated attackers (client/attacks.py): a seeded attack-fraction of all clients
-    attack: str = _spec(_choice(AttackKind), "none")
-    attack_fraction: float = _spec((lambda v: 0 <= v <= 1, "a number in [0, 1]"), 0.0)
-    attack_scale: float = _spec(_POS, 10.0)
-    attack_noise_std: float = _spec(_POS, 1.0)
-    # privacy (docs/privacy.md): client-level DP-FedAvg and SecAgg+ of the meta-updates
-    dp: bool = _spec(_BOOL, False)  # clip on the client, Gaussian noise on the server
-    dp_clip: float = _spec(_NONNEG, 0.0)  # C: L2 bound of each client's whole update
-    dp_noise_multiplier: float = _spec(_NONNEG, 0.0)  # z; 0 with target-epsilon: calibrated
-    dp_adaptive: bool = _spec(_BOOL, False)  # C follows a quantile (Andrew et al. 2021)
-    dp_target_quantile: float = _spec((lambda v: 0 < v < 1, "a number in (0, 1)"), 0.5)
-    dp_clip_lr: float = _spec(_POS, 0.2)  # eta_C of the geometric clip update
-    dp_clipped_count_stddev: float = _spec(_NONNEG, 0.0)  # sigma_b; 0: expected cohort / 20
-    dp_delta: float = _spec((lambda v: 0 < v < 1, "a number in (0, 1)"), 1e-5)
-    target_epsilon: float = _spec(_NONNEG, 0.0)  # refuse / stop beyond this epsilon; 0: none
-    secagg: bool = _spec(_BOOL, False)  # the server sees only the sum of the nodes' updates
-    secagg_num_shares: float = _spec(_FRACTION, 1.0)  # key shares, fraction of the nodes
-    secagg_threshold: float = _spec(_FRACTION, 0.7)  # shares to unmask, fraction of shares
-    # server optimizer
-    server_optimizer: str = _spec(_one_of("sgd", "adam"), "adam")
-    server_lr: float = _spec(_POS, 0.03)
-    server_beta1: float = _spec(_OPEN_UNIT, 0.9)
-    server_beta2: float = _spec(_OPEN_UNIT, 0.999)
-    server_eps: float = _spec(_POS, 1e-8)
-    # issue 17: divergence is an outcome. A run whose theta (or alpha) turns non-finite, or
-    # that accepts no update for max-stalled-rounds rounds in a row once it has trained,
-    # stops as diverged at that round ("stop"), or goes back to the last good state and
-    # retries with the server step scaled by rollback-lr-factor, at most max-rollbacks times
-    max_stalled_rounds: int = _spec(_POS_INT, 3)
-    on_divergence: str = _spec(_one_of("stop", "rollback"), "stop")
-    rollback_lr_factor: float = _spec((lambda v: 0 < v < 1, "a number in (0, 1)"), 0.5)
-    max_rollbacks: int = _spec(_POS_INT, 3)
-    # evaluation on clients never seen in training (server side)
-    new_clients: int = _spec(_NONNEG_INT, 0)
-    new_client_steps: str = _spec(_INT_LIST, "1,10")
-    new_client_train_points: int = _spec(_POS_INT, 5)  # K shots of a new sinusoid client
-    # share of pooled samples (digits, mnist, fashion-mnist) held out for new clients
-    new_client_fraction: float = _spec((lambda v: 0 < v < 1, "a number in (0, 1)"), 0.2)
-    # run
-    seed: int = _spec(_NONNEG_INT, 0)
-    device: str = _spec(_one_of("auto", "cpu", "cuda"), "auto")
-    run_dir: str = _spec((lambda v: v != "", "a non-empty path"), "runs/latest")
-    resume: bool = _spec(_BOOL, False)
+    norm_bound_median_factor: float = _spec(
+        _NONNEG, 5.0, "robust",
+        "bound = factor × the round's median update norm; 0: off. The default 5 lets no "
+        "client count more than an honest one can (docs/robustness.md, \"Defaults\")",
+    )  # fmt: skip
+    weighting: str = _spec(
+        _choice(Weighting), "capped", "robust",
+        "examples, uniform, capped (the default: claims capped at max-examples-weight, so "
+        "one client claiming 1e9 examples counts like a typical one)",
+    )  # fmt: skip
+    max_examples_weight: float = _spec(
+        _NONNEG, 0.0, "robust", "the cap of `capped`; 0: the round's median claim"
+    )
+    attack: str = _spec(
+        _choice(AttackKind),
+        "none",
+        "robust",
+        (
+            "simulation only: none, scaled, sign-flip, gaussian, num-examples-lie, "
+            "label-flip, same-bad-update"
+        ),
+    )
+    attack_fraction: float = _spec(
+        (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+        0.0,
+        "robust",
+        "share of all clients that attack, exactly round(fraction × clients)",
+    )
+    attack_scale: float = _spec(
+        _POS, 10.0, "robust", "s of scaled, sign-flip, num-examples-lie and same-bad-update"
+    )
+    attack_noise_std: float = _spec(_POS, 1.0, "robust", "σ of gaussian")
+    dp: bool = _spec(
+        _BOOL,
+        False,
+        "privacy",
+        (
+            "client-level DP-FedAvg: clients clip, the server Poisson-samples, adds "
+            "Gaussian noise to the sum, divides by the expected cohort, accounts ε (see "
+            "[`docs/privacy.md`](docs/privacy.md))"
+        ),
+    )
+    dp_clip: float = _spec(
+        _NONNEG,
+        0.0,
+        "privacy",
+        (
+            "C: L2 bound of each client's whole update (θ and α), clipped on its node; "
+            "needed by `dp` and `secagg`"
+        ),
+    )
+    dp_noise_multiplier: float = _spec(
+        _NONNEG,
+        0.0,
+        "privacy",
+        ("z (noise std z·C on the sum); 0 with `target-epsilon`: calibrated to it before round 1"),
+    )
+    dp_adaptive: bool = _spec(
+        _BOOL,
+        False,
+        "privacy",
+        ("adaptive clipping (Andrew et al. 2021): C follows a quantile of the update norms"),
+    )
+    dp_target_quantile: float = _spec(
+        (lambda v: 0 < v < 1, "a number in (0, 1)"),
+        0.5,
+        "privacy",
+        "dp-adaptive: the quantile of the update norms that C follows",
+    )
+    dp_clip_lr: float = _spec(
+        _POS, 0.2, "privacy", "dp-adaptive: η_C, the rate of C's geometric update"
+    )
+    dp_clipped_count_stddev: float = _spec(
+        _NONNEG,
+        0.0,
+        "privacy",
+        ("σ_b of the noised unclipped count (adaptive); 0: expected cohort / 20; must exceed z/2"),
+    )
+    dp_delta: float = _spec(
+        (lambda v: 0 < v < 1, "a number in (0, 1)"),
+        1e-5,
+        "privacy",
+        "δ at which ε is reported and checked",
+    )
+    target_epsilon: float = _spec(
+        _NONNEG,
+        0.0,
+        "privacy",
+        (
+            "refuse (before round 1) or stop (before the round) a run that would spend "
+            "more ε; 0: no limit"
+        ),
+    )
+    secagg: bool = _spec(
+        _BOOL,
+        False,
+        "privacy",
+        (
+            "training rounds through Flower's SecAgg+: the server sees only the sum over "
+            "nodes; excludes robust rules"
+        ),
+    )
+    secagg_num_shares: float = _spec(
+        _FRACTION, 1.0, "privacy", "SecAgg+ key shares, as a fraction of the round's nodes"
+    )
+    secagg_threshold: float = _spec(
+        _FRACTION, 0.7, "privacy", "SecAgg+ shares needed to unmask, as a fraction of the shares"
+    )
+    # issue 18: unpredictable noise, accountant choice, distributed DP under SecAgg+
+    dp_reproducible_noise: bool = _spec(
+        _BOOL,
+        False,
+        "privacy",
+        (
+            "**not a private release**: noise and DP sampling drawn from `seed` (tests, "
+            "benchmarks); by default they come from OS entropy, kept only in the checkpoint"
+        ),
+    )
+    dp_accountant: str = _spec(
+        _one_of("pld", "rdp"),
+        "pld",
+        "privacy",
+        "how ε is computed: pld (privacy loss distributions, tighter) or rdp (Rényi DP)",
+    )
+    dp_mechanism: str = _spec(
+        _one_of("central", "distributed"),
+        "central",
+        "privacy",
+        (
+            "central (the server adds Gaussian noise) or distributed (each node adds discrete "
+            "Gaussian noise before SecAgg+ masks its sum; needs `secagg`)"
+        ),
+    )
+    dp_tolerated_drops: int = _spec(
+        _NONNEG_INT,
+        0,
+        "privacy",
+        "distributed: nodes that may drop out of a round with the full noise still in the sum",
+    )
+    server_optimizer: str = _spec(
+        _one_of("sgd", "adam"),
+        "adam",
+        "optimizer",
+        "sgd (θ + lr·Δ) or adam (on −Δ, moments kept across rounds)",
+    )
+    server_lr: float = _spec(_POS, 0.03, "optimizer", "server optimizer step size")
+    server_beta1: float = _spec(
+        _OPEN_UNIT, 0.9, "optimizer", "Adam β₁, the decay of the first moment"
+    )
+    server_beta2: float = _spec(
+        _OPEN_UNIT, 0.999, "optimizer", "Adam β₂, the decay of the second moment"
+    )
+    server_eps: float = _spec(_POS, 1e-8, "optimizer", "Adam ε, added to the second moment's root")
+    # issue 17: divergence is an outcome (server/divergence.py)
+    max_stalled_rounds: int = _spec(
+        _POS_INT, 3, "optimizer",
+        "a run that has trained and then accepts no client update for this many rounds in a "
+        "row has diverged (at the last round that accepted one)",
+    )  # fmt: skip
+    on_divergence: str = _spec(
+        _one_of("stop", "rollback"), "stop", "optimizer",
+        "stop: a run whose theta or alpha turns NaN/inf, or that stalls, stops as diverged at "
+        "its round (summary.json says so, no model.pt, exit status 3 for a single run); "
+        "rollback: back to the state before the step that caused it, server-lr scaled by "
+        "rollback-lr-factor, at most max-rollbacks times (rollback.json logs each)",
+    )  # fmt: skip
+    rollback_lr_factor: float = _spec(
+        (lambda v: 0 < v < 1, "a number in (0, 1)"), 0.5, "optimizer",
+        "on-divergence rollback: the server step size is multiplied by this at each rollback",
+    )  # fmt: skip
+    max_rollbacks: int = _spec(
+        _POS_INT, 3, "optimizer", "on-divergence rollback: rollbacks before the run stops"
+    )
+    new_clients: int = _spec(
+        _NONNEG_INT,
+        0,
+        "evaluation",
+        ("clients never seen in training, personalized and scored by the server at the end"),
+    )
+    new_client_steps: str = _spec(
+        _INT_LIST,
+        "1,10",
+        "evaluation",
+        'adaptation steps at which new clients are scored, e.g. "1,10"',
+    )
+    new_client_train_points: int = _spec(
+        _POS_INT, 5, "evaluation", "sinusoid: shots a new client adapts on"
+    )
+    new_client_fraction: float = _spec(
+        (lambda v: 0 < v < 1, "a number in (0, 1)"),
+        0.2,
+        "evaluation",
+        "pooled datasets: share of samples held out for new clients",
+    )
+    seed: int = _spec(
+        _NONNEG_INT, 0, "run", "one seed for data, initialization, sampling and batches"
+    )
+    device: str = _spec(
+        _one_of("auto", "cpu", "cuda"),
+        "auto",
+        "run",
+        (
+            "auto (CUDA if available and the model has ≥ 10,000 parameters; tiny models "
+            "such as the sinusoid MLP run faster on the CPU), cpu, cuda. Whatever "
+            "computes, what is stored, exported or sent is on the CPU"
+        ),
+    )
+    run_dir: str = _spec(
+        (lambda v: v != "", "a non-empty path"),
+        "runs/latest",
+        "run",
+        "where metrics, checkpoints and the model go",
+    )
+    resume: bool = _spec(
+        _BOOL,
+        False,
+        "run",
+        "continue from run-dir's checkpoint, with the settings in its config.json",
+    )
 
     # ---- derived views (computed, never stored twice) ----
     @functools.cached_property
@@ -310,10 +735,27 @@ class Settings:
 
     @property
     def task(self) -> Task:
-        return Task.REGRESSION if self.dataset == "sinusoid" else Task.CLASSIFICATION
+        """The config's ``task``; with 'auto' what the dataset is (sinusoid: regression).
+
+        A user's own data is classification unless ``task = regression``: the data layer
+        reads this to decide whether labels are classes, so it is never derived from it.
+        """
+        if self.task_choice != "auto":
+            return Task(self.task_choice)
+        return _BUILT_IN_TASKS.get(self.dataset, Task.CLASSIFICATION)
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        """``model-args`` parsed: the keyword arguments of the model factory."""
+        return json.loads(self.model_args) if self.model_args.strip() else {}
 
 
-_FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(Settings)}
+def config_key(f: dataclasses.Field) -> str:
+    """The run-config key of a Settings field: its kebab-case name unless it names one."""
+    return f.metadata["key"] or f.name.replace("_", "-")
+
+
+_FIELDS = {config_key(f): f for f in dataclasses.fields(Settings)}
 
 
 def _coerce(key: str, value: Any, typ: type) -> Any:
@@ -392,6 +834,53 @@ def _check_combinations(s: Settings) -> None:
         raise ConfigError("model", s.model, "'mlp' or 'logreg' for vector inputs")
     _check_attack(s)
     _check_privacy(s)
+    _check_user_data(s)
+    _check_task(s)
+
+
+def _check_user_data(s: Settings) -> None:
+    """issue 16: which clients a user's data can be split into (common/data/user_data.py)."""
+    if s.dataset not in USER_DATASETS:
+        if s.partition in FLOWER_ONLY_PARTITIONS:
+            raise ConfigError(
+                "partition", s.partition,
+                f"a partition of dataset '{s.dataset}' ('{s.partition}' is for dataset "
+                f"{', '.join(repr(d) for d in USER_DATASETS)})",
+            )  # fmt: skip
+        return
+    if s.partition == "perfedavg":
+        raise ConfigError("partition", s.partition, "'perfedavg' only with mnist/fashion-mnist")
+    if s.dataset == "client-folders" and s.partition != "natural":
+        raise ConfigError(
+            "partition", s.partition, "'natural' for dataset 'client-folders' (a file per client)"
+        )
+    if s.dataset != "client-folders" and (s.partition == "natural") != bool(s.client_column):
+        raise ConfigError(
+            "partition" if s.client_column else "client-column",
+            s.partition if s.client_column else s.client_column,
+            "'natural' when client-column names the clients (or clear client-column to "
+            "split the rows with this partition)"
+            if s.client_column
+            else "the column that names each row's client with partition 'natural' (or a "
+            "partition that splits the rows: dirichlet, pathological, iid, shard, linear, "
+            "square, exponential)",
+        )  # fmt: skip
+
+
+# What each built-in dataset is (Settings.task with task = 'auto').
+_BUILT_IN_TASKS = {"sinusoid": Task.REGRESSION} | {
+    d: Task.CLASSIFICATION
+    for d in ("synthetic", "digits", "mnist", "fashion-mnist", "femnist", "omniglot", "shakespeare")
+}
+
+
+def _check_task(s: Settings) -> None:
+    """issue 16: an explicit task must be what a built-in dataset is."""
+    known = _BUILT_IN_TASKS.get(s.dataset)
+    if known is not None and s.task_choice not in ("auto", known.value):
+        raise ConfigError(
+            "task", s.task_choice, f"'auto' or '{known.value}' for dataset '{s.dataset}'"
+        )
 
 
 def _check_attack(s: Settings) -> None:
@@ -412,12 +901,58 @@ def _check_attack(s: Settings) -> None:
         )  # fmt: skip
 
 
+# Keys that mean something only with dp = true (dp-clip also serves secagg = true alone).
+DP_ONLY_KEYS = (
+    "dp-noise-multiplier", "dp-adaptive", "dp-target-quantile", "dp-clip-lr",
+    "dp-clipped-count-stddev", "dp-delta", "target-epsilon", "dp-reproducible-noise",
+    "dp-accountant", "dp-mechanism", "dp-tolerated-drops",
+)  # fmt: skip
+
+
+def _check_dp_keys(s: Settings) -> None:
+    """A DP key set without what it belongs to would be silently ignored: no DP, no warning,
+    and a reader of the config would believe the run private. Refuse it instead."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    if not s.dp:
+        for key in DP_ONLY_KEYS + (() if s.secagg else ("dp-clip",)):
+            name = key.replace("-", "_")
+            if getattr(s, name) != defaults[name]:
+                raise ConfigError(
+                    key, getattr(s, name),
+                    f"its default {defaults[name]!r} unless dp = true: without dp it does "
+                    "nothing and the run has no differential privacy",
+                )  # fmt: skip
+        return
+    if s.dp_clipped_count_stddev and not s.dp_adaptive:
+        raise ConfigError(
+            "dp-clipped-count-stddev", s.dp_clipped_count_stddev,
+            "0 unless dp-adaptive = true: it is the noise on the clipped count that only "
+            "adaptive clipping releases",
+        )  # fmt: skip
+    distributed = s.dp_mechanism == "distributed"
+    if distributed and not s.secagg:
+        raise ConfigError(
+            "dp-mechanism", s.dp_mechanism,
+            "'central' unless secagg = true: distributed noise is private only because "
+            "SecAgg+ hides each node's noised sum",
+        )  # fmt: skip
+    if distributed and s.dp_adaptive:
+        raise ConfigError(
+            "dp-adaptive", s.dp_adaptive,
+            "false with dp-mechanism = 'distributed': the clipped count would need its own "
+            "distributed noise",
+        )  # fmt: skip
+    if s.dp_tolerated_drops and not distributed:
+        raise ConfigError(
+            "dp-tolerated-drops", s.dp_tolerated_drops,
+            "0 unless dp-mechanism = 'distributed' (with central DP the server adds all noise)",
+        )  # fmt: skip
+
+
 def _check_privacy(s: Settings) -> None:
     """DP and SecAgg+ need a client-side clip bound and the plain, unweighted sum."""
+    _check_dp_keys(s)
     if not (s.dp or s.secagg):
-        for key in ("dp-adaptive", "target-epsilon"):
-            if getattr(s, key.replace("-", "_")):
-                raise ConfigError(key, getattr(s, key.replace("-", "_")), "unset without dp = true")
         return
     what = "dp = true" if s.dp else "secagg = true"
     if s.dp_clip <= 0:
@@ -460,10 +995,6 @@ def _check_privacy(s: Settings) -> None:
             "at least 2 with secagg = true: SecAgg+ masks each node's sum with its "
             "neighbours' keys, so a single node's sum would be its own",
         )  # fmt: skip
-    if s.dp_adaptive and not s.dp:
-        raise ConfigError("dp-adaptive", s.dp_adaptive, "false unless dp = true")
-    if s.target_epsilon and not s.dp:
-        raise ConfigError("target-epsilon", s.target_epsilon, "0 unless dp = true")
 
 
 OMNIGLOT_DRAWERS = 20  # drawings per Omniglot character
@@ -507,8 +1038,9 @@ def _check_stability(s: Settings) -> None:
 
 
 def _check_shakespeare(s: Settings) -> None:
-    """The char-LSTM and the Shakespeare roles belong together (and only together)."""
-    if (s.dataset == "shakespeare") != (s.model == "lstm"):
+    """The char-LSTM and the Shakespeare roles belong together (and only together); a
+    model by import path is the user's to fit to the data (checked on one batch)."""
+    if s.model in BUILT_IN_MODELS and (s.dataset == "shakespeare") != (s.model == "lstm"):
         allowed = (
             "'lstm' for dataset 'shakespeare' (next-character prediction on text windows)"
             if s.dataset == "shakespeare"
@@ -531,4 +1063,4 @@ def _check_shakespeare(s: Settings) -> None:
 
 def settings_to_run_config(s: Settings) -> dict[str, Any]:
     """The inverse of :func:`parse_settings` (used to record a run's exact settings)."""
-    return {f.name.replace("_", "-"): getattr(s, f.name) for f in dataclasses.fields(s)}
+    return {config_key(f): getattr(s, f.name) for f in dataclasses.fields(s)}

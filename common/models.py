@@ -1,4 +1,13 @@
-"""A small model zoo. Any ``nn.Module`` works with the meta core; these are the defaults.
+"""The models: a small zoo, and any user's model by import path, through one door.
+
+``model`` in the config is a name of :data:`BUILT_IN` (``mlp``, ``logreg``, ``cnn``,
+``lstm``) or a factory ``"package.module:function"``. Both are called the same way,
+``factory(input_shape, num_outputs, **model_args)``, with the shape of one sample and the
+number of outputs from the data (``common.data.registry.dataset_info``) and the JSON
+object ``model-args``; a built-in name adds its settings (``hidden-sizes``,
+``activation``) as arguments first. So ``model = "common.models:mlp"`` with
+``model-args = '{"hidden": [40, 40]}'`` is the same model as ``model = "mlp"``. Every
+built model passes :func:`check_model` before round 1 (docs/models.md).
 
 Buffer policy: meta-learning here is functional (``torch.func.functional_call``) and the
 server aggregates parameters only, so models must not carry buffers. BatchNorm therefore
@@ -9,12 +18,18 @@ that no client adapts and no server aggregates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from common.config import Settings
+from common.config import ConfigError, Settings, Task
+from common.personalize import loss_fn_for
+from common.plugins import PluginError, load_object
+
+ModelFactory = Callable[..., nn.Module]  # (input_shape, num_outputs, **model_args) -> Module
+DEFAULT_HIDDEN = (40, 40)  # hidden-sizes' default, so a factory by path matches it by name
 
 
 class MLP(nn.Module):
@@ -116,25 +131,181 @@ class CharLSTM(nn.Module):
         return self.head(h)
 
 
-def check_no_buffers(model: nn.Module) -> None:
+def mlp(
+    input_shape: Sequence[int],
+    num_outputs: int,
+    hidden: Sequence[int] = DEFAULT_HIDDEN,
+    activation: str = "relu",
+) -> nn.Module:
+    """Flatten -> [Linear -> activation]* -> Linear. ReLU as in MAML's sinusoid net;
+    Per-FedAvg's MLP uses ELU (set by its experiments)."""
+    act = {"relu": nn.ReLU, "elu": nn.ELU}[activation]
+    return MLP(_numel(input_shape), tuple(hidden), num_outputs, act)
+
+
+def logreg(input_shape: Sequence[int], num_outputs: int) -> nn.Module:
+    """Multinomial logistic regression: one Linear layer on the flattened input."""
+    return MLP(_numel(input_shape), (), num_outputs, nn.ReLU)
+
+
+def cnn(
+    input_shape: Sequence[int], num_outputs: int, hidden: Sequence[int] = DEFAULT_HIDDEN
+) -> nn.Module:
+    """MAML's conv net, one block per entry of ``hidden`` (its channels)."""
+    if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
+        raise ValueError(f"model 'cnn' needs square image inputs (C, H, H), got {input_shape}")
+    return ConvNet(input_shape[0], tuple(hidden), input_shape[1], num_outputs)
+
+
+def lstm(
+    input_shape: Sequence[int], num_outputs: int, hidden: Sequence[int] = DEFAULT_HIDDEN
+) -> nn.Module:
+    """LEAF's char-LSTM over windows of character ids; ``num_outputs`` is the vocabulary."""
+    if len(input_shape) != 1:
+        raise ValueError(f"model 'lstm' needs character windows (T,), got {input_shape}")
+    return CharLSTM(num_outputs, tuple(hidden))
+
+
+BUILT_IN: dict[str, ModelFactory] = {"mlp": mlp, "logreg": logreg, "cnn": cnn, "lstm": lstm}
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _settings_args(settings: Settings) -> dict[str, Any]:
+    """What a built-in name takes from its own settings keys (model-args may override)."""
+    if settings.model == "mlp":
+        return {"hidden": settings.hidden, "activation": settings.activation}
+    return {} if settings.model == "logreg" else {"hidden": settings.hidden}
+
+
+def model_factory(settings: Settings) -> tuple[ModelFactory, dict[str, Any]]:
+    """The factory ``model`` names and the keyword arguments it is called with."""
+    if settings.model in BUILT_IN:
+        return BUILT_IN[settings.model], _settings_args(settings) | settings.model_kwargs
+    return load_object(settings.model, "model"), settings.model_kwargs
+
+
+class ModelError(ConfigError):
+    """The configured model cannot train here; the message names the problem and the fix."""
+
+    def __init__(self, model: str, problem: str) -> None:
+        ValueError.__init__(self, f"config key 'model' = {model!r}: {problem}")
+        self.key, self.value, self.allowed = "model", model, problem
+
+
+def without_running_stats(model: nn.Module) -> nn.Module:
+    """``model`` with every BatchNorm normalising by batch statistics (as in MAML).
+
+    Running statistics are buffers that no client adapts and no server aggregates, so
+    models here carry none; this drops them in place and returns the model, e.g.
+    ``return without_running_stats(torchvision.models.resnet18(num_classes=n))``.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+    return model
+
+
+def check_no_buffers(model: nn.Module, name: str = "model") -> None:
     names = [n for n, _ in model.named_buffers()]
-    if names:
-        raise ValueError(
-            f"model has buffers {names}; meta-learning here aggregates and adapts parameters "
-            "only. Use BatchNorm(track_running_stats=False) (batch statistics, as in MAML) "
-            "or register the state as parameters."
+    if not names:
+        return
+    norms = any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        for m in model.modules()
+    )
+    fix = (
+        "BatchNorm keeps running statistics: build it with track_running_stats=False or "
+        "return common.models.without_running_stats(model) from the factory"
+        if norms
+        else "keep constants as plain tensor attributes, or learnable state as parameters"
+    )
+    raise ModelError(
+        name,
+        f"the model has buffers {names[:5]}; clients adapt and the server aggregates "
+        f"parameters only. {fix}",
+    )
+
+
+def check_model(
+    model: Any, name: str, input_shape: tuple[int, ...], num_outputs: int, task: Task,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> None:  # fmt: skip
+    """Before round 1: a Module, without buffers, whose output on one batch fits the task."""
+    if not isinstance(model, nn.Module):
+        raise ModelError(name, f"the factory returned a {type(model).__name__}, not an nn.Module")
+    check_no_buffers(model, name)
+    x = torch.zeros(2, *input_shape)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # dropout: leave RNG as it was
+            out = model(x)
+    except Exception as err:
+        raise ModelError(
+            name, f"its forward on a batch of shape {tuple(x.shape)} raised "
+            f"{type(err).__name__}: {err}",
+        ) from err  # fmt: skip
+    wanted = [(2, num_outputs)] if task is Task.CLASSIFICATION else [(2,), (2, 1)]
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    if shape not in wanted:
+        what = (
+            f"[batch, {num_outputs}] (one logit per class)"
+            if task is Task.CLASSIFICATION
+            else "[batch] or [batch, 1] (one value per sample)"
         )
+        got = f"shape {list(shape)}" if shape is not None else f"a {type(out).__name__}"
+        raise ModelError(
+            name, f"on a batch of shape {list(x.shape)} it returned {got}; {task.value} "
+            f"needs {what}",
+        )  # fmt: skip
+    if loss_fn is not None:
+        _check_loss(loss_fn, out, task)
+
+
+def _check_loss(loss_fn: Callable, out: torch.Tensor, task: Task) -> None:
+    target = torch.zeros(2, dtype=torch.int64) if task is Task.CLASSIFICATION else out * 0
+    try:
+        value = loss_fn(out, target)
+    except Exception as err:
+        raise PluginError(
+            "loss", getattr(loss_fn, "__name__", "loss"),
+            f"loss(pred, target) on the model's output raised {type(err).__name__}: {err}",
+        ) from err  # fmt: skip
+    if not isinstance(value, torch.Tensor) or value.ndim != 0:
+        got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise PluginError(
+            "loss", getattr(loss_fn, "__name__", "loss"),
+            f"loss(pred, target) must return a scalar tensor (reduce over the batch), got {got}",
+        )  # fmt: skip
 
 
 def build_model(
     settings: Settings, input_shape: tuple[int, ...], num_outputs: int, seed: int | None = None
 ) -> nn.Module:
-    """Build the configured model; with ``seed`` its initial weights are reproducible."""
+    """Build and check the configured model; with ``seed`` its initial weights are
+    reproducible."""
+    factory, kwargs = model_factory(settings)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        model = _build(settings, input_shape, num_outputs)
-    check_no_buffers(model)
+        try:
+            model = factory(tuple(input_shape), num_outputs, **kwargs)
+        except Exception as err:
+            raise ModelError(
+                settings.model,
+                f"factory(input_shape={tuple(input_shape)}, num_outputs={num_outputs}, "
+                f"**{kwargs}) raised {type(err).__name__}: {err} (model-args sets the "
+                "keyword arguments)",
+            ) from err  # fmt: skip
+    check_model(
+        model, settings.model, tuple(input_shape), num_outputs, settings.task,
+        loss_fn_for(settings.task, settings.loss) if settings.loss else None,
+    )  # fmt: skip
     return model
 
 
@@ -144,22 +315,3 @@ def model_for(settings: Settings, seed: int | None = None) -> nn.Module:
 
     info = dataset_info(settings)
     return build_model(settings, info.input_shape, info.num_classes or 1, seed=seed)
-
-
-def _build(settings: Settings, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
-    in_features = 1
-    for d in input_shape:
-        in_features *= d
-    if settings.model == "logreg":
-        return MLP(in_features, (), num_outputs, nn.ReLU)
-    if settings.model == "lstm":
-        if len(input_shape) != 1:
-            raise ValueError(f"model 'lstm' needs character windows (T,), got {input_shape}")
-        return CharLSTM(num_outputs, settings.hidden)
-    if settings.model == "cnn":
-        if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
-            raise ValueError(f"model 'cnn' needs square image inputs (C, H, H), got {input_shape}")
-        return ConvNet(input_shape[0], settings.hidden, input_shape[1], num_outputs)
-    # ReLU as in MAML's sinusoid net; Per-FedAvg's MLP uses ELU (set by the experiment).
-    act = nn.ELU if settings.activation == "elu" else nn.ReLU
-    return MLP(in_features, settings.hidden, num_outputs, act)

@@ -11,7 +11,8 @@ code).
 client is scored after each requested number of steps along *one* adaptation (the scores
 after 1 and after 10 steps come from the same batches), and test splits of different
 sizes are zero-padded and masked, so batching changes speed, never a score beyond float
-rounding.
+rounding. A model vmap cannot batch runs the same function task by task
+(common/batching.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from common.batching import map_clients, probe_key, torch_seed
 from common.config import Task
 from common.data.episodes import EpisodicData, evaluation_episodes
 from common.data.types import ClientData
@@ -32,8 +34,22 @@ from common.meta import Batch, LossFn, Params, StepSize, adapt
 from common.tasks import HostBatch, draw_indices
 
 
-def loss_fn_for(task: Task) -> LossFn:
-    return F.mse_loss if task is Task.REGRESSION else F.cross_entropy
+def loss_fn_for(task: Task, loss: str = "") -> LossFn:
+    """The training and scoring loss: the config's ``loss`` (an import path) or, by
+    default, cross-entropy for classification and MSE for regression.
+
+    For regression the prediction takes the target's shape first, so a model returning
+    [batch] and one returning [batch, 1] are scored alike (never broadcast to a matrix).
+    """
+    if loss:
+        from common.plugins import load_object  # imports the user's module once
+
+        fn = load_object(loss, "loss")
+    else:
+        fn = F.mse_loss if task is Task.REGRESSION else F.cross_entropy
+    if task is Task.CLASSIFICATION:
+        return fn
+    return lambda pred, target: fn(pred.reshape(target.shape), target)
 
 
 @dataclass(frozen=True)
@@ -53,16 +69,26 @@ class Personalized:
 
 
 def masked_scores(
-    model: nn.Module, params: Params, test: tuple[Tensor, Tensor, Tensor], task: Task
-) -> tuple[Tensor, Tensor]:
-    """(mean loss, accuracy) over the rows of ``test`` = (x, y, mask) where mask is 1."""
+    model: nn.Module, params: Params, test: tuple[Tensor, Tensor, Tensor], task: Task,
+    loss: str = "",
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(mean loss, accuracy) over the rows of ``test`` = (x, y, mask) where mask is 1.
+
+    A user's ``loss`` is taken on each row as a batch of one (vmapped over the rows), so
+    padding rows can be masked out: the score is the mean of per-example losses.
+    """
     x, y, mask = test
     out = functional_call(model, params, (x,))
-    if task is Task.REGRESSION:
-        per_row = ((out - y) ** 2).flatten(1).mean(1)
-        correct = torch.zeros_like(per_row)
+    if loss:
+        fn = loss_fn_for(task, loss)
+        per_row = vmap(lambda o, t: fn(o[None], t[None]))(out, y)
+    elif task is Task.REGRESSION:
+        per_row = ((out.reshape(y.shape) - y) ** 2).reshape(len(y), -1).mean(1)
     else:
         per_row = F.cross_entropy(out, y, reduction="none")
+    if task is Task.REGRESSION:
+        correct = torch.zeros_like(per_row)
+    else:
         correct = (out.argmax(dim=1) == y).to(per_row.dtype)
     count = mask.sum()
     return (per_row * mask).sum() / count, (correct * mask).sum() / count
@@ -77,6 +103,7 @@ def personalize_scores(
     *,
     steps: tuple[int, ...],
     task: Task,
+    loss: str = "",
 ) -> tuple[Tensor, Tensor, Params]:
     """Per task: losses and accuracies after each count in ``steps``, and the last params.
 
@@ -85,7 +112,7 @@ def personalize_scores(
     """
     xs, ys = support
     batches = [(xs[i], ys[i]) for i in range(xs.shape[0])]
-    loss_fn = loss_fn_for(task)
+    loss_fn = loss_fn_for(task, loss)
     losses, accuracies = [], []
     adapted, done = params, 0
     for k in sorted(set(steps)):
@@ -97,8 +124,8 @@ def personalize_scores(
                 create_graph=True,
             )  # fmt: skip
             done = k
-        loss, acc = masked_scores(model, adapted, test, task)
-        losses.append(loss)
+        score, acc = masked_scores(model, adapted, test, task, loss)
+        losses.append(score)
         accuracies.append(acc)
     return torch.stack(losses), torch.stack(accuracies), adapted
 
@@ -140,6 +167,7 @@ def evaluate_cohort(
     cohort_size: int = 0,
     per_client_params: bool = False,
     keep_params: bool = True,
+    loss: str = "",
 ) -> list[Personalized]:
     """Personalise and score every client of ``clients`` (each with its own ``rng``).
 
@@ -147,7 +175,7 @@ def evaluate_cohort(
     per client (the 'local' baseline's own models). ``cohort_size`` > 0 bounds how many
     tasks run in one vmapped call (memory); 0 runs them all at once. An episodic client is
     scored on ``eval_episodes`` tasks and gets their mean; its ``params`` are those of its
-    last episode.
+    last episode. ``loss`` is the config's loss (an import path; '' for the task's own).
     """
     steps = tuple(sorted({0, *steps}))
     tasks = [
@@ -155,6 +183,7 @@ def evaluate_cohort(
         for i, (data, rng) in enumerate(zip(clients, rngs, strict=True))
         for t in _tasks_of(data, i, rng, max(steps), batch_size)
     ]
+    seeds = _task_seeds(tasks, [torch_seed(rng) for rng in rngs])
     losses = np.zeros((len(tasks), len(steps)))
     accuracies = np.zeros((len(tasks), len(steps)))
     adapted: list[Params] = [{} for _ in tasks]
@@ -173,11 +202,12 @@ def evaluate_cohort(
             start, in_dim = shared, None
 
         def one(p: Params, s: Batch, t: tuple[Tensor, Tensor, Tensor]) -> tuple:
-            return personalize_scores(model, p, lr, s, t, steps=steps, task=task)
+            return personalize_scores(model, p, lr, s, t, steps=steps, task=task, loss=loss)
 
-        chunk_loss, chunk_acc, chunk_params = vmap(one, in_dims=(in_dim, 0, 0))(
-            start, support, test
-        )
+        chunk_loss, chunk_acc, chunk_params = map_clients(
+            one, (in_dim, 0, 0), (start, support, test), seeds=[seeds[i] for i in group],
+            key=probe_key("personalize", model, loss), device=device,
+        )  # fmt: skip
         losses[group] = chunk_loss.double().cpu().numpy()
         accuracies[group] = chunk_acc.double().cpu().numpy()
         if keep_params:
@@ -187,6 +217,18 @@ def evaluate_cohort(
     for j, t in enumerate(tasks):
         rows_of[t.client].append(j)
     return [_client_result(rows, losses, accuracies, adapted, steps, task) for rows in rows_of]
+
+
+def _task_seeds(tasks: list[_Task], client_seeds: list[int]) -> list[int]:
+    """A torch seed per task: its client's, split per episode (an episodic client's tasks
+    each get their own)."""
+    seen: dict[int, int] = {}
+    out = []
+    for t in tasks:
+        j = seen[t.client] = seen.get(t.client, -1) + 1
+        seq = np.random.SeedSequence([client_seeds[t.client], j])
+        out.append(int(seq.generate_state(1, np.uint64)[0] >> np.uint64(1)))
+    return out
 
 
 def _client_result(
@@ -273,6 +315,7 @@ def personalize_and_score(
     task: Task,
     rng: np.random.Generator,
     device: torch.device,
+    loss: str = "",
 ) -> Personalized:
     """One client: score theta, personalise it ``steps`` steps, score the result.
 
@@ -280,7 +323,7 @@ def personalize_and_score(
     """
     return evaluate_cohort(
         model, params, inner_lr, [data], [rng], steps=(steps,), batch_size=batch_size,
-        task=task, device=device,
+        task=task, device=device, loss=loss,
     )[0]  # fmt: skip
 
 

@@ -5,12 +5,15 @@
     python -m deploy.federation down                       # stop everything `up` started
     python -m deploy.federation demo [--nodes 3] [--run-config '...'] [--measure-node 0]
     python -m deploy.federation floor [--nodes 3] [--rounds 5]  # Flower's own cost per round
+    python -m deploy.federation demo --own-data FOLDER --run-config '...'  # a CSV per node
 
 ``up`` creates (or reuses) the CA, the SuperLink certificate and one key pair per node
 (deploy/make_certs.py), starts ``flower-superlink`` with TLS and ``--enable-supernode-auth``,
 registers each node's public key with ``flwr supernode register``, and starts one
 ``flower-supernode`` per node, each with its own key, Runtime API port, ``FLWR_HOME`` and
-node config (``partition-id``, ``num-partitions``, ``model-dir``, optional ``data-path``).
+node config (``partition-id``, ``num-partitions``, ``model-dir``, optional ``data-path``;
+with ``--own-data`` each node instead gets one file of the folder as its own ``data-path``
+and no ``partition-id``: it hosts every client in that file, client/runtime.py).
 ``demo`` does up, run and down in one process; ``floor`` does the same with a ClientApp
 that does nothing (deploy/floor_app), which times what Flower itself costs per round.
 Every command is printed as it is run: the same commands, with the SuperLink's address, make
@@ -108,10 +111,15 @@ class Federation:
     def __init__(
         self, root: Path, num_nodes: int, *, data_path: str = "", port: int | None = None,
         clientapp: str = "in-node", torch_threads: int | None = None,
-        supernode_poll: float | None = None,
+        supernode_poll: float | None = None, node_data: Sequence[str] = (),
     ) -> None:  # fmt: skip
         if num_nodes < 1:
             raise FederationError(f"a federation needs at least 1 SuperNode, got {num_nodes}")
+        if node_data and (len(node_data) != num_nodes or data_path):
+            raise FederationError(
+                f"{len(node_data)} own data paths for {num_nodes} SuperNodes: give one per "
+                "node (and no --data-path, which shares the run's data by partition-id)"
+            )
         if clientapp not in CLIENTAPP_MODES:
             raise FederationError(
                 f"clientapp={clientapp!r} is not a ClientApp layout; use one of "
@@ -127,6 +135,8 @@ class Federation:
         self.layout = Layout(root.expanduser().resolve())
         self.num_nodes = num_nodes
         self.data_path = data_path
+        # issue 16: node i holds its own data at node_data[i] and hosts every client in it
+        self.node_data = tuple(str(Path(p).expanduser().resolve()) for p in node_data)
         self.clientapp = clientapp
         self.torch_threads = torch_threads  # None: the app's default (client/runtime.py)
         self.supernode_poll = supernode_poll  # None: Flower's fixed 3 s / 0.5 s waits
@@ -239,11 +249,11 @@ class Federation:
         return proc
 
     def node_config(self, index: int) -> str:
-        config: dict[str, Any] = {
-            "partition-id": index,
-            "num-partitions": self.num_nodes,
-            "model-dir": str(self.layout.model_dir(index)),
-        }
+        config: dict[str, Any] = {"model-dir": str(self.layout.model_dir(index))}
+        if self.node_data:  # its own data: no partition-id, the node hosts its file's clients
+            config["data-path"] = self.node_data[index]
+        else:
+            config |= {"partition-id": index, "num-partitions": self.num_nodes}
         if self.torch_threads is not None:
             config["torch-threads"] = self.torch_threads
         if self.data_path:
@@ -579,10 +589,28 @@ def _cmd_floor(args: argparse.Namespace) -> int:
 def _node_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "data_path": args.data_path,
+        "node_data": own_data_paths(args.own_data),
         "clientapp": args.clientapp,
         "torch_threads": args.torch_threads,
         "supernode_poll": args.supernode_poll_interval,
     }
+
+
+def own_data_paths(folder: Path | None) -> tuple[str, ...]:
+    """--own-data FOLDER: its .csv/.parquet files in name order, one per SuperNode."""
+    if folder is None:
+        return ()
+    files = sorted(p for p in folder.expanduser().iterdir() if p.suffix in (".csv", ".parquet"))
+    if not files:
+        raise FederationError(f"--own-data {folder} holds no .csv or .parquet file")
+    return tuple(str(f) for f in files)
+
+
+def _node_count(args: argparse.Namespace) -> int:
+    """--nodes, or with --own-data one node per file when --nodes is not given."""
+    if args.nodes is not None:
+        return args.nodes
+    return len(own_data_paths(args.own_data)) or 3
 
 
 def measurement_report(footprint: NodeFootprint, run_dir: Path) -> dict[str, Any]:
@@ -611,8 +639,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
         if name in ("up", "demo", "floor"):
-            p.add_argument("--nodes", type=int, default=3)
+            p.add_argument("--nodes", type=int, default=None, help="default 3")
             p.add_argument("--data-path", default="", help="data-path in every node's config")
+            p.add_argument(
+                "--own-data", type=Path, default=None, metavar="FOLDER",
+                help="each node holds its own data: node i gets the i-th .csv/.parquet file "
+                "of FOLDER as its data-path and no partition-id (--nodes: one per file)",
+            )  # fmt: skip
             p.add_argument(
                 "--clientapp", choices=CLIENTAPP_MODES, default="in-node",
                 help="in-node (default): one ClientApp process per node for all messages, "
@@ -638,6 +671,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     try:
+        if "nodes" in args:
+            args.nodes = _node_count(args)
         return commands[args.command](args)
     except FederationError as err:
         print(f"error: {err}", file=sys.stderr)

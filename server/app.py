@@ -37,6 +37,7 @@ from common.config import (
 )  # fmt: skip
 from common.data.registry import check_data_available, smallest_train_split
 from common.device import select_device
+from common.messages import FINAL
 from common.models import model_for
 from common.tasks import batch_warnings
 from server.aggregate import OptimizerConfig, OptimizerState
@@ -53,10 +54,12 @@ from server.divergence import (
 from server.new_clients import evaluate_new_clients
 from server.nodes import NodeDirectory, cohort_size
 from server.privacy import (
+    NOT_PRIVATE,
     DPConfig,
     PrivacyBudgetExceeded,
     PrivacyState,
     check_budget,
+    check_delta,
     start_state,
 )  # fmt: skip
 from server.run_folder import Checkpoint, RunFolder, check_matches
@@ -118,18 +121,20 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
     if stopped and trained:  # score every client on the last model DP allowed
         replies = send_and_receive(
             grid,
-            strategy.configure_evaluate(stopped, loop.record, ConfigRecord({"final": True}), grid),
+            strategy.configure_evaluate(stopped, loop.record, ConfigRecord({FINAL: True}), grid),
             timeout=settings.round_timeout,
         )
         last_eval = dict(strategy.aggregate_evaluate(stopped, replies) or {})  # type: ignore[arg-type]
         last_eval["stopped-after-round"] = stopped
     if strategy.privacy is not None and strategy.dp is not None:
         last_eval |= {
-            "epsilon": strategy.privacy.ledger.epsilon(strategy.dp.delta),
+            "epsilon": strategy.privacy.ledger.epsilon(strategy.dp.delta, strategy.dp.accountant),
             "delta": strategy.dp.delta,
             "noise-multiplier": strategy.privacy.noise_multiplier,
             "final-clip": strategy.privacy.clip,
         }
+        if strategy.dp.reproducible:  # loudly: this run's epsilon protects no one
+            last_eval["not-a-private-release"] = 1.0
     if not trained:
         raise TrainingFailed(
             f"no client update was accepted in rounds {start}..{settings.num_rounds} "
@@ -209,7 +214,7 @@ class _RoundLoop:
         eval_metrics = None
         if final or rnd % s.evaluate_every == 0:
             messages = strategy.configure_evaluate(
-                rnd, self.record, ConfigRecord({"final": final}), self.grid
+                rnd, self.record, ConfigRecord({FINAL: final}), self.grid
             )
             replies = send_and_receive(self.grid, messages, timeout=s.round_timeout)
             eval_metrics = strategy.aggregate_evaluate(rnd, replies)
@@ -277,6 +282,7 @@ def _start_privacy(
 
     The sampling rate q = k / N needs N, the clients on the nodes connected now."""
     population = len(nodes.wait())
+    check_delta(dp.delta, population)
     expected = cohort_size(population, settings.fraction_train)
     q = expected / population
     state, planned = start_state(settings, dp, q, expected, saved)
@@ -287,6 +293,8 @@ def _start_privacy(
         state.noise_multiplier, state.clip, expected, population, q, settings.num_rounds,
         planned, dp.delta,
     )  # fmt: skip
+    if dp.reproducible:
+        log(WARNING, "DP: %s; epsilon does not hold against anyone who knows the seed", NOT_PRIVATE)
     return state
 
 

@@ -44,7 +44,7 @@ def evaluate_new_clients(
         [np.random.default_rng([settings.seed, index, NEW_CLIENT_PURPOSE])
          for index in range(settings.new_clients)],
         steps=steps, batch_size=settings.batch_size, task=settings.task, device=device,
-        cohort_size=settings.cohort_size, keep_params=False,
+        cohort_size=settings.cohort_size, keep_params=False, loss=settings.loss,
     )  # fmt: skip
     out: dict[str, float] = {"new-clients": settings.new_clients}
     start = [r.by_steps[0].loss for r in results]

@@ -5,7 +5,8 @@ reproduced. Each node is asked once, by a ``query`` message, for the partitions 
 (one, or ``clients-per-node`` of them); clients are then sampled by partition with an RNG
 seeded from (seed, round, purpose), so a rerun with the same seed trains the same clients
 in the same rounds, however many clients share a node: 100 clients on 100 nodes and the
-same 100 clients on 2 nodes are sampled alike.
+same 100 clients on 2 nodes are sampled alike. DP's Poisson sample is seeded instead from
+the run's secret noise key (server/privacy.py), so that it cannot be predicted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from common.messages import read_identity
 from server.delivery import send_and_receive
 
 
@@ -77,7 +79,8 @@ class NodeDirectory:
 
         Exactly k = :func:`cohort_size` clients, drawn without replacement; with ``poisson``
         each client joins independently with probability k / N instead (k on average, what
-        differential privacy's accounting assumes, server/privacy.py)."""
+        differential privacy's accounting assumes, server/privacy.py). ``seed`` is the
+        experiment seed, or for DP's sample the run's secret noise key."""
         clients = self.wait()
         self.population = len(clients)
         k = cohort_size(len(clients), fraction)
@@ -106,9 +109,7 @@ class NodeDirectory:
             if reply.has_error():
                 log(WARNING, "node %d did not say its partition: %s", node, reply.error.reason)
                 continue
-            identity = reply.content["identity"]
-            hosted = identity.get("partitions", [identity["partition-id"]])
-            self._partitions[node] = tuple(int(p) for p in hosted)  # type: ignore[union-attr]
+            self._partitions[node] = tuple(read_identity(reply.content))
         log(
             INFO,
             "asked %d node(s) for their partition in %.1f s",

@@ -19,9 +19,20 @@ the configured z costs when z_D = (z^-2 - (2 s_b)^-2)^-1/2 (their Thm. 1; Flower
 
 Accounting: the rounds are a composition of Poisson-subsampled Gaussian mechanisms with
 sampling rate q_t (each client joins round t independently with probability q_t = k_t/N_t,
-server/nodes.py) and noise multiplier z, under add-or-remove-one-client neighbouring. The
-RDP accountant of Google's ``dp-accounting`` computes epsilon at delta from that list of
-events (:class:`PrivacyLedger`), which is what the checkpoint stores and a resume replays.
+server/nodes.py) and noise multiplier z, under add-or-remove-one-client neighbouring. Google's
+``dp-accounting`` computes epsilon at delta from that list of events (:class:`PrivacyLedger`),
+which is what the checkpoint stores and a resume replays: by default with its privacy loss
+distribution (PLD) accountant, which is exact up to a pessimistic discretisation, or with
+the Renyi DP accountant (``dp-accountant = "rdp"``), an upper bound 10-30% looser here.
+
+Unpredictable noise: the Gaussian noise and the Poisson sample are drawn from a 128-bit key
+of OS entropy (``secrets``) drawn once per run, never from the experiment seed, which is
+written next to the model: anyone who knew the seed could subtract seeded noise and read
+the exact clipped mean, and would know who was sampled, which removes the amplification by
+sampling that the accountant counts on. The key lives only in the checkpoint (the server's
+own state, never released), so a resumed run draws exactly the noise the uninterrupted run
+would have. ``dp-reproducible-noise = true`` uses the seed instead, for tests and
+benchmarks, and every report of such a run says it is not a private release.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -45,7 +57,29 @@ if TYPE_CHECKING:
     from dp_accounting import dp_event
 
 NamedArrays = dict[str, np.ndarray]
-NOISE_PURPOSE = 2  # rng stream (seed, round, purpose) of the server's DP noise
+NOISE_PURPOSE = 2  # rng stream (noise key, round, purpose) of the server's DP noise
+SAMPLE_PURPOSE = 0  # rng stream (noise key, round, purpose) of DP's Poisson sample
+NOISE_KEY_BITS = 128
+# PLD's grid step on the privacy loss: 10x faster than the library's 1e-4 and, on the runs
+# of docs/privacy.md, within 0.05% of it (the discretisation is pessimistic either way).
+PLD_INTERVAL = 1e-3
+# The smallest z calibration returns with PLD: the privacy loss range, hence the PLD's size,
+# grows like 1/z^2 (z = 0.1 takes seconds and hundreds of MB; tinier z ran out of memory),
+# and z = 0.3 already means epsilon > 15 for one unsampled round at delta = 1e-5.
+PLD_Z_FLOOR = 0.3
+NOT_PRIVATE = (
+    "dp-reproducible-noise = true: noise and sample drawn from the seed, not a private release"
+)
+
+
+def fresh_noise_key() -> int:
+    """A key no one can predict: 128 bits of the operating system's entropy."""
+    return secrets.randbits(NOISE_KEY_BITS)
+
+
+def noise_rng(key: int, server_round: int, purpose: int) -> np.random.Generator:
+    """The generator of one round's DP randomness (noise or sample) from the run's key."""
+    return np.random.default_rng([key, server_round, purpose])
 
 
 class PrivacyBudgetExceeded(ConfigError):
@@ -61,12 +95,15 @@ class DPConfig:
     quantile: float  # g
     clip_lr: float  # eta_C
     count_stddev: float  # s_b; 0: k / 20 (Andrew et al.'s choice, Flower's default)
+    reproducible: bool = False  # noise key = the seed: NOT a private release
+    accountant: str = "pld"  # "pld" or "rdp"
 
     @classmethod
     def from_settings(cls, s: Settings) -> DPConfig:
         return cls(
             s.dp_noise_multiplier, s.dp_delta, s.target_epsilon, s.dp_adaptive,
             s.dp_target_quantile, s.dp_clip_lr, s.dp_clipped_count_stddev,
+            s.dp_reproducible_noise, s.dp_accountant,
         )  # fmt: skip
 
 
@@ -94,13 +131,17 @@ class PrivacyLedger:
     def rounds(self) -> int:
         return sum(n for _, _, n in self.runs)
 
-    def epsilon(self, delta: float, orders: Sequence[float] | None = None) -> float:
-        """epsilon at ``delta`` after every round in the ledger (RDP, dp-accounting; its
-        default Renyi orders unless ``orders`` are given)."""
+    def epsilon(
+        self, delta: float, accountant: str = "pld", orders: Sequence[float] | None = None
+    ) -> float:
+        """epsilon at ``delta`` after every round in the ledger, by dp-accounting's PLD
+        accountant, or its RDP one (its default Renyi orders unless ``orders`` are given)."""
         if not self.runs:
             return 0.0
         if any(z <= 0 for _, z, _ in self.runs):
             return math.inf
+        if accountant == "pld":
+            return _pld_epsilon(self.runs, delta)
         from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS, compute_epsilon
 
         grid = tuple(orders if orders is not None else DEFAULT_RDP_ORDERS)
@@ -109,6 +150,17 @@ class PrivacyLedger:
         total = sum(n * _one_round_rdp(q, z, grid) for q, z, n in self.runs)
         epsilon, _ = compute_epsilon(grid, total, delta)
         return float(epsilon)
+
+
+@functools.lru_cache(maxsize=256)
+def _pld_epsilon(runs: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """PLD epsilon of the ledger's runs (cached: a round re-reads the same ledger)."""
+    from dp_accounting.pld import PLDAccountant
+
+    accountant = PLDAccountant(value_discretization_interval=PLD_INTERVAL)
+    for q, z, n in runs:
+        accountant.compose(round_event(q, z, n))
+    return float(accountant.get_epsilon(delta))
 
 
 @functools.lru_cache(maxsize=256)
@@ -125,34 +177,53 @@ def _one_round_rdp(q: float, z: float, orders: tuple[float, ...]) -> np.ndarray:
     return np.array(accountant._rdp, np.float64)
 
 
-def calibrate_noise(target_epsilon: float, q: float, rounds: int, delta: float) -> float:
-    """The smallest z whose ``rounds`` rounds at rate q stay within (target_epsilon, delta)."""
-    # The search probes tiny z, where dp-accounting warns that some orders do not converge
-    # (and leaves them out); the z it returns is checked with every order by the caller.
+def calibrate_noise(
+    target_epsilon: float, q: float, rounds: int, delta: float, accountant: str = "pld"
+) -> float:
+    """The smallest z whose ``rounds`` rounds at rate q stay within (target_epsilon, delta),
+    by the given accountant; with PLD, never below :data:`PLD_Z_FLOOR`.
+
+    RDP is searched first (cheap at any z); PLD is tighter, so its z lies below RDP's, and
+    is searched between the floor (or half RDP's z) and RDP's z."""
     from dp_accounting import mechanism_calibration
     from dp_accounting.rdp import RdpAccountant
 
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
-        z = mechanism_calibration.calibrate_dp_mechanism(
-            RdpAccountant, lambda z: round_event(q, z, rounds), target_epsilon, delta,
-            mechanism_calibration.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4,
-        )  # fmt: skip
-    finally:
-        absl.setLevel(level)
-    return float(z)
+    def search(make, interval) -> float:  # type: ignore[no-untyped-def]
+        # RDP probes tiny z, where dp-accounting warns that some orders do not converge
+        # (and leaves them out); the z found is checked with every order by the caller.
+        absl = logging.getLogger("absl")
+        level = absl.level
+        absl.setLevel(logging.ERROR)
+        try:
+            return float(mechanism_calibration.calibrate_dp_mechanism(
+                make, lambda z: round_event(q, z, rounds), target_epsilon, delta, interval,
+                tol=1e-4,
+            ))  # fmt: skip
+        finally:
+            absl.setLevel(level)
+
+    z_rdp = search(RdpAccountant, mechanism_calibration.LowerEndpointAndGuess(1e-3, 1.0))
+    if accountant == "rdp":
+        return z_rdp
+    if z_rdp <= PLD_Z_FLOOR:  # the floor spends less than the target: more noise than needed
+        return PLD_Z_FLOOR
+    lower = max(PLD_Z_FLOOR, z_rdp / 2)
+    if PrivacyLedger().add(q, lower, rounds).epsilon(delta) <= target_epsilon:
+        return lower
+    from dp_accounting.pld import PLDAccountant
+
+    def pld():  # type: ignore[no-untyped-def]
+        return PLDAccountant(value_discretization_interval=PLD_INTERVAL)
+
+    return search(pld, mechanism_calibration.ExplicitBracketInterval(lower, z_rdp))
 
 
-def rounds_within(
-    ledger: PrivacyLedger, q: float, z: float, target_epsilon: float, delta: float, most: int
-) -> int:
+def rounds_within(ledger: PrivacyLedger, q: float, z: float, cfg: DPConfig, most: int) -> int:
     """How many more rounds at (q, z) keep epsilon <= target (at most ``most``; bisection)."""
     lo, hi = 0, most
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if ledger.add(q, z, mid).epsilon(delta) <= target_epsilon:
+        if ledger.add(q, z, mid).epsilon(cfg.delta, cfg.accountant) <= cfg.target_epsilon:
             lo = mid
         else:
             hi = mid - 1
@@ -162,16 +233,16 @@ def rounds_within(
 def check_budget(ledger: PrivacyLedger, q: float, z: float, rounds: int, cfg: DPConfig) -> float:
     """epsilon after ``rounds`` more rounds at (q, z); raises PrivacyBudgetExceeded beyond
     target-epsilon, naming how many rounds would fit and what noise would be needed."""
-    spent = ledger.add(q, z, rounds).epsilon(cfg.delta) if rounds else ledger.epsilon(cfg.delta)
+    spent = ledger.add(q, z, rounds).epsilon(cfg.delta, cfg.accountant)
     if not cfg.target_epsilon or spent <= cfg.target_epsilon:
         return spent
-    fits = rounds_within(ledger, q, z, cfg.target_epsilon, cfg.delta, rounds)
+    fits = rounds_within(ledger, q, z, cfg, rounds)
     done = f"after the {ledger.rounds} rounds already run, " if ledger.rounds else ""
     raise PrivacyBudgetExceeded(
         "target-epsilon", cfg.target_epsilon,
         f"at least {spent:.4g}: {done}{rounds} more rounds at sampling rate q = {q:.4g} with "
         f"noise multiplier z = {z:.4g} spend epsilon = {spent:.4g} at delta = {cfg.delta:g} "
-        f"(RDP accountant); {fits} rounds would fit. Lower num-rounds, raise "
+        f"({cfg.accountant.upper()} accountant); {fits} rounds would fit. Lower num-rounds, raise "
         "dp-noise-multiplier (or set it to 0 to calibrate it to target-epsilon), lower "
         "fraction-train, or raise target-epsilon",
     )  # fmt: skip
@@ -184,18 +255,24 @@ class PrivacyState:
     clip: float  # C for the next round
     noise_multiplier: float  # z in use (configured or calibrated)
     ledger: PrivacyLedger = field(default_factory=PrivacyLedger)
+    # seeds the noise and the Poisson sample (fresh_noise_key); secret, like the updates
+    noise_key: int = 0
 
     def to_json(self) -> dict:
         return {
             "clip": self.clip,
             "noise-multiplier": self.noise_multiplier,
             "ledger": [list(r) for r in self.ledger.runs],
+            "noise-key": format(self.noise_key, "x"),
         }
 
     @classmethod
     def from_json(cls, obj: Mapping) -> PrivacyState:
         runs = tuple((float(q), float(z), int(n)) for q, z, n in obj["ledger"])
-        return cls(float(obj["clip"]), float(obj["noise-multiplier"]), PrivacyLedger(runs))
+        # a checkpoint written before the key was kept drew its noise from the seed; the
+        # rounds still to run get a fresh, unpredictable key
+        key = int(obj["noise-key"], 16) if "noise-key" in obj else fresh_noise_key()
+        return cls(float(obj["clip"]), float(obj["noise-multiplier"]), PrivacyLedger(runs), key)
 
 
 def noise_split(cfg: DPConfig, z: float, expected: int) -> tuple[float, float]:
@@ -250,6 +327,18 @@ def private_mean(
     return PrivateRound(delta, state.clip, next_clip, std, float(fraction))
 
 
+def check_delta(delta: float, population: int) -> None:
+    """Refuse delta >= 1/N: a mechanism that publishes one of N clients' data in the clear
+    is (0, 1/N)-DP, so such a delta makes any epsilon meaningless."""
+    if delta * population >= 1:
+        raise ConfigError(
+            "dp-delta", delta,
+            f"below 1/N = {1 / population:.3g}, N = {population} clients that can be sampled "
+            "(delta >= 1/N allows releasing a client's data in the clear); 1/N^1.1 or less "
+            "is usual",
+        )  # fmt: skip
+
+
 def start_state(
     settings: Settings, cfg: DPConfig, q: float, expected: int, saved: PrivacyState | None
 ) -> tuple[PrivacyState, float]:
@@ -263,8 +352,11 @@ def start_state(
     else:
         z = cfg.noise_multiplier
         if z == 0 and cfg.target_epsilon:
-            z = calibrate_noise(cfg.target_epsilon, q, settings.num_rounds, cfg.delta)
-        state = PrivacyState(settings.dp_clip, z)
+            z = calibrate_noise(
+                cfg.target_epsilon, q, settings.num_rounds, cfg.delta, cfg.accountant
+            )
+        key = settings.seed if cfg.reproducible else fresh_noise_key()
+        state = PrivacyState(settings.dp_clip, z, PrivacyLedger(), key)
     noise_split(cfg, state.noise_multiplier, expected)  # a bad s_b fails now, not in round 1
     remaining = max(settings.num_rounds - state.ledger.rounds, 0)
     planned = check_budget(state.ledger, q, state.noise_multiplier, remaining, cfg)

@@ -40,6 +40,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from common.config import Settings
+from common.messages import CLIENTS, CLIP, DROPPED, SERVER_ROUND, STATE_KEYS
 from server.aggregate import NamedArrays
 
 MODULUS = 2**32  # Flower's default modulus_range (the largest it allows)
@@ -86,9 +87,9 @@ def secure_sum(
     nodes than its threshold completed a stage)."""
     keys = list(state)
     parameters = ndarrays_to_parameters([state[k] for k in keys])
-    config = {"server-round": server_round, "dp-clip": clip, "state-keys": ",".join(keys)}
+    config = {SERVER_ROUND: server_round, CLIP: clip, STATE_KEYS: ",".join(keys)}
     fitins = {
-        node: FitIns(parameters, {**config, "clients": ",".join(map(str, parts))})
+        node: FitIns(parameters, {**config, CLIENTS: ",".join(map(str, parts))})
         for node, parts in asked.items()
     }
     q_range = quantization_range(len(fitins))
@@ -142,4 +143,4 @@ def _unscaled(
 
 def node_drops(metrics: dict) -> dict[int, str]:
     """partition -> reason of the clients a node left out of its sum."""
-    return {int(p): str(why) for p, why in json.loads(str(metrics.get("dropped", "{}"))).items()}
+    return {int(p): str(why) for p, why in json.loads(str(metrics.get(DROPPED, "{}"))).items()}

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from logging import WARNING
 
 import numpy as np
@@ -36,6 +36,18 @@ from flwr.supercore import log
 
 from common.arrays import UpdateRejected, check_stacked, from_record, nonfinite_rows, to_record
 from common.config import Settings, Task
+from common.messages import (
+    FINAL,
+    LOSS_AFTER,
+    LOSS_BEFORE,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    SKIPPED,
+    SUM_PREFIX,
+    read_reply,
+    reply_updates,
+    write_instruction,
+)
 from common.privacy import WITHIN_CLIP, clip_rows
 from server.aggregate import (
     NamedArrays,
@@ -46,11 +58,17 @@ from server.aggregate import (
     server_step,
 )  # fmt: skip
 from server.nodes import NodeDirectory, cohort_size
-from server.privacy import NOISE_PURPOSE, DPConfig, PrivacyState, private_mean
+from server.privacy import (
+    NOISE_PURPOSE,
+    NOT_PRIVATE,
+    DPConfig,
+    PrivacyState,
+    noise_rng,
+    private_mean,
+)
 from server.robust import Aggregate, RobustConfig, check_round_size, robust_aggregate
 from server.secagg import node_drops, secure_sum
 
-NON_METRICS = ("num-examples", "skipped", "partition-id")
 # The largest example count a client may claim: every integer up to 2**53 is exact in the
 # float64 weights, and no client holds more. A claim above it is a lie or a bug, dropped.
 MAX_CLAIMED_EXAMPLES = 2**53
@@ -65,56 +83,6 @@ class ClientUpdate:
     metrics: dict[str, float]
 
 
-def _column(metrics: MetricRecord, key: str, size: int) -> list:
-    values = metrics.get(key)
-    if not isinstance(values, list) or len(values) != size:
-        raise UpdateRejected(f"metrics '{key}' must be a list of {size} values, got {values!r}")
-    return values
-
-
-@dataclass(frozen=True)
-class _ReplyRows:
-    """A node's reply read per client: the rows left to check, and who was dropped."""
-
-    metrics: MetricRecord
-    size: int  # clients the reply answers for
-    rows: list[tuple[int, int]]  # (row, partition) of asked-for clients that did not skip
-    dropped: dict[int, str]  # partition -> reason
-
-
-def _client_rows(content: RecordDict, asked: Sequence[int]) -> _ReplyRows:
-    """Split a reply into its clients: a row answering a client the server did not ask this
-    node for (or a second answer for one) and a client that skipped are dropped with their
-    reason, as is every asked-for client without a row. Raises :class:`UpdateRejected` when
-    the reply as a whole cannot be read."""
-    metrics = content.metric_records.get("metrics")
-    if metrics is None:
-        raise UpdateRejected("reply has no 'metrics' MetricRecord")
-    partitions = metrics.get("partition-id")
-    if not isinstance(partitions, list):
-        raise UpdateRejected("metrics 'partition-id' must list the clients of the reply")
-    size = len(partitions)
-    skipped = _column(metrics, "skipped", size)
-    skip = content.config_records.get("skip")
-    reasons = skip.get("reasons") if skip is not None else None
-    rows, dropped, wanted, seen = [], {}, set(asked), set()
-    for j, raw in enumerate(partitions):
-        pid = int(raw)
-        if pid not in wanted or pid in seen:
-            dropped[pid] = "a result for a client the server did not ask this node for"
-            continue
-        seen.add(pid)
-        if skipped[j]:
-            why = reasons[j] if isinstance(reasons, list) and j < len(reasons) else ""
-            dropped[pid] = f"client skipped: {why or 'no reason given'}"
-            continue
-        rows.append((j, pid))
-    for pid in asked:
-        if pid not in seen:
-            dropped.setdefault(pid, "the node's reply has no result for this client")
-    return _ReplyRows(metrics, size, rows, dropped)
-
-
 def screen_train_reply(
     content: RecordDict, reference: Mapping[str, np.ndarray], asked: Sequence[int]
 ) -> tuple[list[ClientUpdate], dict[int, str]]:
@@ -122,16 +90,13 @@ def screen_train_reply(
 
     Raises :class:`UpdateRejected` when the reply as a whole cannot be read.
     """
-    reply = _client_rows(content, asked)
-    metrics, size, dropped = reply.metrics, reply.size, reply.dropped
-    record = content.array_records.get("updates")
-    if record is None:
-        raise UpdateRejected("reply has no 'updates' ArrayRecord")
-    stacked = from_record(record)
+    reply = read_reply(content, asked)
+    size, dropped = reply.size, reply.dropped
+    stacked = from_record(reply_updates(content))
     check_stacked(stacked, reference, size)
-    examples = _column(metrics, "num-examples", size)
+    examples = reply.column(NUM_EXAMPLES)
     bad_rows = nonfinite_rows(stacked, size)
-    extra = [k for k, v in metrics.items() if k not in NON_METRICS and isinstance(v, list)]
+    extra = reply.metric_columns()
     accepted = []
     for j, pid in reply.rows:
         weight = claimed_examples(examples[j])
@@ -142,7 +107,7 @@ def screen_train_reply(
             dropped[pid] = f"'{bad_rows[j]}' contains NaN or infinite values"
             continue
         update = {k: v[j] for k, v in stacked.items()}
-        values = {k: float(metrics[k][j]) for k in extra if len(metrics[k]) == size}  # type: ignore[index,arg-type]
+        values = {k: float(v[j]) for k, v in extra.items()}
         accepted.append(ClientUpdate(pid, update, float(weight), values))
     return accepted, dropped
 
@@ -157,7 +122,9 @@ def claimed_examples(value: object) -> float | str:
         ok = math.isfinite(value) and value.is_integer()
     if not ok or not 1 <= value <= MAX_CLAIMED_EXAMPLES:  # type: ignore[operator]
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
-        return f"'num-examples' must be a whole number in [1, {MAX_CLAIMED_EXAMPLES}], got {shown}"
+        return (
+            f"'{NUM_EXAMPLES}' must be a whole number in [1, {MAX_CLAIMED_EXAMPLES}], got {shown}"
+        )
     return float(value)  # type: ignore[arg-type]
 
 
@@ -227,20 +194,17 @@ class MetaStrategy(FedAvg):
             self.settings.fraction_train
             if kind == MessageType.TRAIN
             else 1.0
-            if config.get("final")
+            if config.get(FINAL)
             else self.settings.fraction_evaluate
         )  # fmt: skip  (the final round scores every client, for the summary table)
         train = kind == MessageType.TRAIN
         self.sample_clients(server_round, fraction, train)
         if train:  # before anything is sent: a start-up error in round 1
             check_round_size(self.robust, sum(len(p) for p in self.asked.values()))
-        extra = {"dp-clip": self.clip_bound} if train and self.clip_bound else {}
+        clip = self.clip_bound if train else 0.0
         messages = []
         for node, partitions in self.asked.items():
-            node_config = ConfigRecord(
-                {**dict(config), **extra, "server-round": server_round, "clients": partitions}
-            )
-            record = RecordDict({"arrays": arrays, "config": node_config})
+            record = write_instruction(arrays, server_round, partitions, clip=clip, config=config)
             messages.append(Message(content=record, dst_node_id=node, message_type=kind))
         return messages
 
@@ -249,10 +213,13 @@ class MetaStrategy(FedAvg):
 
         With DP, training clients are Poisson-sampled (the accountant's assumption); with
         SecAgg+ every live node takes part, those without sampled clients with a zero sum,
-        so that each round has the two or more nodes the protocol needs."""
+        so that each round has the two or more nodes the protocol needs. DP's sample is
+        drawn from the run's secret noise key, not the seed (server/privacy.py): who took
+        part must be as unpredictable as the noise."""
         purpose = 0 if train else 1
         dp = train and self.dp is not None
-        self.asked = self.nodes.sample(fraction, self.settings.seed, server_round, purpose, dp)
+        key = self.privacy.noise_key if dp and self.privacy is not None else self.settings.seed
+        self.asked = self.nodes.sample(fraction, key, server_round, purpose, dp)
         self.population = self.nodes.population
         if train and self.settings.secagg:
             live = {node for _, node in self.nodes.live()}
@@ -430,16 +397,18 @@ class MetaStrategy(FedAvg):
             raise RuntimeError("private_delta needs dp = true and a PrivacyState")
         expected = cohort_size(self.population, self.settings.fraction_train)
         q = expected / self.population
-        rng = np.random.default_rng([self.settings.seed, server_round, NOISE_PURPOSE])
+        rng = noise_rng(self.privacy.noise_key, server_round, NOISE_PURPOSE)
         release = private_mean(total, within_centered, self.privacy, self.dp, expected, rng)
         z = self.privacy.noise_multiplier
         ledger = self.privacy.ledger.add(q, z)
-        self.privacy = PrivacyState(release.next_clip, z, ledger)
+        self.privacy = replace(self.privacy, clip=release.next_clip, ledger=ledger)
         self.report.privacy |= {
-            "epsilon": ledger.epsilon(self.dp.delta), "delta": self.dp.delta,
+            "epsilon": ledger.epsilon(self.dp.delta, self.dp.accountant),
+            "accountant": self.dp.accountant, "delta": self.dp.delta,
             "q": q, "expected-clients": expected, "noise-multiplier": z,
             "noise-std": release.noise_std, "clip": release.clip,
             "next-clip": release.next_clip, "unclipped-fraction": release.unclipped_fraction,
+            "release": NOT_PRIVATE if self.dp.reproducible else "private",
         }  # fmt: skip
         return release.delta
 
@@ -479,7 +448,7 @@ class MetaStrategy(FedAvg):
             rows += good
             for pid, reason in sorted(dropped.items()):
                 self._drop(node, pid, f"evaluation: {reason}")
-        rows.sort(key=lambda r: r["partition-id"])
+        rows.sort(key=lambda r: r[PARTITION_ID])
         self.report.eval_clients = rows
         return summarise_evaluation(rows, self.settings.task) if rows else None
 
@@ -488,16 +457,18 @@ def evaluation_rows(
     content: RecordDict, asked: Sequence[int]
 ) -> tuple[list[dict[str, float]], dict[int, str]]:
     """One row of scores per evaluated client of a node's reply, and the clients dropped."""
-    reply = _client_rows(content, asked)
-    columns = {
-        k: v for k, v in reply.metrics.items() if isinstance(v, list) and len(v) == reply.size
+    reply = read_reply(content, asked)
+    columns = {  # the scores and the bookkeeping the summary needs (PARTITION_ID, sizes)
+        k: v
+        for k, v in reply.metrics.items()
+        if k != SKIPPED and isinstance(v, list) and len(v) == reply.size
     }
     rows, dropped = [], reply.dropped
     for j, pid in reply.rows:
-        if "loss-before" not in columns or "loss-after" not in columns:
-            dropped[pid] = "no 'loss-before'/'loss-after' scores"
+        if LOSS_BEFORE not in columns or LOSS_AFTER not in columns:
+            dropped[pid] = f"no '{LOSS_BEFORE}'/'{LOSS_AFTER}' scores"
             continue
-        rows.append({k: float(v[j]) for k, v in columns.items() if k != "skipped"})  # type: ignore[arg-type,index]
+        rows.append({k: float(v[j]) for k, v in columns.items()})  # type: ignore[arg-type,index]
     return rows, dropped
 
 
@@ -508,8 +479,9 @@ def _node_metric_means(node_metrics: Iterable[Mapping], clients: int) -> MetricR
     sums: dict[str, float] = {}
     for metrics in node_metrics:
         for key, value in metrics.items():
-            if key.startswith("sum/"):
-                sums[key[4:]] = sums.get(key[4:], 0.0) + float(value)
+            if key.startswith(SUM_PREFIX):
+                name = key[len(SUM_PREFIX) :]
+                sums[name] = sums.get(name, 0.0) + float(value)
     return MetricRecord({**{k: v / clients for k, v in sums.items()}, "clients": clients})
 
 
@@ -534,7 +506,7 @@ def summarise_evaluation(rows: list[dict[str, float]], task: Task) -> MetricReco
     # A client whose personalisation diverged (server/aggregate.diverged_clients: loss
     # non-finite or over 10x its loss before) is counted here and left out of the "after"
     # statistics, which would otherwise read NaN or 1e31 as if measured.
-    bad = diverged_clients([r["loss-before"] for r in rows], [r["loss-after"] for r in rows])
+    bad = diverged_clients([r[LOSS_BEFORE] for r in rows], [r[LOSS_AFTER] for r in rows])
     out["diverged-after"] = sum(bad)
     kept = [r for r, b in zip(rows, bad, strict=True) if not b]
     for when, scored in (("before", rows), ("after", kept)):
@@ -547,10 +519,10 @@ def summarise_evaluation(rows: list[dict[str, float]], task: Task) -> MetricReco
                 f"{name}-{when}-std": stats.std,
                 f"{name}-{when}-worst10": stats.worst10,
             }
-        if task is not Task.REGRESSION and all(r.get("num-examples", 0) > 0 for r in scored):
+        if task is not Task.REGRESSION and all(r.get(NUM_EXAMPLES, 0) > 0 for r in scored):
             # Accuracy over all clients' test samples pooled (each client weighted by its
             # test size): what LEAF, Per-FedAvg and pFedMe report, beside the mean above.
-            sizes = np.array([r["num-examples"] for r in scored], dtype=np.float64)
+            sizes = np.array([r[NUM_EXAMPLES] for r in scored], dtype=np.float64)
             acc = np.array([r[f"acc-{when}"] for r in scored], dtype=np.float64)
             out[f"acc-{when}-pooled"] = float(acc @ sizes / sizes.sum())
     return MetricRecord(out)

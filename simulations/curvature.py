@@ -85,7 +85,7 @@ def client_paths(
     names = list(g.theta)
     shapes = [g.theta[n].shape for n in names]
     theta = torch.cat([g.theta[n].reshape(-1).double() for n in names])
-    loss_fn = loss_fn_for(s.task)
+    loss_fn = loss_fn_for(s.task, s.loss)
 
     sizes = [int(np.prod(sh)) for sh in shapes]
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from common.processes import console_script, free_port, run_config_arg, stop_process_group
+from simulations.ray_cluster import PRIVATE_RAY, ClientResources, RayTarget, federation_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "fedmeta-sim"
@@ -52,32 +53,38 @@ class SuperLink:
     env: dict[str, str]
     home: Path
     log_path: Path
+    ray: RayTarget = PRIVATE_RAY
 
     def command(
-        self, overrides: Mapping[str, Any], num_supernodes: int, cpus_per_client: int = 1
-    ) -> list[str]:
+        self, overrides: Mapping[str, Any], num_supernodes: int, cpus_per_client: float = 1,
+        gpus_per_client: float = 0,
+    ) -> list[str]:  # fmt: skip
+        federation = federation_config(
+            num_supernodes, ClientResources(cpus_per_client, gpus_per_client), self.ray
+        )
         return [
             console_script("flwr"), "run", str(app_dir()), CONNECTION, "--stream",
             "--run-config", run_config_arg(overrides),
-            "--federation-config",
-            f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}",
+            "--federation-config", run_config_arg(federation),
         ]  # fmt: skip
 
     def start_run(
-        self, overrides: Mapping[str, Any], num_supernodes: int, cpus_per_client: int = 1
-    ) -> subprocess.Popen:
+        self, overrides: Mapping[str, Any], num_supernodes: int, cpus_per_client: float = 1,
+        gpus_per_client: float = 0,
+    ) -> subprocess.Popen:  # fmt: skip
         """Submit one run; its streamed log is the returned process's stdout (text)."""
         return subprocess.Popen(
-            self.command(overrides, num_supernodes, cpus_per_client), env=self.env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+            self.command(overrides, num_supernodes, cpus_per_client, gpus_per_client),
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, text=True,
         )  # fmt: skip
 
     def run(
-        self, overrides: Mapping[str, Any], num_supernodes: int, cpus_per_client: int = 1,
-        log_file: Path | None = None, timeout: float | None = None,
+        self, overrides: Mapping[str, Any], num_supernodes: int, cpus_per_client: float = 1,
+        log_file: Path | None = None, timeout: float | None = None, gpus_per_client: float = 0,
     ) -> str:  # fmt: skip
         """Submit one run, wait for it, and return its log; raise if it failed."""
-        proc = self.start_run(overrides, num_supernodes, cpus_per_client)
+        proc = self.start_run(overrides, num_supernodes, cpus_per_client, gpus_per_client)
         try:
             output, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -127,11 +134,14 @@ class SuperLink:
 
 @contextmanager
 def simulation_superlink(
-    workdir: Path | None = None, extra_env: Mapping[str, str] | None = None
-) -> Iterator[SuperLink]:
+    workdir: Path | None = None, extra_env: Mapping[str, str] | None = None,
+    ray: RayTarget = PRIVATE_RAY,
+) -> Iterator[SuperLink]:  # fmt: skip
     """Start a simulation SuperLink on a free port; always stop it (and its children).
 
     ``extra_env`` reaches every process it starts (the ServerApp and ClientApps included).
+    Runs use ``ray`` (default: a private Ray per run, whatever cluster this machine knows):
+    the SuperLink's ``RAY_ADDRESS`` is what Flower's ``ray.init()`` connects to.
     """
     app_dir()  # before starting anything
     owned = workdir is None
@@ -151,6 +161,7 @@ def simulation_superlink(
             ),
         }
         | dict(extra_env or {})
+        | {"RAY_ADDRESS": ray.address}
     )
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
@@ -168,7 +179,7 @@ def simulation_superlink(
     )  # fmt: skip
     try:
         _wait_for_port(port, proc, log_path)
-        yield SuperLink(process=proc, env=env, home=home, log_path=log_path)
+        yield SuperLink(process=proc, env=env, home=home, log_path=log_path, ray=ray)
     finally:
         stop_process_group(proc)
 

@@ -4,6 +4,10 @@ own overrides, stated in the table), the seeds, and the engine that runs them.
     name: sinusoid-quickstart
     engine: simulation            # Flower's Simulation Engine, or `loop` (one process)
     num-supernodes: 100           # clients registered in the federation
+    cpus-per-client: 1            # per Simulation Engine worker; fractions allowed (0.5)
+    gpus-per-client: 0            # per worker; 0.5 puts two workers on a GPU
+    ray-address: ""               # "" Ray's own choice, local, auto or HOST:PORT (docs/scaling.md)
+    ray-nodes: 0                  # Ray nodes to wait for (up to ray-wait s) before each run
     seeds: [0, 1, 2]
     base:                         # run-config keys shared by every run
       dataset: sinusoid
@@ -29,7 +33,11 @@ from common.config import Algorithm, ConfigError, parse_settings
 
 ENGINES = ("simulation", "loop")
 SHIPPED = Path(__file__).resolve().parent / "experiments"  # installed with the package
-TOP_LEVEL = ("name", "engine", "num-supernodes", "cpus-per-client", "seeds", "base", "algorithms")
+TOP_LEVEL = (
+    "name", "engine", "num-supernodes", "cpus-per-client", "seeds", "base", "algorithms",
+    # issue 20: where the Simulation Engine's workers run and what each holds
+    "gpus-per-client", "ray-address", "ray-nodes", "ray-wait",
+)  # fmt: skip
 
 # Run-config keys the runner sets for each run, with why they cannot be set in `base`
 # (or with --set); only `algorithm` may be set inside a row.
@@ -66,11 +74,15 @@ class Experiment:
     name: str
     engine: str
     num_supernodes: int
-    cpus_per_client: int
+    cpus_per_client: float
     seeds: tuple[int, ...]
     base: dict[str, Any]
     algorithms: dict[str, dict[str, Any]]
     source: Path
+    gpus_per_client: float = 0.0
+    ray_address: str = ""  # "": RAY_ADDRESS, else this machine's cluster, else private
+    ray_nodes: int = 0  # Ray nodes a run waits for before it starts (0: no wait)
+    ray_wait: float = 60.0  # s to wait for them
 
     @property
     def clients_per_node(self) -> int:
@@ -139,7 +151,7 @@ def load_experiment(path: str | Path) -> Experiment:
         name=_get(path, raw, "name", str, path.stem),
         engine=_get(path, raw, "engine", str, "simulation"),
         num_supernodes=_get(path, raw, "num-supernodes", int, 10),
-        cpus_per_client=_get(path, raw, "cpus-per-client", int, 1),
+        cpus_per_client=_get(path, raw, "cpus-per-client", float, 1.0),
         seeds=tuple(_get(path, raw, "seeds", list, [0])),
         base=_absolute_data_path(path, _get(path, raw, "base", dict, {})),
         algorithms={
@@ -147,6 +159,10 @@ def load_experiment(path: str | Path) -> Experiment:
             for name, overrides in _algorithms(path, raw).items()
         },
         source=path,
+        gpus_per_client=_get(path, raw, "gpus-per-client", float, 0.0),
+        ray_address=_get(path, raw, "ray-address", str, ""),
+        ray_nodes=_get(path, raw, "ray-nodes", int, 0),
+        ray_wait=_get(path, raw, "ray-wait", float, 60.0),
     )
     validate_experiment(exp)
     return exp
@@ -167,9 +183,11 @@ def _absolute_data_path(path: Path, config: dict[str, Any]) -> dict[str, Any]:
 
 def _get(path: Path, raw: dict, key: str, typ: type, default: Any) -> Any:
     value = raw.get(key, default)
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ExperimentError(path, key, f"must be a {typ.__name__}, got {value!r}")
-    return value
+    allowed = (int, float) if typ is float else typ  # a whole number is a number too
+    if not isinstance(value, allowed) or (typ in (int, float) and isinstance(value, bool)):
+        name = "number" if typ is float else typ.__name__
+        raise ExperimentError(path, key, f"must be a {name}, got {value!r}")
+    return float(value) if typ is float else value
 
 
 def _algorithms(path: Path, raw: dict) -> dict[str, dict[str, Any]]:
@@ -192,6 +210,7 @@ def validate_experiment(exp: Experiment) -> None:
         raise ExperimentError(p, "engine", f"{exp.engine!r} is not one of {', '.join(ENGINES)}")
     if exp.num_supernodes < 1:
         raise ExperimentError(p, "num-supernodes", "must be >= 1")
+    _validate_resources(exp)
     if not exp.seeds or not all(isinstance(s, int) and s >= 0 for s in exp.seeds):
         raise ExperimentError(p, "seeds", f"must be a list of integers >= 0, got {list(exp.seeds)}")
     for name, overrides in exp.algorithms.items():
@@ -224,3 +243,20 @@ def validate_experiment(exp: Experiment) -> None:
                 else f"algorithms.{name}"
             )
             raise ExperimentError(p, f"{where}.{err.key}", str(err)) from None
+
+
+def _validate_resources(exp: Experiment) -> None:
+    """The Ray keys (issue 20): checked here, before any run, like every other key."""
+    p = exp.source
+    if not exp.cpus_per_client > 0:
+        raise ExperimentError(p, "cpus-per-client", f"must be > 0, got {exp.cpus_per_client:g}")
+    if exp.gpus_per_client < 0:
+        raise ExperimentError(p, "gpus-per-client", f"must be >= 0, got {exp.gpus_per_client:g}")
+    if exp.ray_nodes < 0 or exp.ray_wait < 0:
+        raise ExperimentError(p, "ray-nodes/ray-wait", "must be >= 0")
+    from simulations.ray_cluster import RayClusterError, check_address
+
+    try:
+        check_address(exp.ray_address)
+    except RayClusterError as err:
+        raise ExperimentError(p, "ray-address", str(err)) from None

@@ -41,6 +41,14 @@ from simulations.experiment import (
     load_experiment,
     validate_experiment,
 )
+from simulations.ray_cluster import (
+    ClientResources,
+    RayClusterError,
+    RayTarget,
+    federation_config,
+    resolve_ray,
+    wait_for_nodes,
+)
 from simulations.report import write_report
 
 
@@ -68,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a base run-config key (YAML value), e.g. --set num-rounds=5",
     )
+    _add_ray_options(parser)
     args = parser.parse_args(argv)
     try:
         exp = load_experiment(args.experiment)
@@ -113,6 +122,27 @@ def _diverged_round(run_dir: Path) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
+def _add_ray_options(parser: argparse.ArgumentParser) -> None:
+    """Issue 20: where the Simulation Engine's workers run; each overrides the file's key."""
+    ray = parser.add_argument_group("Simulation Engine workers (docs/scaling.md)")
+    ray.add_argument(
+        "--ray-address",
+        help="local (a private Ray per run), auto (the cluster `ray start` recorded on this "
+        "machine) or HOST:PORT; default: RAY_ADDRESS, else that cluster, else private",
+    )
+    ray.add_argument("--ray-nodes", type=int, help="Ray nodes to wait for before each run")
+    ray.add_argument("--cpus-per-client", type=float, help="CPUs per worker, e.g. 0.5")
+    ray.add_argument("--gpus-per-client", type=float, help="GPUs per worker, e.g. 0.5")
+
+
+def _ray_overrides(args: argparse.Namespace) -> dict[str, object]:
+    fields = {
+        "ray_address": args.ray_address, "ray_nodes": args.ray_nodes,
+        "cpus_per_client": args.cpus_per_client, "gpus_per_client": args.gpus_per_client,
+    }  # fmt: skip
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def named_errors() -> tuple[type[Exception], ...]:
     """What a run raises for a cause the user can fix; its message says what and where.
 
@@ -126,7 +156,7 @@ def named_errors() -> tuple[type[Exception], ...]:
 
     return (
         ExperimentError, SimulationError, ConfigError, DataError, RunFolderError,
-        TrainingFailed, NodesUnavailable,
+        TrainingFailed, NodesUnavailable, RayClusterError,
     )  # fmt: skip
 
 
@@ -155,8 +185,9 @@ def _apply_cli(exp: Experiment, args: argparse.Namespace) -> Experiment:
                 exp.source, "--seeds", f"needs integers like 0,1,2, got {args.seeds!r}"
             ) from None
     new = dataclasses.replace(
-        exp, base=base, algorithms=algorithms, seeds=seeds, engine=args.engine or exp.engine
-    )
+        exp, base=base, algorithms=algorithms, seeds=seeds, engine=args.engine or exp.engine,
+        **_ray_overrides(args),
+    )  # fmt: skip
     validate_experiment(new)
     return new
 
@@ -184,11 +215,17 @@ def _state(exp: Experiment, cell: Cell) -> str:
 
 
 FEDERATION = "federation.json"  # the runner's record of the federation a cell trained in
+CLIENT_KEYS = ("num-supernodes",)  # federation keys that decide the clients (checked on reuse)
 
 
-def _federation(exp: Experiment) -> dict[str, int]:
-    """What decides the clients and is not a run-config key: how many nodes there are."""
-    return {"num-supernodes": exp.num_supernodes}
+def _federation(exp: Experiment, ray: RayTarget | None = None) -> dict[str, object]:
+    """What is not a run-config key: how many nodes there are (which decides the clients),
+    and, on the Simulation Engine, what each worker held and which Ray ran it."""
+    record: dict[str, object] = {"num-supernodes": exp.num_supernodes}
+    if ray is not None:
+        record |= {"cpus-per-client": exp.cpus_per_client, "gpus-per-client": exp.gpus_per_client}
+        record |= ray.record()
+    return record
 
 
 def _check_federation(exp: Experiment, run_dir: Path) -> None:
@@ -196,7 +233,8 @@ def _check_federation(exp: Experiment, run_dir: Path) -> None:
     if not path.exists():
         return
     recorded = json.loads(path.read_text())
-    for key, value in _federation(exp).items():
+    for key in CLIENT_KEYS:
+        value = _federation(exp)[key]
         if recorded.get(key, value) != value:
             raise ExperimentError(
                 exp.source, key,
@@ -237,17 +275,28 @@ def run_cells(exp: Experiment, cells: list[Cell]) -> list[str]:
 
 
 def _run_pending(exp: Experiment, pending: list[tuple[Cell, str]]) -> None:
+    ray = None
+    if exp.engine == "simulation":  # checked before any folder is written
+        ray = resolve_ray(exp.ray_address, exp.ray_nodes, exp.ray_wait)
+        federation_config(exp.num_supernodes, _resources(exp), ray)  # refuses what Flower can't
+        print(ray.describe(), flush=True)
     for cell, _ in pending:
         run_dir = Path(cell.run_config["run-dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / FEDERATION).write_text(json.dumps(_federation(exp)) + "\n")
-    if exp.engine == "loop":
+        (run_dir / FEDERATION).write_text(json.dumps(_federation(exp, ray)) + "\n")
+    if ray is None:
         for i, (cell, state) in enumerate(pending, 1):
             _run_in_loop(exp, cell, state, f"{i}/{len(pending)}")
         return
-    with simulation_superlink() as link:
+    with simulation_superlink(ray=ray) as link:
         for i, (cell, state) in enumerate(pending, 1):
+            if not ray.private:  # the pool is sized from the nodes alive when a run starts
+                wait_for_nodes(ray, exp.ray_nodes, exp.ray_wait)
             _run_on_engine(link, exp, cell, state, f"{i}/{len(pending)}")
+
+
+def _resources(exp: Experiment) -> ClientResources:
+    return ClientResources(exp.cpus_per_client, exp.gpus_per_client)
 
 
 def _config(cell: Cell, state: str) -> dict:
@@ -285,7 +334,10 @@ def _run_on_engine(link: SuperLink, exp: Experiment, cell: Cell, state: str, tag
     t = time.monotonic()
     lines: list[str] = []
     with (run_dir / "flwr.log").open("a") as log:
-        proc = link.start_run(_config(cell, state), exp.num_supernodes, exp.cpus_per_client)
+        log.write(f"{link.ray.describe()}\n")  # which Ray ran it, beside what it printed
+        proc = link.start_run(
+            _config(cell, state), exp.num_supernodes, exp.cpus_per_client, exp.gpus_per_client
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)

@@ -33,3 +33,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def private_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test's Simulation Engine runs on a private Ray (issue 20).
+
+    Ray's ``init()`` joins the cluster named by ``RAY_ADDRESS``, else the one ``ray start``
+    last recorded on this machine; a user's live (or dead) cluster must never capture the
+    suite. Tests of the cluster path set their own address.
+    """
+    monkeypatch.setenv("RAY_ADDRESS", "local")

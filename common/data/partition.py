@@ -34,7 +34,7 @@ def _derived_seed(seed: int, purpose: int) -> int:
     return int(np.random.SeedSequence([seed, purpose]).generate_state(1)[0])
 
 
-def _flower_partitions(partitioner: Any, labels: np.ndarray) -> list[np.ndarray]:
+def flower_partitions(partitioner: Any, labels: np.ndarray) -> list[np.ndarray]:
     """Run a Flower partitioner over ``labels`` and return each partition's row indices."""
     import datasets  # lazy: see module docstring
 
@@ -112,7 +112,7 @@ def partition_pathological(
         seed=_derived_seed(seed, _PATHOLOGICAL),
     )
     try:
-        return _flower_partitions(partitioner, labels)
+        return flower_partitions(partitioner, labels)
     except ValueError as err:
         raise DataError(
             f"pathological partition of {len(labels)} samples into {num_partitions} "

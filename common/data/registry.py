@@ -17,6 +17,11 @@ from data no training client holds: a separate random stream (sinusoid, syntheti
 writers after the trained ones (FEMNIST by writer), the evaluation characters
 (Omniglot), or a share ``new-client-fraction`` of the pooled samples set aside before
 the partition (digits, MNIST, Fashion-MNIST).
+
+A user's own data (dataset 'table', 'client-folders', 'hf-disk') goes through the same
+functions to common/data/user_data.py: natural clients by a client column or file, or rows
+split by Flower Datasets' partitioners; on a SuperNode that holds its own data, the node's
+clients (:func:`hosted_client_numbers`).
 """
 
 from __future__ import annotations
@@ -27,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import OMNIGLOT_DRAWERS, Settings, omniglot_test_drawers
+from common.config import OMNIGLOT_DRAWERS, USER_DATASETS, Settings, omniglot_test_drawers
 from common.data import partition as part
-from common.data import readers, shakespeare
+from common.data import readers, shakespeare, user_data
 from common.data.episodes import EpisodicData, episode_spec
 from common.data.sinusoid import NEW_CLIENT_STREAM as SINUSOID_NEW
 from common.data.sinusoid import sinusoid_client
@@ -67,6 +72,8 @@ _PARTITIONS = {
 
 
 def dataset_info(settings: Settings) -> DatasetInfo:
+    if settings.dataset in USER_DATASETS:  # from the data, or the config on a data-less server
+        return DatasetInfo(*user_data.user_dataset_info(settings))
     if settings.dataset == "omniglot":  # an episode's N classes, relabelled 0..N-1
         return DatasetInfo((1, OMNIGLOT_SIZE, OMNIGLOT_SIZE), settings.n_way)
     if settings.dataset == "shakespeare":  # a window of character ids -> the next one
@@ -91,7 +98,9 @@ def check_data_available(settings: Settings) -> None:
     The server process pays one read (in the loop engine the clients then reuse it).
     """
     _check_partition_kind(settings.dataset, settings.partition)
-    if settings.dataset in ("mnist", "fashion-mnist", "femnist"):
+    if settings.dataset in USER_DATASETS:
+        user_data.check_user_data(settings)
+    elif settings.dataset in ("mnist", "fashion-mnist", "femnist"):
         images = _read(settings.dataset, str(_path(settings)))
         if images.x.shape[1:] != input_shape(settings):
             raise DataError(
@@ -169,6 +178,8 @@ def load_client_data(settings: Settings, partition_id: int, num_partitions: int)
         return _omniglot_client(settings, "background", partition_id, num_partitions)
     if settings.dataset == "shakespeare":
         return shakespeare.shakespeare_client(settings, partition_id, num_partitions)
+    if settings.dataset in USER_DATASETS:
+        return user_data.load_user_client(settings, partition_id, num_partitions)
     _check_partition_kind(settings.dataset, settings.partition)  # before reading anything
     split = _Split.of(settings, num_partitions)
     names, indices = _client_indices(split)
@@ -194,6 +205,8 @@ def load_new_client_data(settings: Settings, index: int) -> ClientData:
         return _omniglot_client(settings, "evaluation", index, settings.new_clients)
     if settings.dataset == "shakespeare":
         return shakespeare.shakespeare_new_client(settings, index)
+    if settings.dataset in USER_DATASETS:
+        return user_data.load_user_new_client(settings, index)
     _check_partition_kind(settings.dataset, settings.partition)
     split = _Split.of(settings, num_partitions=0)  # new clients do not depend on it
     names, indices = _new_client_indices(split)
@@ -207,7 +220,29 @@ def smallest_train_split(settings: Settings) -> int | None:
         return settings.sinusoid_train_points
     if settings.dataset == "shakespeare":
         return shakespeare.smallest_train_split(settings)
+    if settings.dataset in USER_DATASETS:
+        return user_data.smallest_user_train_split(settings)
     return None
+
+
+def hosted_client_numbers(settings: Settings) -> tuple[int, ...]:
+    """A SuperNode's own data (node config data-path, no partition-id): its clients' numbers.
+
+    A number is hashed from the client's id (``user_data.client_number``), so nodes that
+    never talk to each other still name their clients apart.
+    """
+    if settings.dataset not in USER_DATASETS:
+        raise DataError(
+            f"a SuperNode without partition-id hosts its own data, which needs dataset "
+            f"{', '.join(repr(d) for d in USER_DATASETS)}; dataset '{settings.dataset}' is "
+            "split by partition-id and num-partitions in the node config"
+        )
+    return tuple(sorted(user_data.hosted_clients(settings)))
+
+
+def load_hosted_client_data(settings: Settings, number: int) -> ClientData:
+    """The node's own client with this number (from :func:`hosted_client_numbers`)."""
+    return user_data.load_hosted_client(settings, number)
 
 
 def _cut(

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from common.config import Task
-from common.data.episodes import EpisodeSpec, EpisodicData
+from common.data.episodes import EpisodeSpec, EpisodicData, evaluation_episodes
 from common.data.types import ClientData
 from common.personalize import evaluate_cohort, personalize_and_score
 
@@ -151,6 +151,14 @@ def test_episodic_clients_average_their_episodes_and_match_alone():
         assert cohort[i].after.loss == pytest.approx(alone.after.loss, rel=1e-5)
         assert cohort[i].after.accuracy == pytest.approx(alone.after.accuracy)
         assert 0.0 <= cohort[i].after.accuracy <= 1.0
+        # Before adapting, by hand: each episode's share of test rows whose largest logit is
+        # the label, averaged over the same episodes (a wrong metric moves this number).
+        episodes = evaluation_episodes(clients[i], np.random.default_rng(i))
+        shares = [
+            float((model(torch.as_tensor(e.x_test)).argmax(1).numpy() == e.y_test).mean())
+            for e in episodes
+        ]
+        assert cohort[i].before.accuracy == pytest.approx(np.mean(shares))
 
 
 def test_per_client_starting_params_are_used_row_by_row():

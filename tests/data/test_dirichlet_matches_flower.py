@@ -23,7 +23,7 @@ def flowers_partitions(labels: np.ndarray, n: int, alpha: float, seed: int, min_
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return part._flower_partitions(partitioner, labels)
+        return part.flower_partitions(partitioner, labels)
 
 
 @pytest.mark.parametrize(

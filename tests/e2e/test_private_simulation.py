@@ -1,5 +1,6 @@
 """DP and SecAgg+ on Flower's real Simulation Engine: the same theta as the one-process loop
-(the DP noise and the Poisson sample are seeded; SecAgg+ adds only quantization error)."""
+(the DP noise and the Poisson sample are seeded with dp-reproducible-noise; SecAgg+ adds
+only quantization error)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ CONFIG = {
     "dp": True,
     "dp-clip": CLIP,
     "dp-noise-multiplier": 0.8,
+    "dp-reproducible-noise": True,  # the loop and the engine must draw the same noise
 }
 
 

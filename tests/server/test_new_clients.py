@@ -93,6 +93,22 @@ def test_new_client_metrics_in_the_summary_on_digits(tmp_path):
         for stat in ("mean", "std", "worst10"):
             assert 0.0 <= summary[f"new-acc-k{k}-{stat}"] <= 1.0
     assert "new-mse-k1-mean" not in summary
+    # k = 0 is theta as saved, unadapted: each new client's share of test rows whose
+    # largest logit is the label, counted here by hand and averaged over the clients.
+    import torch
+    from torch.func import functional_call
+
+    from common.data.registry import load_new_client_data
+    from common.models import model_for
+
+    s = parse_settings(config)
+    theta = torch.load(tmp_path / "model.pt", weights_only=True)["theta"]
+    shares = []
+    for index in range(3):
+        data = load_new_client_data(s, index)
+        logits = functional_call(model_for(s), theta, (torch.as_tensor(data.x_test),))
+        shares.append(float((logits.argmax(1).numpy() == data.y_test).mean()))
+    assert summary["new-acc-k0-mean"] == pytest.approx(np.mean(shares), abs=1e-6)
 
 
 @pytest.mark.parametrize("dataset", ["sinusoid", "omniglot"])

@@ -15,7 +15,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from common.arrays import to_record
 from common.config import ConfigError, parse_settings
 from server.aggregate import OptimizerConfig
-from server.privacy import PrivacyBudgetExceeded, PrivacyState
+from server.privacy import PrivacyBudgetExceeded, PrivacyState, fresh_noise_key
 from server.run_folder import RunFolder
 from server.secagg import quantization_range
 from server.strategy import MetaStrategy
@@ -83,7 +83,7 @@ def _initial(base, key):
 
 def test_dp_with_secagg_equals_dp_without_it(tmp_path):
     dp = FAST | {"dp": True, "dp-clip": CLIP, "dp-noise-multiplier": 0.7, "dp-adaptive": True,
-                 "dp-clipped-count-stddev": 1.0}  # fmt: skip
+                 "dp-clipped-count-stddev": 1.0, "dp-reproducible-noise": True}  # fmt: skip
     run_in_loop(dp | {"run-dir": str(tmp_path / "dp")}, NODES)
     run_in_loop(dp | {"run-dir": str(tmp_path / "both"), "secagg": True}, NODES)
     plain, secure = _rows(tmp_path / "dp"), _rows(tmp_path / "both")
@@ -112,9 +112,19 @@ def test_target_epsilon_refuses_the_run_before_round_1(tmp_path):
     assert not (tmp_path / "run" / "checkpoint.npz").exists()
 
 
+def test_a_delta_of_one_over_n_or_more_is_refused_at_start_up(tmp_path):
+    # 3 nodes x 4 clients: N = 12, 1/N = 0.083
+    config = DP_NOISE | {"dp-delta": 0.1, "run-dir": str(tmp_path / "run")}
+    with pytest.raises(ConfigError, match="'dp-delta'.*N = 12 clients"):
+        run_in_loop(config, NODES)
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+    run_in_loop(config | {"dp-delta": 0.05, "num-rounds": 1}, NODES)  # below 1/12: runs
+
+
 def test_a_resumed_dp_run_continues_the_accountant_and_the_clip(tmp_path):
     dp = FAST | {"dp": True, "dp-clip": CLIP, "dp-noise-multiplier": 1.0, "dp-adaptive": True,
-                 "dp-clipped-count-stddev": 1.0, "num-rounds": 4}  # fmt: skip
+                 "dp-clipped-count-stddev": 1.0, "num-rounds": 4,
+                 "dp-reproducible-noise": True}  # fmt: skip
     whole = run_in_loop(dp | {"run-dir": str(tmp_path / "whole")}, NODES)
     run_in_loop(dp | {"run-dir": str(tmp_path / "split"), "num-rounds": 2}, NODES)
     resumed = run_in_loop(dp | {"run-dir": str(tmp_path / "split"), "resume": True}, NODES)
@@ -130,6 +140,70 @@ def test_a_resumed_dp_run_continues_the_accountant_and_the_clip(tmp_path):
     with pytest.raises(PrivacyBudgetExceeded, match="after the 4 rounds already run"):
         run_in_loop(capped | {"run-dir": str(tmp_path / "capped"), "resume": True,
                               "num-rounds": 6}, NODES)  # fmt: skip
+
+
+DP_NOISE = FAST | {"dp": True, "dp-clip": CLIP, "dp-noise-multiplier": 1.0}
+
+
+def test_two_runs_with_the_same_seed_draw_different_noise_and_samples(tmp_path):
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        run_in_loop(DP_NOISE | {"num-rounds": 3, "run-dir": str(run)}, NODES)
+    a, b = (_theta(r) for r in runs)
+    assert a.privacy["noise-key"] != b.privacy["noise-key"]
+    for key in a.state:  # the same seed, data and init: only the noise (and sample) differ
+        assert not np.array_equal(a.state[key], b.state[key])
+    assert all(r["privacy"]["release"] == "private" for r in _rows(runs[0]))
+
+
+def test_the_labelled_reproducible_mode_reproduces_and_says_it_is_not_private(tmp_path):
+    config = DP_NOISE | {"dp-reproducible-noise": True}
+    first = run_in_loop(config | {"run-dir": str(tmp_path / "a")}, NODES)
+    run_in_loop(config | {"run-dir": str(tmp_path / "b")}, NODES)
+    a, b = _theta(tmp_path / "a"), _theta(tmp_path / "b")
+    for key in a.state:
+        np.testing.assert_array_equal(a.state[key], b.state[key])
+    assert first["not-a-private-release"] == 1.0
+    assert all("not a private release" in r["privacy"]["release"] for r in _rows(tmp_path / "a"))
+
+
+def test_a_resume_with_unpredictable_noise_continues_with_the_same_key(tmp_path):
+    import shutil
+
+    split = DP_NOISE | {"num-rounds": 2, "run-dir": str(tmp_path / "one")}
+    run_in_loop(split, NODES)
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    for name in ("one", "two"):  # two resumes of one checkpoint: the key it holds decides
+        run_in_loop(DP_NOISE | {"num-rounds": 4, "resume": True,
+                                "run-dir": str(tmp_path / name)}, NODES)  # fmt: skip
+    a, b = _theta(tmp_path / "one"), _theta(tmp_path / "two")
+    assert a.privacy == b.privacy and a.privacy["ledger"][0][2] == 4
+    for key in a.state:
+        np.testing.assert_array_equal(a.state[key], b.state[key])
+    one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert [r | {"seconds": 0} for r in one] == [r | {"seconds": 0} for r in two]
+
+
+class _KeyRecorder:
+    population = 10
+
+    def __init__(self) -> None:
+        self.seeds: list[int] = []
+
+    def sample(self, fraction, seed, server_round, purpose, poisson=False):
+        self.seeds.append(seed)
+        return {1: [0]}
+
+
+def test_dp_samples_from_the_secret_key_and_evaluation_from_the_seed():
+    settings = parse_settings(DP_NOISE | {"seed": 3})
+    nodes = _KeyRecorder()
+    strategy = MetaStrategy(settings, nodes, OptimizerConfig("sgd", 1.0))  # type: ignore[arg-type]
+    strategy.privacy = PrivacyState(CLIP, 1.0, noise_key=fresh_noise_key())
+    strategy.sample_clients(1, 0.5, train=True)
+    strategy.sample_clients(1, 0.5, train=False)
+    assert nodes.seeds == [strategy.privacy.noise_key, 3]
+    assert strategy.privacy.noise_key.bit_length() > 64  # 128 random bits, not the seed
 
 
 def test_robust_aggregation_with_secagg_is_refused_saying_why():

@@ -1,5 +1,5 @@
-"""The bare vmapped loop of simulations/bench_cohort.py: the floor the project is timed
-against must compute the same MAML as the project, so its properties are checked here."""
+"""The reference loop of simulations/reference_maml.py (the floor bench_cohort times the project
+against) must compute the same MAML as the project, so its properties are checked here."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from simulations.bench_cohort import (
+from simulations.reference_maml import (
     Adam,
     BareConfig,
     BareFederation,
