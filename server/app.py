@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from logging import INFO, WARNING
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
@@ -45,6 +46,7 @@ from server.delivery import send_and_receive
 from server.divergence import (
     ROLLBACK_FILE,
     Divergence,
+    LossWatch,
     Rollbacks,
     RunDiverged,
     Snapshot,
@@ -116,6 +118,9 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
     elif folder.file(ROLLBACK_FILE).exists():  # keep the step size earlier rollbacks left
         loop.rollbacks = Rollbacks.from_json(json.loads(folder.file(ROLLBACK_FILE).read_text()))
     strategy.optimizer = loop.rollbacks.optimizer(strategy.optimizer)
+    if ckpt is not None:  # the loss watch goes on from the run's first evaluation
+        loop.watch = LossWatch.from_rows(_jsonl_rows(folder.file("metrics.jsonl")))
+        loop.last_good = Snapshot(ckpt.server_round, loop.record, ckpt.optimizer)
     stopped = loop.run(start, nodes, t_run)  # the last round run when target-epsilon stopped
     state, trained, last_eval = from_record(loop.record), loop.trained, loop.last_eval
     if stopped and trained:  # score every client on the last model DP allowed
@@ -162,6 +167,9 @@ class _RoundLoop:
         self.stall = StallCounter(settings.max_stalled_rounds)
         self.base: Snapshot | None = None  # the state before the last step applied
         self.undo: Snapshot | None = None  # what a rollback of this round restores
+        self.watch = LossWatch()  # the shared model's loss before adapting, vs its first
+        self.last_good: Snapshot | None = Snapshot(0, record, strategy.optimizer_state)
+        self.round_eval: dict[str, float] = {}
 
     def run(self, start: int, nodes: NodeDirectory, t_run: float) -> int:
         """Rounds ``start``.. to the end; the last round run if target-epsilon stopped the
@@ -171,9 +179,8 @@ class _RoundLoop:
             t0 = time.monotonic()
             if not _within_budget(self.strategy, nodes, rnd):
                 return rnd - 1
-            divergence = self._train(rnd, t0)
+            divergence = self._train(rnd, t0) or self._evaluate_and_log(rnd, t0)
             if divergence is None:
-                self._evaluate_and_log(rnd, t0)
                 rnd += 1
             else:
                 rnd = self._diverged(divergence, t0, t_run)
@@ -183,6 +190,7 @@ class _RoundLoop:
         """Train round ``rnd``; how the run diverged, if this round shows it did."""
         s, strategy, grid = self.settings, self.strategy, self.grid
         before = Snapshot(rnd - 1, self.record, strategy.optimizer_state)
+        self.round_eval = {}
         if s.secagg:
             replies: list[Message] = []
             new_record, self.train_metrics = strategy.train_secure(rnd, self.record, grid)
@@ -208,7 +216,9 @@ class _RoundLoop:
         self.undo = self.base  # a stall: undo the step that led to it
         return self.stall.divergence(rnd, _first_drop(strategy))
 
-    def _evaluate_and_log(self, rnd: int, t0: float) -> None:
+    def _evaluate_and_log(self, rnd: int, t0: float) -> Divergence | None:
+        """Evaluate (on evaluation rounds), log and checkpoint round ``rnd``; the divergence
+        its evaluation shows (the loss watch), if any, before anything is written."""
         s, strategy, folder = self.settings, self.strategy, self.folder
         final = rnd == s.num_rounds
         eval_metrics = None
@@ -220,7 +230,14 @@ class _RoundLoop:
             eval_metrics = strategy.aggregate_evaluate(rnd, replies)
         else:
             strategy.report.eval_clients = []
-        self.last_eval = dict(eval_metrics or {})  # type: ignore[arg-type]
+        self.round_eval = dict(eval_metrics or {})  # type: ignore[arg-type]
+        self.watch, divergence = self.watch.after(rnd, self.round_eval)
+        if divergence is not None:
+            self.undo = self.last_good  # the last state whose evaluation was sound
+            return divergence
+        self.last_eval = self.round_eval
+        if eval_metrics is not None:
+            self.last_good = Snapshot(rnd, self.record, strategy.optimizer_state)
         row = _round_row(rnd, strategy, self.train_metrics, self.last_eval, t0)
         folder.append_jsonl("metrics.jsonl", row)
         clients = strategy.report.eval_clients
@@ -228,6 +245,7 @@ class _RoundLoop:
         if self.trained:  # before that, theta is the seeded initial one: nothing to keep
             self._checkpoint(rnd, self.record, strategy.optimizer_state)
         log(INFO, "%s", progress_line(s, row))
+        return None
 
     def _checkpoint(self, rnd: int, record: ArrayRecord, optimizer: OptimizerState) -> None:
         privacy = self.strategy.privacy.to_json() if self.strategy.privacy else None
@@ -239,7 +257,7 @@ class _RoundLoop:
         rnd, reason = divergence.stopped_at, divergence.reason
         log(WARNING, "round %d: the run diverged: %s", rnd, reason)
         if s.on_divergence != "rollback" or self.rollbacks.done >= s.max_rollbacks or not undo:
-            row = _round_row(rnd, self.strategy, self.train_metrics, {}, t0)
+            row = _round_row(rnd, self.strategy, self.train_metrics, self.round_eval, t0)
             folder.append_jsonl("metrics.jsonl", row | {"diverged": reason})
             summary = {
                 "diverged-at-round": divergence.server_round, "stopped-at-round": rnd,
@@ -268,6 +286,11 @@ class _RoundLoop:
             self.rollbacks.done, s.max_rollbacks, undo.server_round, self.strategy.optimizer.lr,
         )  # fmt: skip
         return undo.server_round + 1
+
+
+def _jsonl_rows(path: Path) -> list[dict]:
+    """The rows of a JSON-lines log (truncated to the checkpoint already)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def _rollback_events(folder: RunFolder) -> list[dict]:

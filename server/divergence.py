@@ -8,7 +8,11 @@ A run has diverged in round r when
     r is the last round that accepted one: its step left a theta that no client could
     train on. A finite but absurd theta does this (every client's update from it is
     non-finite and dropped), and without the guard the run "finished" on a frozen,
-    blown-up theta. The run stops at the end of the stall (``stopped-at-round``).
+    blown-up theta. The run stops at the end of the stall (``stopped-at-round``); or
+  * an evaluation round's mean loss before adapting (the shared model's, on the clients
+    it scored) is finite and above ``DIVERGED_LOSS_FACTOR`` (10) times the run's first
+    evaluated value: theta blew up while staying finite, and norm-bounded updates keep it
+    going, so neither rule above sees it (perfedavg-hf on the quickstart: 2.6 -> 105).
 
 ``on-divergence = "stop"`` (default) ends the run there: summary.json records
 ``diverged-at-round`` and why, no model.pt is written, and the run raises
@@ -23,13 +27,14 @@ rounds that were undone still used the clients' data.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ArrayRecord
 
-from server.aggregate import OptimizerConfig, OptimizerState
+from server.aggregate import DIVERGED_LOSS_FACTOR, OptimizerConfig, OptimizerState
 
 ROLLBACK_FILE = "rollback.json"
 
@@ -78,6 +83,41 @@ class StallCounter:
             f"{first_drop})"
         )
         return Divergence(last_step, server_round, reason)
+
+
+LOSS_BEFORE_MEANS = ("mse-before-mean", "loss-before-mean")  # regression, classification
+
+
+@dataclass(frozen=True)
+class LossWatch:
+    """The shared model's mean loss before adapting, against its first evaluated value."""
+
+    reference: float | None = None
+
+    def after(self, server_round: int, evaluation: Mapping) -> tuple[LossWatch, Divergence | None]:
+        """The watch after this evaluation, and the divergence it shows, if any. A
+        non-finite mean (one client's NaN test data makes it so) says nothing either way."""
+        loss = next((evaluation[k] for k in LOSS_BEFORE_MEANS if k in evaluation), None)
+        if loss is None or not math.isfinite(loss):
+            return self, None
+        if self.reference is None:
+            return LossWatch(float(loss)), None
+        if loss <= DIVERGED_LOSS_FACTOR * max(self.reference, 1e-12):
+            return self, None
+        reason = (
+            f"the scored clients' mean loss before adapting is {loss:.4g}, over "
+            f"{DIVERGED_LOSS_FACTOR:g} x its first evaluated value {self.reference:.4g}"
+        )
+        return self, Divergence(server_round, server_round, reason)
+
+    @classmethod
+    def from_rows(cls, rows: list[dict]) -> LossWatch:
+        """The watch of a resumed run: its first evaluated value from metrics.jsonl."""
+        for row in rows:
+            watch, _ = cls().after(0, row.get("eval") or {})
+            if watch.reference is not None:
+                return watch
+        return cls()
 
 
 @dataclass(frozen=True)

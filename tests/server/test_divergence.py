@@ -99,3 +99,18 @@ def test_rollback_gives_up_after_max_rollbacks(tmp_path):
         run_in_loop(config, num_nodes=1)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rollbacks"] == 1 and summary["lr-scale"] == pytest.approx(0.9)
+
+
+def test_a_finite_blow_up_of_the_shared_model_is_divergence():
+    from server.divergence import LossWatch
+
+    watch, found = LossWatch().after(10, {"mse-before-mean": 2.6})
+    assert found is None and watch.reference == 2.6
+    for rnd, loss in ((20, 25.9), (30, float("nan")), (40, 0.1)):  # NaN: one bad client's
+        assert watch.after(rnd, {"mse-before-mean": loss})[1] is None
+    _, found = watch.after(120, {"mse-before-mean": 105.4})
+    assert found is not None and (found.server_round, found.stopped_at) == (120, 120)
+    assert "105.4, over 10 x its first evaluated value 2.6" in found.reason
+    assert watch.after(50, {"clients": 3})[1] is None  # a round without evaluation
+    rows = [{"eval": {}}, {"eval": {"loss-before-mean": 2.3}}, {"eval": {"loss-before-mean": 9}}]
+    assert LossWatch.from_rows(rows).reference == 2.3  # a resumed run keeps its reference
