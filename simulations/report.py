@@ -109,6 +109,8 @@ def _new_diverged(summary: dict[str, Any]) -> int:
 
 def _cell(values: list[float], diverged: dict[int, int]) -> str:
     """mean ± std over the finished seeds; "diverged (r, ...)" where none measured it."""
+    if values and diverged:  # over fewer seeds than the row has: say how many
+        return f"{_mean_std(values)} ({len(values)} of {len(values) + len(diverged)} seeds)"
     if values:
         return _mean_std(values)
     if diverged:
