@@ -22,7 +22,7 @@ Flower's Simulation Engine and real SuperNodes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,16 @@ from flwr.clientapp import ClientApp
 from client.attacks import attack_reply, training_split
 from client.model_store import ONNX_FILE, export_onnx, save_personalized
 from client.runtime import ClientRuntime, NodeRuntime, node_runtime
-from client.secagg import is_secagg_train, node_sum_reply, secagg_when_asked, unpack_fitins
+from client.secagg import (
+    is_secagg_train,
+    node_rng,
+    node_sample,
+    node_sum_reply,
+    noised_node_reply,
+    read_noise,
+    secagg_when_asked,
+    unpack_fitins,
+)
 from client.train import CohortResult, train_cohort
 from common.arrays import (
     ALPHA_PREFIX,
@@ -45,6 +54,7 @@ from common.arrays import (
     to_tensors,
 )
 from common.config import Algorithm, AttackKind, settings_to_run_config
+from common.fingerprint import check_code
 from common.messages import (
     ACC_AFTER,
     ACC_BEFORE,
@@ -53,6 +63,7 @@ from common.messages import (
     NUM_EXAMPLES,
     Instruction,
     instruction_of,
+    query_code,
     read_instruction,
     write_identity,
     write_reply,
@@ -92,6 +103,7 @@ def _unpack(msg: Message, node: NodeRuntime) -> Received:
 
 
 def _received(state: dict[str, np.ndarray], asked: Instruction, node: NodeRuntime) -> Received:
+    check_code(asked.code)  # a worker with other code than the ServerApp's must not train
     theta, alpha = split_state(state)
     return Received(
         theta=to_tensors(theta, node.device),
@@ -141,6 +153,11 @@ def _train_secagg(msg: Message, context: Context, node: NodeRuntime) -> Message:
     replies with its scaled sum for the mod to mask (client/secagg.py)."""
     state, config = unpack_fitins(msg)
     got = _received(state, instruction_of(config), node)
+    distributed = read_noise(config)
+    if distributed is not None:  # distributed DP: the node samples, rounds and noises
+        noise, rate = distributed
+        rng = node_rng(node.settings, got.server_round, got.clients)
+        got = replace(got, clients=node_sample(got.clients, rate, rng))
     cohort, updates, values, within = _train_rows(context, node, got)
     dropped = {p: f"client skipped: {why}" for p, why in cohort.skipped.items()}
     bad = nonfinite_rows(updates, len(cohort.order))
@@ -152,6 +169,10 @@ def _train_secagg(msg: Message, context: Context, node: NodeRuntime) -> Message:
             dropped[pid] = f"'{bad[row]}' contains NaN or infinite values (dropped by its node)"
         else:
             rows.append(row)
+    if distributed is not None:
+        return noised_node_reply(
+            msg, list(state), updates, rows, noise, node.settings.clients_per_node, rng
+        )
     kept = {cohort.order[r] for r in rows}
     sums = {
         p: {k: v for k, v in row.items() if k not in (NUM_EXAMPLES, WITHIN_CLIP)}
@@ -327,5 +348,6 @@ def _model_info(
 @app.query()
 def identity(msg: Message, context: Context) -> Message:
     """Tell the server which clients (partitions) this node hosts (for reproducible sampling)."""
+    check_code(query_code(msg.content))
     node = node_runtime(context)
     return Message(write_identity(node.node_partition, node.partitions), reply_to=msg)

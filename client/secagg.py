@@ -33,8 +33,21 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 
-from common.messages import CLIENTS, DROPPED, STATE_KEYS, SUM_PREFIX
+from common.config import Settings
+from common.messages import (
+    CLIENTS,
+    DP_BOUND,
+    DP_GRANULARITY,
+    DP_MODULUS,
+    DP_NODE_STD,
+    DP_SAMPLE_RATE,
+    DROPPED,
+    STATE_KEYS,
+    SUM_PREFIX,
+)
+from common.privacy import DistributedNoise, noised_node_sum
 
+NODE_NOISE_PURPOSE = 3  # rng stream (seed, round, purpose, partitions), reproducible mode only
 COUNTS_KEY = "secagg/counts"  # the extra array: [C m / M, 2C/M sum_i (b_i - 1/2)]
 FITINS_CONFIG = "fitins.config"
 
@@ -86,4 +99,55 @@ def node_sum_reply(
     fitres = FitRes(
         Status(Code.OK, "secagg"), ndarrays_to_parameters([*scaled, counts]), per_node, metrics
     )
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
+
+
+# ---- distributed DP: the node samples its clients and noises its sum ---------------------
+def read_noise(config: Mapping) -> tuple[DistributedNoise, float] | None:
+    """The integer mechanism and the sampling rate q of a distributed-DP round, if it is
+    one (server/secagg.py ``noise_config``)."""
+    if DP_NODE_STD not in config:
+        return None
+    noise = DistributedNoise(
+        float(config[DP_GRANULARITY]), float(config[DP_BOUND]), float(config[DP_NODE_STD]),
+        int(config[DP_MODULUS]),
+    )  # fmt: skip
+    return noise, float(config[DP_SAMPLE_RATE])
+
+
+def node_rng(settings: Settings, server_round: int, partitions: list[int]) -> np.random.Generator:
+    """The node's own randomness for sampling, rounding and noise: OS entropy, so that
+    neither the server nor anyone who knows the seed can predict or subtract it; from the
+    seed only with the labelled ``dp-reproducible-noise`` (not a private release)."""
+    if settings.dp_reproducible_noise:
+        return np.random.default_rng([settings.seed, server_round, NODE_NOISE_PURPOSE, *partitions])
+    return np.random.default_rng(np.random.SeedSequence())
+
+
+def node_sample(clients: list[int], rate: float, rng: np.random.Generator) -> list[int]:
+    """Poisson sampling on the node: each asked client trains with probability q. The
+    server asks every client and, behind SecAgg+, never learns who took part."""
+    return [c for c in clients if rng.random() < rate]
+
+
+def noised_node_reply(
+    msg: Message, keys: list[str], updates: Mapping[str, np.ndarray], rows: list[int],
+    noise: DistributedNoise, per_node: int, rng: np.random.Generator,
+) -> Message:  # fmt: skip
+    """The FitRes the mod masks under distributed DP: the noised integer sum x in [0, m) of
+    the clipped rows ``rows`` (common/privacy.py), each array encoded as x 2/m - 1 so that
+    the mod's quantization (clipping range 1, Q = m) gives back x exactly. Nothing else:
+    no count, no drop and no metric, which would tell the server who was sampled."""
+    sizes = [int(np.prod(np.shape(updates[k])[1:])) for k in keys]
+    flat = np.concatenate(
+        [
+            np.asarray(updates[k], np.float64)[rows].reshape(len(rows), size)
+            for k, size in zip(keys, sizes, strict=True)
+        ],
+        axis=1,
+    )  # (clients, d); a node none of whose clients was sampled has no rows
+    x = noised_node_sum(flat, noise, rng).astype(np.float64)
+    parts = np.split(x * (2 / noise.modulus) - 1, np.cumsum(sizes)[:-1])
+    arrays = [p.reshape(np.shape(updates[k])[1:]) for p, k in zip(parts, keys, strict=True)]
+    fitres = FitRes(Status(Code.OK, "secagg"), ndarrays_to_parameters(arrays), per_node, {})
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)

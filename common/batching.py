@@ -131,7 +131,8 @@ def _seeded(seed: int, device: torch.device):  # type: ignore[no-untyped-def]
     index = device.index if device.index is not None else 0
     with torch.random.fork_rng(devices=[index] if cuda else []):
         if cuda:
-            torch.cuda.default_generators[index].manual_seed(seed)
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)  # lazy-safe: queued until CUDA starts
         else:
             torch.default_generator.manual_seed(seed)
         yield

@@ -636,6 +636,14 @@ class Settings:
         "evaluation",
         "pooled datasets: share of samples held out for new clients",
     )
+    # issue 20: with a million clients, scoring every one at the end takes far longer than
+    # training does; this samples the final evaluation like the others (seeded, reproducible)
+    final_fraction_evaluate: float = _spec(
+        _FRACTION,
+        1.0,
+        "evaluation",
+        "fraction of clients the final round scores (1: every client, for the summary table)",
+    )
     seed: int = _spec(
         _NONNEG_INT, 0, "run", "one seed for data, initialization, sampling and batches"
     )

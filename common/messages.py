@@ -10,7 +10,8 @@ string literal anywhere else.
       ARRAYS: ArrayRecord   theta (+ Meta-SGD's alpha, common/arrays.py ALPHA_PREFIX)
       CONFIG: ConfigRecord  SERVER_ROUND int, CLIENTS list[int] (partition ids asked of
                             this node), CLIP float (train, when DP/SecAgg+ clip), FINAL bool
-                            (evaluate: the final round scores every client)
+                            (evaluate: the final round scores every client), CODE str (the
+                            ServerApp's code fingerprint, common/fingerprint.py)
     }
 
 **Reply** (node -> server), per-client lists in the order of ``PARTITION_ID``::
@@ -24,8 +25,10 @@ string literal anywhere else.
       UPDATES: ArrayRecord   train only: every client's update stacked on a leading axis
     }
 
-**Identity** (node -> server, a ``query`` at start-up): ``IDENTITY: MetricRecord
-{PARTITION_ID: int, PARTITIONS: list[int]}``, the clients the node hosts.
+**Identity** (node -> server, a ``query`` at start-up, whose ``CONFIG`` holds CODE):
+``IDENTITY: MetricRecord {PARTITION_ID: int, PARTITIONS: list[int]}``, the clients the
+node hosts; a contiguous block of them as ``HOSTED_START``, ``HOSTED_STOP`` (a range, so a
+node hosting 500,000 clients does not send their list).
 
 **SecAgg+ rounds** speak Flower's legacy FitIns/FitRes instead (client/secagg.py,
 server/secagg.py): the FitIns config holds SERVER_ROUND, CLIP, STATE_KEYS (the names of its
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from common.arrays import UpdateRejected
+from common.fingerprint import code_fingerprint
 
 # ---- instruction --------------------------------------------------------------------
 ARRAYS = "arrays"
@@ -49,6 +53,7 @@ SERVER_ROUND = "server-round"
 CLIENTS = "clients"
 CLIP = "dp-clip"
 FINAL = "final"
+CODE = "code"  # issue 20: the sender's code fingerprint; a worker with other code refuses
 
 # ---- reply ----------------------------------------------------------------------------
 METRICS = "metrics"
@@ -67,9 +72,17 @@ STATE_KEYS = "state-keys"
 DROPPED = "dropped"
 SUM_PREFIX = "sum/"
 
+# ---- distributed DP under SecAgg+ (FitIns config; common/privacy.py DistributedNoise) ---
+DP_GRANULARITY = "dp-granularity"  # gamma
+DP_BOUND = "dp-bound"  # Delta_2
+DP_NODE_STD = "dp-node-std"  # sigma of a node's discrete Gaussian share
+DP_MODULUS = "dp-modulus"  # m
+DP_SAMPLE_RATE = "dp-sample-rate"  # q: each node samples its own clients
+
 # ---- identity -------------------------------------------------------------------------
 IDENTITY = "identity"
 PARTITIONS = "partitions"
+HOSTED_START, HOSTED_STOP = "hosted-start", "hosted-stop"  # issue 20: range(start, stop)
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,7 @@ class Instruction:
     clients: list[int] | None  # partition ids asked of this node; None: every hosted one
     clip: float  # C every client clips its update to (DP, SecAgg+); 0: no clipping
     final: bool
+    code: str = ""  # the ServerApp's code fingerprint ("": not stamped, not checked)
 
 
 def write_instruction(
@@ -88,6 +102,7 @@ def write_instruction(
 ) -> RecordDict:  # fmt: skip
     """A train/evaluate message's content (``config`` adds e.g. FINAL)."""
     values = {**dict(config or {}), SERVER_ROUND: server_round, CLIENTS: list(clients)}
+    values[CODE] = code_fingerprint()
     if clip:
         values[CLIP] = clip
     return RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord(values)})
@@ -105,6 +120,7 @@ def instruction_of(config: Mapping) -> Instruction:
         clients=None if clients is None else [int(c) for c in clients],
         clip=float(config.get(CLIP, 0.0)),
         final=bool(config.get(FINAL, False)),
+        code=str(config.get(CODE, "")),
     )
 
 
@@ -200,13 +216,29 @@ def reply_updates(content: RecordDict) -> ArrayRecord:
     return record
 
 
+def write_query() -> RecordDict:
+    """The identity query's content: the ServerApp's code fingerprint, for the node to check."""
+    return RecordDict({CONFIG: ConfigRecord({CODE: code_fingerprint()})})
+
+
+def query_code(content: RecordDict) -> str:
+    """The code fingerprint a query carries ("" from a sender that stamps none)."""
+    config = content.config_records.get(CONFIG)
+    return str(config.get(CODE, "")) if config is not None else ""
+
+
 def write_identity(node_partition: int, partitions: Sequence[int]) -> RecordDict:
-    content = MetricRecord({PARTITION_ID: node_partition, PARTITIONS: list(partitions)})
-    return RecordDict({IDENTITY: content})
+    if isinstance(partitions, range) and partitions.step == 1:
+        hosted = {HOSTED_START: partitions.start, HOSTED_STOP: partitions.stop}
+    else:
+        hosted = {PARTITIONS: list(partitions)}
+    return RecordDict({IDENTITY: MetricRecord({PARTITION_ID: node_partition, **hosted})})
 
 
-def read_identity(content: RecordDict) -> list[int]:
-    """The partitions a node hosts, from its identity reply."""
+def read_identity(content: RecordDict) -> Sequence[int]:
+    """The partitions a node hosts, from its identity reply (a range when contiguous)."""
     identity = content[IDENTITY]
+    if HOSTED_START in identity:
+        return range(int(identity[HOSTED_START]), int(identity[HOSTED_STOP]))  # type: ignore[arg-type]
     hosted = identity.get(PARTITIONS, [identity[PARTITION_ID]])
-    return [int(p) for p in hosted]
+    return [int(p) for p in hosted]  # type: ignore[union-attr]

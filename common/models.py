@@ -235,9 +235,10 @@ def check_no_buffers(model: nn.Module, name: str = "model") -> None:
 
 def check_model(
     model: Any, name: str, input_shape: tuple[int, ...], num_outputs: int, task: Task,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    loss: str = "",
 ) -> None:  # fmt: skip
-    """Before round 1: a Module, without buffers, whose output on one batch fits the task."""
+    """Before round 1: a Module, without buffers, whose output on one batch fits the task
+    (and, with the config's ``loss``, gives a scalar loss on it)."""
     if not isinstance(model, nn.Module):
         raise ModelError(name, f"the factory returned a {type(model).__name__}, not an nn.Module")
     check_no_buffers(model, name)
@@ -263,23 +264,24 @@ def check_model(
             name, f"on a batch of shape {list(x.shape)} it returned {got}; {task.value} "
             f"needs {what}",
         )  # fmt: skip
-    if loss_fn is not None:
-        _check_loss(loss_fn, out, task)
+    if loss:
+        _check_loss(loss, out, task)
 
 
-def _check_loss(loss_fn: Callable, out: torch.Tensor, task: Task) -> None:
+def _check_loss(loss: str, out: torch.Tensor, task: Task) -> None:
+    loss_fn = loss_fn_for(task, loss)
     target = torch.zeros(2, dtype=torch.int64) if task is Task.CLASSIFICATION else out * 0
     try:
         value = loss_fn(out, target)
     except Exception as err:
         raise PluginError(
-            "loss", getattr(loss_fn, "__name__", "loss"),
+            "loss", loss,
             f"loss(pred, target) on the model's output raised {type(err).__name__}: {err}",
         ) from err  # fmt: skip
     if not isinstance(value, torch.Tensor) or value.ndim != 0:
         got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise PluginError(
-            "loss", getattr(loss_fn, "__name__", "loss"),
+            "loss", loss,
             f"loss(pred, target) must return a scalar tensor (reduce over the batch), got {got}",
         )  # fmt: skip
 
@@ -303,9 +305,8 @@ def build_model(
                 "keyword arguments)",
             ) from err  # fmt: skip
     check_model(
-        model, settings.model, tuple(input_shape), num_outputs, settings.task,
-        loss_fn_for(settings.task, settings.loss) if settings.loss else None,
-    )  # fmt: skip
+        model, settings.model, tuple(input_shape), num_outputs, settings.task, settings.loss
+    )
     return model
 
 

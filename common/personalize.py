@@ -195,11 +195,7 @@ def evaluate_cohort(
             stack_to_device([t.support for t in chosen], task, device),
             _stack_padded_test(chosen, task, device),
         )
-        if per_client_params:
-            rows = torch.as_tensor([t.client for t in chosen], device=device)
-            start, in_dim = {n: p.index_select(0, rows) for n, p in shared.items()}, 0
-        else:
-            start, in_dim = shared, None
+        start, in_dim = _starting_params(shared, chosen, per_client_params, device)
 
         def one(p: Params, s: Batch, t: tuple[Tensor, Tensor, Tensor]) -> tuple:
             return personalize_scores(model, p, lr, s, t, steps=steps, task=task, loss=loss)
@@ -217,6 +213,16 @@ def evaluate_cohort(
     for j, t in enumerate(tasks):
         rows_of[t.client].append(j)
     return [_client_result(rows, losses, accuracies, adapted, steps, task) for rows in rows_of]
+
+
+def _starting_params(
+    shared: Params, chosen: list[_Task], per_client_params: bool, device: torch.device
+) -> tuple[Params, int | None]:
+    """theta for every task (vmap in_dim None), or each task's client's own row (in_dim 0)."""
+    if not per_client_params:
+        return shared, None
+    rows = torch.as_tensor([t.client for t in chosen], device=device)
+    return {n: p.index_select(0, rows) for n, p in shared.items()}, 0
 
 
 def _task_seeds(tasks: list[_Task], client_seeds: list[int]) -> list[int]:

@@ -40,7 +40,17 @@ def toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, int | float):
         return repr(v)
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    text = str(v)
+    if '"' in text:
+        # Flower splits the pairs with a regex that ends a "..." value at the first quote,
+        # escaped or not; a literal '...' string carries JSON such as model-args instead.
+        if "'" in text or "\n" in text:
+            raise ValueError(
+                f"{text!r} holds both quote kinds (or a newline): Flower's --run-config and "
+                "--node-config cannot carry it; drop one kind of quote"
+            )
+        return f"'{text}'"
+    return '"' + text.replace("\\", "\\\\") + '"'
 
 
 def run_config_arg(overrides: Mapping[str, Any]) -> str:

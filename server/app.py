@@ -62,6 +62,7 @@ from server.privacy import (
     PrivacyState,
     check_budget,
     check_delta,
+    check_tolerated_drops,
     start_state,
 )  # fmt: skip
 from server.run_folder import Checkpoint, RunFolder, check_matches
@@ -304,8 +305,10 @@ def _start_privacy(
     """DP's state for the first round to run: resumed, or with z configured or calibrated.
 
     The sampling rate q = k / N needs N, the clients on the nodes connected now."""
-    population = len(nodes.wait())
+    clients = nodes.wait()
+    population = len(clients)
     check_delta(dp.delta, population)
+    check_tolerated_drops(settings, len({node for _, node in clients}))
     expected = cohort_size(population, settings.fraction_train)
     q = expected / population
     state, planned = start_state(settings, dp, q, expected, saved)

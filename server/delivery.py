@@ -25,6 +25,7 @@ list, as before.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterable
 from itertools import islice
@@ -32,6 +33,8 @@ from typing import Literal
 
 from flwr.app import Message
 from flwr.serverapp import Grid
+
+from common.fingerprint import CodeMismatch
 
 try:  # Flower's simulation and deployment grids
     from flwr.superlink.grid import HttpGrid, InMemoryGrid
@@ -57,6 +60,30 @@ def in_flight_limit(grid: Grid) -> int | None:
 
 
 def send_and_receive(
+    grid: Grid,
+    messages: Iterable[Message],
+    *,
+    timeout: float,
+    max_in_flight: int | None | Literal["auto"] = "auto",
+) -> list[Message]:
+    """Replies to ``messages`` (in arrival order) received within ``timeout`` seconds.
+
+    A node whose worker refused a message because it imported other code than this
+    ServerApp (common/fingerprint.py) stops the run: :class:`CodeMismatch`, naming it.
+    """
+    replies = _exchange(grid, messages, timeout=timeout, max_in_flight=max_in_flight)
+    for reply in replies:
+        if not isinstance(reply, Message) or not reply.has_error():
+            continue
+        if found := _MISMATCH.search(reply.error.reason or ""):
+            raise CodeMismatch(found.group(0))
+    return replies
+
+
+_MISMATCH = re.compile(r"code mismatch on machine .*?local edits\)")  # check_code's words
+
+
+def _exchange(
     grid: Grid,
     messages: Iterable[Message],
     *,

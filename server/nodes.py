@@ -12,20 +12,100 @@ the run's secret noise key (server/privacy.py), so that it cannot be predicted.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from logging import INFO, WARNING
 
 import numpy as np
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from common.messages import read_identity
+from common.messages import read_identity, write_query
 from server.delivery import send_and_receive
 
 
 def cohort_size(clients: int, fraction: float) -> int:
     """Clients sampled per round (the expected number under Poisson sampling)."""
     return min(clients, max(1, int(clients * fraction)))
+
+
+class Clients(Sequence[tuple[int, int]]):
+    """Every client of the live nodes as (partition, node id), by partition.
+
+    Nodes that host contiguous, disjoint blocks of partitions (every node of this project's
+    layouts) are kept as those blocks, so a million clients cost a few arrays, not a million
+    tuples built every round; any other layout is listed client by client, as before.
+    """
+
+    def __init__(self, hosts: Iterable[tuple[int, Sequence[int]]]) -> None:
+        blocks = sorted(
+            ((_first(parts), node, parts) for node, parts in hosts if len(parts)),
+            key=lambda b: b[0],
+        )
+        contiguous = all(isinstance(b[2], range) and b[2].step == 1 for b in blocks) and all(
+            a[2].stop <= b[2].start for a, b in zip(blocks, blocks[1:], strict=False)
+        )
+        if contiguous:
+            self._starts = np.array([b[2].start for b in blocks], dtype=np.int64)
+            self._nodes = [b[1] for b in blocks]  # Flower's node ids are uint64: not int64
+            self._ends = np.cumsum([len(b[2]) for b in blocks], dtype=np.int64)
+            self._flat: list[tuple[int, int]] | None = None
+        else:
+            hosts = [(n, parts) for _, n, parts in blocks]
+            self._flat = sorted((p, n) for n, parts in hosts for p in parts)
+
+    def __len__(self) -> int:
+        if self._flat is not None:
+            return len(self._flat)
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if self._flat is not None:
+            return self._flat[i]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        parts, blocks = self._locate(np.array([i % len(self)]))
+        return int(parts[0]), self._nodes[int(blocks[0])]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self._flat is not None:
+            yield from self._flat
+            return
+        for start, node, end, before in zip(
+            self._starts.tolist(), self._nodes, self._ends.tolist(),
+            [0, *self._ends.tolist()[:-1]], strict=True,
+        ):  # fmt: skip
+            yield from ((p, node) for p in range(start, start + end - before))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def _locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Partitions, and blocks (nodes), of the clients at ``indices`` (positions by
+        partition)."""
+        block = np.searchsorted(self._ends, indices, side="right")
+        before = np.where(block > 0, self._ends[block - 1], 0)
+        return self._starts[block] + (indices - before), block
+
+    def by_node(self, indices: Iterable[int]) -> dict[int, list[int]]:
+        """The clients at ``indices``, grouped by node: node id -> partitions, ascending."""
+        picked = np.sort(np.asarray(list(indices), dtype=np.int64))
+        if self._flat is not None:
+            pairs = [self._flat[i] for i in picked]
+        else:
+            parts, blocks = self._locate(picked)
+            nodes = [self._nodes[b] for b in blocks.tolist()]
+            pairs = list(zip(parts.tolist(), nodes, strict=True))
+        grouped: dict[int, list[int]] = {}
+        for partition, node in pairs:
+            grouped.setdefault(node, []).append(partition)
+        return grouped
+
+
+def _first(parts: Sequence[int]) -> int:
+    return parts.start if isinstance(parts, range) else min(parts)
 
 
 class NodesUnavailable(RuntimeError):
@@ -38,21 +118,19 @@ class NodeDirectory:
         self.min_nodes = min_nodes
         self.wait_timeout = wait_timeout
         self.query_timeout = query_timeout
-        self._partitions: dict[int, tuple[int, ...]] = {}  # node id -> hosted partitions
+        self._partitions: dict[int, Sequence[int]] = {}  # node id -> hosted partitions
         self.population = 0  # clients on live nodes at the last sample
 
-    def partitions_of(self, node_id: int) -> tuple[int, ...]:
+    def partitions_of(self, node_id: int) -> Sequence[int]:
         return self._partitions.get(node_id, ())
 
-    def live(self) -> list[tuple[int, int]]:
+    def live(self) -> Clients:
         """(partition, node id) of every client on a connected node, by partition."""
         connected = set(self.grid.get_node_ids())
         self._discover(connected)
-        return sorted(
-            (p, n) for n, parts in self._partitions.items() if n in connected for p in parts
-        )
+        return Clients([(n, parts) for n, parts in self._partitions.items() if n in connected])
 
-    def wait(self) -> list[tuple[int, int]]:
+    def wait(self) -> Clients:
         """Wait up to ``wait_timeout`` s for ``min_nodes`` nodes, else raise NodesUnavailable.
 
         Returns every client of the live nodes as (partition, node id), by partition.
@@ -89,11 +167,7 @@ class NodeDirectory:
             picked = np.flatnonzero(rng.random(len(clients)) < k / len(clients))
         else:
             picked = rng.choice(len(clients), size=k, replace=False)
-        by_node: dict[int, list[int]] = {}
-        for i in sorted(picked):
-            partition, node = clients[i]
-            by_node.setdefault(node, []).append(partition)
-        return by_node
+        return clients.by_node(picked)
 
     def _discover(self, node_ids: set[int]) -> None:
         unknown = sorted(n for n in node_ids if n not in self._partitions)
@@ -101,7 +175,7 @@ class NodeDirectory:
             return
         t0 = time.monotonic()
         queries = [
-            Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown
+            Message(write_query(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown
         ]
         replies = send_and_receive(self.grid, queries, timeout=self.query_timeout)
         for reply in replies:
@@ -109,7 +183,8 @@ class NodeDirectory:
             if reply.has_error():
                 log(WARNING, "node %d did not say its partition: %s", node, reply.error.reason)
                 continue
-            self._partitions[node] = tuple(read_identity(reply.content))
+            hosted = read_identity(reply.content)  # a range stays a range: no list per client
+            self._partitions[node] = hosted if isinstance(hosted, range) else tuple(hosted)
         log(
             INFO,
             "asked %d node(s) for their partition in %.1f s",

@@ -339,6 +339,16 @@ def check_delta(delta: float, population: int) -> None:
         )  # fmt: skip
 
 
+def check_tolerated_drops(settings: Settings, nodes: int) -> None:
+    """Distributed DP spreads the noise over the nodes that must survive: at least one."""
+    if settings.dp_mechanism == "distributed" and settings.dp_tolerated_drops >= nodes:
+        raise ConfigError(
+            "dp-tolerated-drops", settings.dp_tolerated_drops,
+            f"below the {nodes} nodes connected: each node adds a 1/(nodes - drops) share of "
+            "the noise variance",
+        )  # fmt: skip
+
+
 def start_state(
     settings: Settings, cfg: DPConfig, q: float, expected: int, saved: PrivacyState | None
 ) -> tuple[PrivacyState, float]:

@@ -19,6 +19,13 @@ to within n M 2C/Q per coordinate.
 
 Every live node takes part in every SecAgg+ round (the protocol needs two or more); a node
 with no sampled client sends zeros.
+
+Distributed DP (``dp-mechanism = "distributed"``, common/privacy.py) hands the protocol
+integers instead: each node sends its noised integer sum x in [0, m), m = Q, encoded as
+x 2/Q - 1 with clipping range 1, which the mod's quantization maps back to x exactly (every
+step is a multiplication by a power of two), so its stochastic rounding changes nothing.
+The workflow's sum mod 2^32 is then reduced mod m (m divides 2^32) and centred: the noised
+sum of the clients' rounded updates, in steps of gamma.
 """
 
 from __future__ import annotations
@@ -40,7 +47,19 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from common.config import Settings
-from common.messages import CLIENTS, CLIP, DROPPED, SERVER_ROUND, STATE_KEYS
+from common.messages import (
+    CLIENTS,
+    CLIP,
+    DP_BOUND,
+    DP_GRANULARITY,
+    DP_MODULUS,
+    DP_NODE_STD,
+    DP_SAMPLE_RATE,
+    DROPPED,
+    SERVER_ROUND,
+    STATE_KEYS,
+)
+from common.privacy import DistributedNoise, centered
 from server.aggregate import NamedArrays
 
 MODULUS = 2**32  # Flower's default modulus_range (the largest it allows)
@@ -55,8 +74,8 @@ def quantization_range(nodes: int) -> int:
 class SecureSum:
     """What the server learns from a SecAgg+ round: sums only, never one node's vector."""
 
-    total: NamedArrays  # S: sum of every summed client's clipped update
-    clients: int  # m: clients in S
+    total: NamedArrays  # S: sum of every summed client's clipped update (noised: distributed)
+    clients: int | None  # m: clients in S (None under distributed DP: the nodes sample)
     within_centered: float  # sum over those clients of (b_i - 1/2)
     nodes: list[int]  # node ids whose masked vectors were summed
     node_metrics: dict[int, dict]  # node id -> its FitRes metrics (per-node sums, drops)
@@ -79,25 +98,39 @@ class _NodeSums(LegacyFedAvg):
         return None, {}  # theta is stepped by our strategy, not by the workflow
 
 
+def noise_config(noise: DistributedNoise, sample_rate: float) -> dict[str, float | int]:
+    """The FitIns config entries that tell a node how to noise its sum (client/secagg.py)."""
+    return {
+        DP_GRANULARITY: noise.granularity, DP_BOUND: noise.bound, DP_NODE_STD: noise.node_std,
+        DP_MODULUS: noise.modulus, DP_SAMPLE_RATE: sample_rate,
+    }  # fmt: skip
+
+
 def secure_sum(
     grid: Grid, settings: Settings, server_round: int, state: NamedArrays,
-    asked: dict[int, list[int]], clip: float,
+    asked: dict[int, list[int]], clip: float, noise: DistributedNoise | None = None,
+    sample_rate: float = 1.0,
 ) -> SecureSum | None:  # fmt: skip
     """Run SecAgg+ once over the nodes in ``asked``; None if the protocol halted (fewer
-    nodes than its threshold completed a stage)."""
+    nodes than its threshold completed a stage). With ``noise``, each node samples its
+    clients at ``sample_rate`` and noises its sum (distributed DP)."""
     keys = list(state)
     parameters = ndarrays_to_parameters([state[k] for k in keys])
     config = {SERVER_ROUND: server_round, CLIP: clip, STATE_KEYS: ",".join(keys)}
+    if noise is not None:
+        config |= noise_config(noise, sample_rate)
     fitins = {
         node: FitIns(parameters, {**config, CLIENTS: ",".join(map(str, parts))})
         for node, parts in asked.items()
     }
     q_range = quantization_range(len(fitins))
+    if noise is not None and noise.modulus != q_range:
+        raise ValueError(f"distributed DP's modulus {noise.modulus} must be Q = {q_range}")
     workflow = SecAggPlusWorkflow(
         num_shares=settings.secagg_num_shares,
         reconstruction_threshold=settings.secagg_threshold,
         max_weight=float(settings.clients_per_node),
-        clipping_range=clip,
+        clipping_range=clip if noise is None else 1.0,
         quantization_range=q_range,
         modulus_range=MODULUS,
         timeout=settings.round_timeout,
@@ -114,7 +147,32 @@ def secure_sum(
     workflow(grid, context)
     if not strategy.results:
         return None
+    if noise is not None:
+        return _decoded(strategy.results, keys, state, noise)
     return _unscaled(strategy.results, keys, state, clip, settings.clients_per_node, q_range)
+
+
+def _decoded(
+    results: list[tuple[GridClientProxy, FitRes]], keys: list[str], state: NamedArrays,
+    noise: DistributedNoise,
+) -> SecureSum:  # fmt: skip
+    """The noised sum S (distributed DP) from what the workflow unmasked."""
+    mean = parameters_to_ndarrays(results[0][1].parameters)
+    total = {
+        k: decode_sum(mean[i], len(results), noise).reshape(state[k].shape)
+        for i, k in enumerate(keys)
+    }
+    metrics = {proxy.node_id: dict(res.metrics) for proxy, res in results}
+    return SecureSum(total, None, 0.0, sorted(metrics), metrics, noise.modulus)
+
+
+def decode_sum(mean: np.ndarray, nodes: int, noise: DistributedNoise) -> np.ndarray:
+    """The sum of ``nodes`` integers x_i, each encoded as x_i 2/Q - 1, from the workflow's
+    mean (sum_i x_i 2/Q - n) / n: sum_i x_i (mod 2^32) = (mean n + n) Q/2, exact in float64
+    (integers below 2^32, powers of two); then mod m, centred, in update units (x gamma)."""
+    n, m = nodes, noise.modulus
+    raw = np.rint((np.asarray(mean, np.float64) * n + n) * (m / 2)).astype(np.int64)
+    return centered(raw, m).astype(np.float64) * noise.granularity
 
 
 def _unscaled(

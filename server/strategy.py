@@ -48,7 +48,12 @@ from common.messages import (
     reply_updates,
     write_instruction,
 )
-from common.privacy import WITHIN_CLIP, clip_rows
+from common.privacy import (
+    WITHIN_CLIP,
+    clip_rows,
+    distributed_noise,
+    effective_noise_multiplier,
+)
 from server.aggregate import (
     NamedArrays,
     OptimizerConfig,
@@ -67,7 +72,7 @@ from server.privacy import (
     private_mean,
 )
 from server.robust import Aggregate, RobustConfig, check_round_size, robust_aggregate
-from server.secagg import node_drops, secure_sum
+from server.secagg import node_drops, quantization_range, secure_sum
 
 # The largest example count a client may claim: every integer up to 2**53 is exact in the
 # float64 weights, and no client holds more. A claim above it is a lie or a bug, dropped.
@@ -132,7 +137,7 @@ def claimed_examples(value: object) -> float | str:
 class RoundReport:
     """What happened to the clients of one round, for the run log."""
 
-    accepted: int = 0
+    accepted: int | None = 0  # None: hidden (distributed DP's nodes sample their clients)
     dropped: list[str] = field(default_factory=list)
     eval_clients: list[dict[str, float]] = field(default_factory=list)
     robust: dict = field(default_factory=dict)  # what the aggregation rule did, per client
@@ -181,6 +186,7 @@ class MetaStrategy(FedAvg):
         self.robust = RobustConfig.from_settings(settings)
         self.dp = DPConfig.from_settings(settings) if settings.dp else None
         self.privacy: PrivacyState | None = None  # set by the ServerApp when dp is on
+        self.distributed = settings.dp and settings.dp_mechanism == "distributed"
         self.current: dict[str, np.ndarray] | None = None
         self.report = RoundReport()
         self.asked: dict[int, list[int]] = {}  # node id -> partitions asked this round
@@ -193,10 +199,10 @@ class MetaStrategy(FedAvg):
         fraction = (
             self.settings.fraction_train
             if kind == MessageType.TRAIN
-            else 1.0
+            else self.settings.final_fraction_evaluate
             if config.get(FINAL)
             else self.settings.fraction_evaluate
-        )  # fmt: skip  (the final round scores every client, for the summary table)
+        )  # fmt: skip  (the final round scores every client by default, for the summary)
         train = kind == MessageType.TRAIN
         self.sample_clients(server_round, fraction, train)
         if train:  # before anything is sent: a start-up error in round 1
@@ -219,6 +225,8 @@ class MetaStrategy(FedAvg):
         purpose = 0 if train else 1
         dp = train and self.dp is not None
         key = self.privacy.noise_key if dp and self.privacy is not None else self.settings.seed
+        if dp and self.distributed:  # every client is asked; each node samples its own
+            fraction, dp = 1.0, False
         self.asked = self.nodes.sample(fraction, key, server_round, purpose, dp)
         self.population = self.nodes.population
         if train and self.settings.secagg:
@@ -333,6 +341,8 @@ class MetaStrategy(FedAvg):
         self.report = RoundReport()
         self.sample_clients(server_round, self.settings.fraction_train, train=True)
         clip = self.clip_bound
+        if self.distributed:
+            return self._train_distributed(server_round, grid)
         result = secure_sum(grid, self.settings, server_round, self.current, self.asked, clip)
         if result is None:
             for node, partitions in self.asked.items():
@@ -360,6 +370,52 @@ class MetaStrategy(FedAvg):
             log(WARNING, "round %d: no valid update; theta unchanged", server_round)
             return None, None
         return self.step({k: v / result.clients for k, v in result.total.items()}), metrics
+
+    def _train_distributed(
+        self, server_round: int, grid: Grid
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """A SecAgg+ round under distributed DP: every node samples its own clients and adds
+        its share of discrete Gaussian noise (client/secagg.py), so the unmasked sum is
+        already private and the server adds nothing. It learns neither who took part nor
+        any per-client metric; epsilon counts the noise shares of the nodes that answered."""
+        assert self.current is not None and self.privacy is not None and self.dp is not None
+        expected = cohort_size(self.population, self.settings.fraction_train)
+        q = expected / self.population
+        dim = sum(int(np.size(v)) for v in self.current.values())
+        noise = distributed_noise(
+            self.privacy.clip, self.privacy.noise_multiplier, dim, self.population,
+            len(self.asked), len(self.asked) - self.settings.dp_tolerated_drops,
+            quantization_range(len(self.asked)),
+        )  # fmt: skip
+        result = secure_sum(
+            grid, self.settings, server_round, self.current, self.asked, self.privacy.clip,
+            noise, q,
+        )  # fmt: skip
+        if result is None:
+            self._drop_nodes(self.asked, "SecAgg+ halted: too few nodes completed a stage")
+            return None, None
+        missing = [node for node in self.asked if node not in result.node_metrics]
+        self._drop_nodes(missing, "no masked vector from this node: its noise share is missing")
+        z = effective_noise_multiplier(noise, len(result.nodes), dim)
+        ledger = self.privacy.ledger.add(q, z)
+        self.privacy = replace(self.privacy, ledger=ledger)
+        self.report.accepted = None  # hidden: the nodes sampled their clients
+        epsilon = ledger.epsilon(self.dp.delta, self.dp.accountant)
+        self.report.privacy = {
+            "mechanism": "distributed", "epsilon": epsilon,
+            "accountant": self.dp.accountant, "delta": self.dp.delta, "q": q,
+            "expected-clients": expected, "noise-multiplier": self.privacy.noise_multiplier,
+            "effective-noise-multiplier": z, "nodes": len(self.asked),
+            "nodes-summed": len(result.nodes), "clip": self.privacy.clip,
+            "noise-std": noise.granularity * noise.node_std * math.sqrt(len(result.nodes)),
+            "granularity": noise.granularity, "modulus": noise.modulus,
+            "release": NOT_PRIVATE if self.dp.reproducible else "private",
+        }  # fmt: skip
+        return self.step({k: v / expected for k, v in result.total.items()}), None
+
+    def _drop_nodes(self, nodes: Iterable[int], reason: str) -> None:
+        for node in nodes:
+            self._drop(node, None, reason)
 
     def _checked_sum(
         self, server_round: int, accepted: list[ClientUpdate], rows: list[NamedArrays],

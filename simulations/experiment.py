@@ -23,6 +23,7 @@ file stops with the file, the key and the problem named. The keys the runner set
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,12 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ExperimentError(path, "-", f"not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ExperimentError(path, "-", "the file must be a mapping of keys to values")
+    return experiment_from_mapping(raw, path)
+
+
+def experiment_from_mapping(raw: Mapping[str, Any], path: Path) -> Experiment:
+    """An experiment from a mapping shaped like the YAML file (``path`` names it in errors
+    and gives the default name; relative data paths resolve against its folder)."""
     for key in raw:
         if key not in TOP_LEVEL:
             raise ExperimentError(path, key, f"unknown key; allowed: {', '.join(TOP_LEVEL)}")
@@ -181,7 +188,7 @@ def _absolute_data_path(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "data-path": str(found.resolve())}
 
 
-def _get(path: Path, raw: dict, key: str, typ: type, default: Any) -> Any:
+def _get(path: Path, raw: Mapping[str, Any], key: str, typ: type, default: Any) -> Any:
     value = raw.get(key, default)
     allowed = (int, float) if typ is float else typ  # a whole number is a number too
     if not isinstance(value, allowed) or (typ in (int, float) and isinstance(value, bool)):
@@ -190,7 +197,7 @@ def _get(path: Path, raw: dict, key: str, typ: type, default: Any) -> Any:
     return float(value) if typ is float else value
 
 
-def _algorithms(path: Path, raw: dict) -> dict[str, dict[str, Any]]:
+def _algorithms(path: Path, raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     algos = raw.get("algorithms")
     if not isinstance(algos, dict) or not algos:
         raise ExperimentError(path, "algorithms", "must map at least one algorithm to overrides")

@@ -7,7 +7,9 @@ epsilon = infinity) and ``<algorithm>@eps<E>`` (simulations/experiments/privacy-
 Prints two tables, the personalised metric and the new clients' metric after the most
 adaptation steps, each cell the mean +- std over seeds and its change relative to the
 algorithm's own no-DP row, and the noise multipliers the accountant calibrated (read from
-the runs' summary.json).
+the runs' summary.json). Rows named ``distributed-<algorithm>@eps<E>`` (distributed DP under
+SecAgg+, simulations/experiments/privacy-distributed-*.yaml) are also set side by side with
+``<algorithm>@eps<E>`` (central DP), with their ratio.
 """
 
 from __future__ import annotations
@@ -66,6 +68,27 @@ def table(values: dict[tuple[str, str], tuple[float, float]]) -> str:
     return "\n".join(lines)
 
 
+DISTRIBUTED = "distributed-"
+
+
+def mechanism_table(values: dict[tuple[str, str], tuple[float, float]]) -> str:
+    """Central and distributed DP side by side, per algorithm and epsilon, and their ratio."""
+    lines = [
+        "| algorithm | ε | central DP | distributed DP | distributed / central |",
+        "|---|---|---|---|---|",
+    ]
+    for (a, e), (mean, std) in sorted(values.items()):
+        if not a.startswith(DISTRIBUTED) or (a[len(DISTRIBUTED) :], e) not in values:
+            continue
+        base, base_std = values[(a[len(DISTRIBUTED) :], e)]
+        ratio = f"{mean / base:.3f}" if base else ""
+        lines.append(
+            f"| {a[len(DISTRIBUTED) :]} | {e} | {base:.3f} ± {base_std:.3f} | "
+            f"{mean:.3f} ± {std:.3f} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="results/<experiment name>")
@@ -74,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     metric = "acc" if "acc-after-mean" in rows[0] else "mse"
     new = new_client_key(rows, metric)
     print(f"personalised {metric} (mean ± std over seeds; change vs no DP)\n")
-    print(table(cells(rows, f"{metric}-after-mean")))
+    personalised = cells(rows, f"{metric}-after-mean")
+    print(table(personalised))
+    if any(a.startswith(DISTRIBUTED) for a, _ in personalised):
+        print(f"\ncentral vs distributed DP, personalised {metric}\n")
+        print(mechanism_table(personalised))
     print(f"\nnew clients, {new} (mean ± std over seeds)\n")
     print(table(cells(rows, new)))
     print(f"\nnoise multipliers and epsilon spent: {spent_per_epsilon(args.results)}")

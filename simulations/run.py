@@ -3,6 +3,9 @@
     python -m simulations.run simulations/experiments/quickstart.yaml
     python -m simulations.run quickstart        # the same file, by name, from any folder
 
+From Python (a notebook, a script): ``simulations.run_experiment(mapping_or_path)`` runs
+the same code and returns every run's summary.
+
 Each (algorithm, seed) cell is one run of the Flower app (``engine: simulation``: one
 SuperLink started for the whole experiment, one ``flwr run`` per cell) or of the same
 server loop in this process (``engine: loop``). A cell whose folder already holds a
@@ -28,7 +31,9 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -38,6 +43,7 @@ from simulations.experiment import (
     Cell,
     Experiment,
     ExperimentError,
+    experiment_from_mapping,
     load_experiment,
     validate_experiment,
 )
@@ -84,7 +90,51 @@ def main(argv: list[str] | None = None) -> int:
     except ExperimentError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = (args.out or Path("results") / exp.name).resolve()
+    out = results_folder(exp, args.out)
+    t0 = time.monotonic()
+    try:
+        summaries = run_experiment(exp, out)
+    except Exception as err:
+        if not isinstance(err, named_errors()):
+            raise  # a bug: its traceback is the useful report
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    print(f"done in {time.monotonic() - t0:.0f} s; table: {out / 'summary.md'}", flush=True)
+    print((out / "summary.md").read_text(), flush=True)
+    diverged = diverged_runs(summaries)
+    runs = sum(len(seeds) for seeds in summaries.values())
+    if diverged:
+        print(f"{len(diverged)} of {runs} runs diverged: {', '.join(diverged)}", flush=True)
+    return DIVERGED_EXIT if diverged and runs == 1 else 0
+
+
+Summaries = dict[str, dict[int, dict[str, float]]]  # row -> seed -> the run's summary.json
+
+
+def run_experiment(
+    experiment: Mapping[str, Any] | str | Path | Experiment, out: str | Path | None = None
+) -> Summaries:
+    """Run an experiment and return every run's summary, ``{row: {seed: summary}}``.
+
+    The entry point for notebooks and scripts, and the one the command line calls:
+    ``experiment`` is a mapping shaped like the YAML file (``name``, ``engine``,
+    ``num-supernodes``, ``seeds``, ``base``, ``algorithms``), a YAML path or shipped name,
+    or a loaded :class:`Experiment`; ``out`` the results folder (default results/<name>).
+    A cause the user can fix raises one of :func:`named_errors` with its message. A run
+    that diverged is an outcome: its summary holds ``diverged-at-round`` (and no figures).
+
+        from simulations import run_experiment
+        summaries = run_experiment({"engine": "loop", "num-supernodes": 10,
+                                    "base": {"num-rounds": 5}, "algorithms": {"maml": {}}})
+        summaries["maml"][0]["mse-after-mean"]
+    """
+    if isinstance(experiment, str | Path):
+        exp = load_experiment(experiment)
+    elif isinstance(experiment, Experiment):
+        exp = experiment
+    else:
+        exp = experiment_from_mapping(experiment, Path(str(experiment.get("name", "experiment"))))
+    out = results_folder(exp, out)
     out.mkdir(parents=True, exist_ok=True)
     cells = exp.cells(out)
     print(
@@ -93,20 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         f"on the {exp.engine} engine, {exp.describe_layout()} -> {out}",
         flush=True,
     )
-    t0 = time.monotonic()
-    try:
-        diverged = run_cells(exp, cells)
-    except Exception as err:
-        if not isinstance(err, named_errors()):
-            raise  # a bug: its traceback is the useful report
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+    run_cells(exp, cells)
     write_report(exp, out)
-    print(f"done in {time.monotonic() - t0:.0f} s; table: {out / 'summary.md'}", flush=True)
-    print((out / "summary.md").read_text(), flush=True)
-    if diverged:
-        print(f"{len(diverged)} of {len(cells)} runs diverged: {', '.join(diverged)}", flush=True)
-    return DIVERGED_EXIT if diverged and len(cells) == 1 else 0
+    summaries: Summaries = {}
+    for cell in cells:
+        path = Path(cell.run_config["run-dir"]) / "summary.json"
+        summaries.setdefault(cell.algorithm, {})[cell.seed] = json.loads(path.read_text())
+    return summaries
+
+
+def results_folder(exp: Experiment, out: str | Path | None) -> Path:
+    return (Path(out) if out is not None else Path("results") / exp.name).resolve()
 
 
 DIVERGED_EXIT = 3  # a single run that diverged: its outcome, not an error of the user's
@@ -120,6 +167,16 @@ def _diverged_round(run_dir: Path) -> int | None:
     except (ValueError, AttributeError):
         return None
     return int(value) if isinstance(value, int) else None
+
+
+def diverged_runs(summaries: Summaries) -> list[str]:
+    """The runs that stopped as diverged, e.g. "maml seed 2 at round 35"."""
+    return [
+        f"{row} seed {seed} at round {summary['diverged-at-round']}"
+        for row, seeds in summaries.items()
+        for seed, summary in seeds.items()
+        if "diverged-at-round" in summary
+    ]
 
 
 def _add_ray_options(parser: argparse.ArgumentParser) -> None:
@@ -150,13 +207,14 @@ def named_errors() -> tuple[type[Exception], ...]:
     """
     from common.config import ConfigError
     from common.data.types import DataError
+    from common.fingerprint import CodeMismatch
     from server.app import TrainingFailed
     from server.nodes import NodesUnavailable
     from server.run_folder import RunFolderError
 
     return (
         ExperimentError, SimulationError, ConfigError, DataError, RunFolderError,
-        TrainingFailed, NodesUnavailable, RayClusterError,
+        TrainingFailed, NodesUnavailable, RayClusterError, CodeMismatch,
     )  # fmt: skip
 
 
@@ -256,8 +314,8 @@ def _trained(run_dir: Path) -> bool:
     return False
 
 
-def run_cells(exp: Experiment, cells: list[Cell]) -> list[str]:
-    """Run every cell not done yet; the cells that diverged ("maml seed 2 at round 35")."""
+def run_cells(exp: Experiment, cells: list[Cell]) -> None:
+    """Run every cell not done yet (a diverged cell is done: its outcome is recorded)."""
     todo = [(c, _state(exp, c)) for c in cells]
     pending = [(c, s) for c, s in todo if s != "done"]
     for c, s in todo:
@@ -267,11 +325,6 @@ def run_cells(exp: Experiment, cells: list[Cell]) -> list[str]:
             print(f"  [{c.algorithm} seed {c.seed}] already {how}, reused", flush=True)
     if pending:
         _run_pending(exp, pending)
-    return [
-        f"{c.algorithm} seed {c.seed} at round {r}"
-        for c in cells
-        if (r := _diverged_round(Path(c.run_config["run-dir"]))) is not None
-    ]
 
 
 def _run_pending(exp: Experiment, pending: list[tuple[Cell, str]]) -> None:

@@ -45,7 +45,8 @@ def test_a_node_hosts_a_contiguous_block_of_clients_per_node():
 
 def test_cache_keeps_recent_clients_within_its_byte_budget(monkeypatch):
     one = _client(0).data
-    per_client = sum(x.nbytes for x in (one.x_train, one.y_train, one.x_test, one.y_test))
+    arrays = sum(x.nbytes for x in (one.x_train, one.y_train, one.x_test, one.y_test))
+    per_client = arrays + runtime.ENTRY_OVERHEAD_BYTES  # the objects around them count too
     cache = RuntimeCache(max_bytes=3 * per_client)
     monkeypatch.setattr(runtime, "_CLIENTS", cache)
     first = [_client(p) for p in range(5)]

@@ -18,7 +18,9 @@ def test_instruction_round_trip():
     arrays = ArrayRecord({"w": __import__("flwr").app.Array(np.ones(3, np.float32))})
     content = m.write_instruction(arrays, 7, [3, 1], clip=0.5, config=ConfigRecord({m.FINAL: True}))
     got_arrays, got = m.read_instruction(content)
-    assert got == m.Instruction(server_round=7, clients=[3, 1], clip=0.5, final=True)
+    assert got == m.Instruction(
+        server_round=7, clients=[3, 1], clip=0.5, final=True, code=m.code_fingerprint()
+    )  # every instruction carries the ServerApp's code fingerprint (issue 20)
     assert list(got_arrays) == ["w"]
     _, plain = m.read_instruction(m.write_instruction(arrays, 2, [4]))
     assert plain.clip == 0.0 and plain.final is False and plain.clients == [4]
@@ -59,7 +61,9 @@ def test_unreadable_reply_is_rejected_as_a_whole(broken):
 
 
 def test_identity_round_trip():
-    assert m.read_identity(m.write_identity(2, range(20, 30))) == list(range(20, 30))
+    assert list(m.read_identity(m.write_identity(2, range(20, 30)))) == list(range(20, 30))
+    assert m.read_identity(m.write_identity(2, [7, 3])) == [7, 3]  # not contiguous: a list
+    assert m.read_identity(m.write_identity(0, range(10**6))) == range(10**6)  # no list
 
 
 # Keys that only the contract may spell (some others, e.g. "partition-id", are also Flower's

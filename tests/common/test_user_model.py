@@ -360,3 +360,15 @@ def test_a_gru_trains_through_the_fallback_end_to_end_in_the_loop_engine(user, t
     first = model_for(parse_settings(config), seed=0).state_dict()
     trained = torch.load(tmp_path / "model.pt", weights_only=True)["theta"]
     assert set(trained) == set(first) and any(not torch.equal(trained[n], first[n]) for n in first)
+
+
+def test_model_args_travel_through_flowers_run_config_unchanged():
+    """``flwr run --run-config`` and ``--node-config`` carry the JSON as it was written."""
+    from flwr.common.config import parse_config_args
+
+    from common.processes import run_config_arg
+
+    config = {"model-args": '{"hidden": [8, 4], "name": "a b"}', "model": "m.n:f", "seed": 3}
+    assert parse_config_args([run_config_arg(config)]) == config
+    with pytest.raises(ValueError, match="both quote kinds"):
+        run_config_arg({"model-args": """{"name": "it's"}"""})

@@ -221,3 +221,18 @@ def test_a_node_hosts_every_client_of_its_own_file_by_stable_numbers(tmp_path: P
     assert all(0 <= n < 2**48 for n in numbers)
     got = {registry.load_hosted_client_data(s, n).client_id for n in numbers}
     assert got == {"dev-0", "dev-1", "dev-2"}
+
+
+def test_a_real_valued_label_is_a_regression_target_when_task_says_so(tmp_path: Path):
+    rows = user_rows(3, 10)
+    for r in rows:
+        r["label"] = round(r["a"] * 2.5 + 0.1, 4)
+    path = write_csv(tmp_path / "u.csv", rows)
+    s = table_settings(path, task="regression")
+    registry.check_data_available(s)
+    assert registry.dataset_info(s).num_classes is None
+    c = registry.load_client_data(s, 0, 3)
+    assert c.y_train.dtype == np.float32 and c.y_train.shape == (c.num_train, 1)
+    user_data.read_user_table.cache_clear()
+    with pytest.raises(DataError, match="not an integer class id.*task = 'regression'"):
+        registry.check_data_available(table_settings(path))  # task auto: classification

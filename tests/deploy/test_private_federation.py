@@ -8,12 +8,15 @@ unmask), and Flower starts the ClientApp afresh for each message: about 2-4 minu
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import threading
+import time
 
 import pytest
 
 from deploy.federation import local_federation, run_outcome
+from server.privacy import PrivacyLedger
 
 pytestmark = pytest.mark.slow
 
@@ -85,3 +88,52 @@ def test_two_rounds_of_secagg_plus_with_dp_over_tls_with_node_auth(federation, t
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epsilon"] == pytest.approx(rows[1]["privacy"]["epsilon"])
     assert summary["clients"] == NUM_NODES * RUN["clients-per-node"]
+
+
+DISTRIBUTED = {
+    k: v for k, v in RUN.items() if k not in ("dp-adaptive", "dp-clipped-count-stddev")
+} | {"dp-mechanism": "distributed", "min-available-nodes": 2}  # the survivors go on
+VICTIM = 2
+
+
+def test_distributed_dp_accounts_the_noise_that_survived_a_node_dying_mid_round(
+    federation, tmp_path
+):
+    """Node VICTIM gets SecAgg+'s third message of round 1 ('collect masked vectors': the
+    keys are shared, its noised sum not yet sent) and is killed; round 1 sums the other two
+    nodes' shares, and epsilon counts only those; round 2 runs on the two survivors."""
+    run_dir = tmp_path / "run"
+    victim = federation.nodes[VICTIM]
+    seen = victim.log_text().count("Receiving: train message")  # the earlier test's
+    proc = federation.start_run(DISTRIBUTED | {"run-dir": str(run_dir)})
+    lines: list[str] = []
+    reader = _collect(proc, lines)
+    deadline = time.monotonic() + 300
+    while victim.log_text().count("Receiving: train message") < seen + 3:
+        assert proc.poll() is None, "the run ended before the kill:\n" + "".join(lines)
+        assert time.monotonic() < deadline, "the victim never got its masked-vector message"
+        time.sleep(0.1)
+    federation.crash_node(VICTIM)
+    try:
+        proc.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("the run did not finish in 600 s:\n" + "".join(lines)) from None
+    reader.join(timeout=10)
+    log = "".join(lines)
+    assert run_outcome(federation.layout, log).completed, log
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    first, second = rows[0]["privacy"], rows[1]["privacy"]
+    assert first["mechanism"] == "distributed" and rows[0]["accepted"] is None
+    assert (first["nodes"], first["nodes-summed"]) == (NUM_NODES, NUM_NODES - 1)
+    z = RUN["dp-noise-multiplier"]
+    assert first["effective-noise-multiplier"] == pytest.approx(z * math.sqrt(2 / 3))
+    assert any("noise share is missing" in d for d in rows[0]["dropped"]), rows[0]["dropped"]
+    assert (second["nodes"], second["nodes-summed"]) == (NUM_NODES - 1, NUM_NODES - 1)
+    assert second["effective-noise-multiplier"] == pytest.approx(z)
+    ledger = PrivacyLedger().add(first["q"], first["effective-noise-multiplier"])
+    ledger = ledger.add(second["q"], second["effective-noise-multiplier"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epsilon"] == pytest.approx(ledger.epsilon(RUN.get("dp-delta", 1e-5)))
+    assert summary["epsilon"] > PrivacyLedger().add(1.0, z, 2).epsilon(1e-5)  # the drop cost

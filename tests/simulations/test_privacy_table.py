@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from simulations.privacy_table import cells, main, new_client_key, table
+from simulations.privacy_table import cells, main, mechanism_table, new_client_key, table
 
 ROWS = [
     {"algorithm": "maml", "mse-after-mean": "0.3", "mse-after-mean_std": "0.03",
@@ -36,3 +36,11 @@ def test_main_reads_a_summary(tmp_path, capsys):
     assert main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "ε = 8 |" in out and "ε = 8: z = 0.620 (spent 7.990)" in out
+
+
+def test_central_and_distributed_rows_are_set_side_by_side():
+    values = {("maml", "2"): (0.5, 0.1), ("distributed-maml", "2"): (0.55, 0.2),
+              ("maml", "8"): (0.4, 0.1)}  # fmt: skip
+    text = mechanism_table(values)
+    assert "| maml | 2 | 0.500 ± 0.100 | 0.550 ± 0.200 | 1.100 |" in text
+    assert "| maml | 8 |" not in text  # no distributed row to compare with

@@ -1,0 +1,121 @@
+"""Distributed DP's integer mechanism (common/privacy.py) through SecAgg+'s own arithmetic:
+each node rounds its clients' clipped updates, adds a discrete Gaussian share and sends its
+sum mod m; Flower's quantization, modular sum and dequantization (the pairwise masks cancel
+mod 2^32) give the server the noised sum, whose noise has the intended distribution."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+    factor_combine,
+    factor_extract,
+    parameters_mod,
+    parameters_multiply,
+)
+from flwr.common.secure_aggregation.quantization import dequantize, quantize
+
+from common.privacy import (
+    DistributedNoise,
+    conditional_round,
+    discrete_gaussian,
+    distributed_noise,
+    effective_noise_multiplier,
+    noised_node_sum,
+    rounding_bound,
+)
+from server.secagg import MODULUS, decode_sum, quantization_range
+
+
+def _flower_round(node_values: list[np.ndarray], q_range: int) -> np.ndarray:
+    """What SecAggPlusWorkflow hands aggregate_fit for these nodes' encoded vectors, as
+    secaggplus_mod (weight = max_weight, clipping range 1) and the workflow compute it."""
+    summed = None
+    for x in node_values:
+        encoded = [x.astype(np.float64) * (2 / q_range) - 1]
+        quantized = quantize(parameters_multiply(encoded, 1.0), 1.0, q_range)
+        # int64 as after the mod adds its (uint32) masks, which cancel in the sum
+        vector = [a.astype(np.int64) for a in factor_combine(q_range, quantized)]
+        summed = vector if summed is None else [a + b for a, b in zip(summed, vector, strict=True)]
+    total_weight, recon = factor_extract(parameters_mod(summed, MODULUS))
+    (mean,) = dequantize(recon, 1.0, q_range)
+    mean += -(len(node_values) - 1) * 1.0
+    return mean * (q_range / total_weight)
+
+
+def _pipeline(rows_per_node, noise, rng):
+    return decode_sum(
+        _flower_round([noised_node_sum(r, noise, rng) for r in rows_per_node], noise.modulus),
+        len(rows_per_node),
+        noise,
+    )
+
+
+def test_the_discrete_gaussian_has_the_exact_probabilities():
+    rng = np.random.default_rng(1)
+    std, draws = 1.5, 400_000
+    x = discrete_gaussian(std, draws, rng)
+    support = np.arange(-12, 13)
+    pmf = np.exp(-(support**2) / (2 * std**2))
+    pmf /= pmf.sum()
+    observed = np.array([(x == k).sum() for k in support]) / draws
+    # each frequency within 5 binomial standard errors (+ a floor for the far tails)
+    tolerance = 5 * np.sqrt(pmf * (1 - pmf) / draws) + 1e-5
+    assert np.all(np.abs(observed - pmf) <= tolerance)
+    assert x.dtype == np.int64 and np.abs(x).max() <= 12
+
+
+def test_the_conditional_rounding_is_unbiased_and_within_its_bound():
+    rng = np.random.default_rng(2)
+    v = rng.normal(0, 3.0, 50)
+    bound = rounding_bound(float(np.linalg.norm(v)), v.size)
+    draws = np.stack([conditional_round(v, bound, rng) for _ in range(4000)])
+    assert np.all(np.linalg.norm(draws, axis=1) <= bound)
+    assert np.all(np.abs(draws - v) < 1)  # each entry is v rounded down or up
+    np.testing.assert_allclose(draws.mean(0), v, atol=5 * 0.5 / math.sqrt(4000))
+
+
+@pytest.mark.parametrize("summed", [3, 2])  # every node, or one dropped before masking
+def test_the_unmasked_sum_minus_the_true_sum_is_the_intended_discrete_noise(summed):
+    rng = np.random.default_rng(3 + summed)
+    dim, nodes, per_node, node_std = 20_000, 3, 2, 40.0
+    step = 2.0**-20  # a power of two: the test's updates lie exactly on the grid
+    noise = DistributedNoise(step, bound=1e9, node_std=node_std, modulus=quantization_range(3))
+    ints = rng.integers(-500, 500, size=(nodes, per_node, dim))
+    rows = [ints[i] * step for i in range(summed)]
+    error = _pipeline(rows, noise, rng) / step - ints[:summed].sum(axis=(0, 1))
+    assert np.array_equal(error, np.rint(error))  # integers: discrete noise, no float error
+    variance = summed * node_std**2  # the shares of the nodes in the sum, and no more
+    # sample mean within 5 standard errors; sample variance within 5 of its standard
+    # errors (sqrt(2/d) = 1%), so a variance off by a node's share (33-50%) fails
+    assert abs(error.mean()) < 5 * math.sqrt(variance / dim)
+    assert error.var() == pytest.approx(variance, rel=5 * math.sqrt(2 / dim))
+    kurtosis = np.mean((error - error.mean()) ** 4) / error.var() ** 2
+    assert kurtosis == pytest.approx(3.0, abs=0.15)  # Gaussian-shaped, not uniform (1.8)
+
+
+def test_the_chosen_step_leaves_no_room_for_wraparound():
+    """Every client at +C on one coordinate, plus noise: the worst case still decodes."""
+    rng = np.random.default_rng(4)
+    nodes, per_node, dim, clip = 3, 4, 50, 0.01
+    noise = distributed_noise(clip, 1.0, dim, nodes * per_node, nodes, nodes, quantization_range(3))
+    rows = np.zeros((per_node, dim))
+    rows[:, 0] = clip
+    total = _pipeline([rows] * nodes, noise, rng)
+    sigma = noise.granularity * noise.node_std * math.sqrt(nodes)
+    assert abs(total[0] - nodes * per_node * clip) < 6 * sigma
+    assert np.all(np.abs(total[1:]) < 6 * sigma)
+    assert noise.granularity * nodes * per_node * 2 < clip * 1e-4  # rounding is negligible
+
+
+def test_effective_noise_counts_only_the_shares_that_survived():
+    noise = distributed_noise(0.01, 1.2, 1000, 12, 3, 3, quantization_range(3))
+    assert effective_noise_multiplier(noise, 3, 1000) == pytest.approx(1.2, rel=1e-9)
+    assert effective_noise_multiplier(noise, 2, 1000) == pytest.approx(1.2 * math.sqrt(2 / 3))
+    tolerant = distributed_noise(0.01, 1.2, 1000, 12, 3, 2, quantization_range(3))
+    assert effective_noise_multiplier(tolerant, 2, 1000) == pytest.approx(1.2, rel=1e-9)
+    # tiny shares: KLS21's tau (the sum of discrete Gaussians is not one) costs privacy
+    small = DistributedNoise(1.0, bound=1.0, node_std=0.3, modulus=2**20)
+    assert effective_noise_multiplier(small, 3, 1000) < 0.3 * math.sqrt(3)
