@@ -213,7 +213,8 @@ class _RoundLoop:
                 f"run stops ({_first_drop(strategy)}); nothing was saved as trained. Every "
                 f"dropped client and why: {self.folder.file('metrics.jsonl')}"
             )
-        self.stall = self.stall.after(strategy.report.accepted, self.trained)
+        asked = sum(len(p) for p in strategy.asked.values())
+        self.stall = self.stall.after(strategy.report.accepted, self.trained, asked)
         self.undo = self.base  # a stall: undo the step that led to it
         return self.stall.divergence(rnd, _first_drop(strategy))
 

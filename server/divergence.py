@@ -69,8 +69,15 @@ class StallCounter:
     limit: int
     count: int = 0
 
-    def after(self, accepted: int, trained: bool) -> StallCounter:
-        return dataclasses.replace(self, count=0 if accepted or not trained else self.count + 1)
+    def after(self, accepted: int | None, trained: bool, asked: int = 1) -> StallCounter:
+        """The count after a round that asked ``asked`` clients and accepted ``accepted``.
+        A round that asked no one (DP's Poisson sample can be empty), or whose count the
+        server does not see (distributed DP: None), neither counts nor resets."""
+        if accepted is None:
+            return self
+        if accepted or not trained:
+            return dataclasses.replace(self, count=0)
+        return dataclasses.replace(self, count=self.count + (1 if asked else 0))
 
     def divergence(self, server_round: int, first_drop: str) -> Divergence | None:
         """The divergence this stall amounts to at the end of ``server_round``, if any."""

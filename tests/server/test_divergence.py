@@ -54,6 +54,8 @@ def test_a_stall_counts_only_after_training_and_names_the_last_step():
     assert found is not None and (found.server_round, found.stopped_at) == (7, 10)
     assert "rounds 8..10" in found.reason and "max-stalled-rounds = 3" in found.reason
     assert stall.after(accepted=1, trained=True).count == 0  # one accepted update resets it
+    assert stall.after(accepted=0, trained=True, asked=0).count == 3  # no one asked: no news
+    assert stall.after(accepted=None, trained=True).count == 3  # distributed DP: unseen
 
 
 def test_rollbacks_scale_the_server_step_and_round_trip_through_json():
