@@ -12,7 +12,7 @@ reply, a client that was skipped (too little data), that the server did not ask 
 claims a number of examples that is not a whole number in [1, MAX_CLAIMED_EXAMPLES], or
 whose update holds a non-finite value is dropped alone, with its reason logged, and the
 round goes on with the rest. Every accepted client's update norm and weight are logged in
-metrics.jsonl (``robust.updates``), and the round's train metrics are weighted by the same
+metrics.jsonl (``robust.per-client``), and the round's train metrics are weighted by the same
 weights the aggregate uses, so a client that lies about its examples does not set them.
 
 With ``dp`` the accepted (client-clipped) updates are summed, re-clipped where a client did
@@ -149,7 +149,7 @@ def robust_log(result: Aggregate, accepted: Sequence[ClientUpdate]) -> dict:
     every accepted client's update norm (as sent) and weight (as used), and every client
     whose update was clipped, down-weighted or excluded."""
     out: dict = {"rule": result.rule.value}
-    out["updates"] = [
+    out["per-client"] = [
         {"partition": c.partition, "norm": norm, "weight": weight}
         for c, norm, weight in zip(accepted, result.norms, result.weights, strict=True)
     ]

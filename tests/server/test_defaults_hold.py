@@ -89,7 +89,7 @@ def test_a_1e9_claim_counts_like_a_typical_client_and_does_not_set_the_train_los
     losses = [1000.0] + [1.0] * (N - 1)  # the liar reports an absurd training loss
     _, train, strategy = _aggregate([liar, *honest[1:]], claims, losses)
     assert train["train-loss"] == pytest.approx((1000.0 + N - 1) / N)  # same weights as Delta
-    logged = strategy.report.robust["updates"]
+    logged = strategy.report.robust["per-client"]
     assert logged[0] == {"partition": 0, "norm": pytest.approx(np.linalg.norm(liar)), "weight": 20}
     _, train, _ = _aggregate([liar, *honest[1:]], claims, losses, **OLD_DEFAULTS)
     assert train["train-loss"] > 999  # what the liar got before: its own loss
@@ -100,8 +100,8 @@ def test_every_client_norm_and_weight_is_logged_even_when_no_rule_acts():
     _, _, strategy = _aggregate(honest, [20] * N, **OLD_DEFAULTS)  # plain mean: no actions
     log = strategy.report.robust
     assert log["clients"] == []  # nothing was clipped, capped or excluded ...
-    assert [u["partition"] for u in log["updates"]] == list(range(N))  # ... all are logged
-    for u, update in zip(log["updates"], honest, strict=True):
+    assert [u["partition"] for u in log["per-client"]] == list(range(N))  # ... all are logged
+    for u, update in zip(log["per-client"], honest, strict=True):
         assert u["weight"] == 20 and u["norm"] == pytest.approx(np.linalg.norm(update), rel=1e-6)
 
 
