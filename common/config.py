@@ -449,8 +449,9 @@ class Settings:
     )  # fmt: skip
     weighting: str = _spec(
         _choice(Weighting), "capped", "robust",
-        "examples, uniform, capped (the default: claims capped at max-examples-weight, so "
-        "one client claiming 1e9 examples counts like a typical one)",
+        "examples, uniform, capped (the default: each claim capped at max-examples-weight, "
+        "0: the round's median claim, so a client claiming 1e9 examples counts like a "
+        "typical one)",
     )  # fmt: skip
     max_examples_weight: float = _spec(
         _NONNEG, 0.0, "robust", "the cap of `capped`; 0: the round's median claim"
@@ -603,8 +604,9 @@ class Settings:
     )  # fmt: skip
     on_divergence: str = _spec(
         _one_of("stop", "rollback"), "stop", "optimizer",
-        "stop: a run whose theta or alpha turns NaN/inf, or that stalls, stops as diverged at "
-        "its round (summary.json says so, no model.pt, exit status 3 for a single run); "
+        "stop: a run whose theta or alpha turns NaN/inf, that stalls, or whose loss before "
+        "adapting passes 10x its first evaluated value stops as diverged at its round "
+        "(summary.json says so, no model.pt, exit status 3 for a single run); "
         "rollback: back to the state before the step that caused it, server-lr scaled by "
         "rollback-lr-factor, at most max-rollbacks times (rollback.json logs each)",
     )  # fmt: skip
