@@ -114,14 +114,7 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
         strategy.privacy = _start_privacy(settings, strategy.dp, nodes, saved)
     t_run = time.monotonic()
     loop = _RoundLoop(settings, folder, strategy, grid, to_record(state), ckpt is not None)
-    if ckpt is None:
-        folder.file(ROLLBACK_FILE).unlink(missing_ok=True)
-    elif folder.file(ROLLBACK_FILE).exists():  # keep the step size earlier rollbacks left
-        loop.rollbacks = Rollbacks.from_json(json.loads(folder.file(ROLLBACK_FILE).read_text()))
-    strategy.optimizer = loop.rollbacks.optimizer(strategy.optimizer)
-    if ckpt is not None:  # the loss watch goes on from the run's first evaluation
-        loop.watch = LossWatch.from_rows(_jsonl_rows(folder.file("metrics.jsonl")))
-        loop.last_good = Snapshot(ckpt.server_round, loop.record, ckpt.optimizer)
+    loop.resume(ckpt)
     stopped = loop.run(start, nodes, t_run)  # the last round run when target-epsilon stopped
     state, trained, last_eval = from_record(loop.record), loop.trained, loop.last_eval
     if stopped and trained:  # score every client on the last model DP allowed
@@ -171,6 +164,19 @@ class _RoundLoop:
         self.watch = LossWatch()  # the shared model's loss before adapting, vs its first
         self.last_good: Snapshot | None = Snapshot(0, record, strategy.optimizer_state)
         self.round_eval: dict[str, float] = {}
+
+    def resume(self, ckpt: Checkpoint | None) -> None:
+        """Carry the guard's state over a resume: the step size earlier rollbacks left, the
+        loss watch's first evaluated value, the last sound state (a fresh run: clear it)."""
+        path = self.folder.file(ROLLBACK_FILE)
+        if ckpt is None:
+            path.unlink(missing_ok=True)
+            return
+        if path.exists():
+            self.rollbacks = Rollbacks.from_json(json.loads(path.read_text()))
+            self.strategy.optimizer = self.rollbacks.optimizer(self.strategy.optimizer)
+        self.watch = LossWatch.from_rows(_jsonl_rows(self.folder.file("metrics.jsonl")))
+        self.last_good = Snapshot(ckpt.server_round, self.record, ckpt.optimizer)
 
     def run(self, start: int, nodes: NodeDirectory, t_run: float) -> int:
         """Rounds ``start``.. to the end; the last round run if target-epsilon stopped the
