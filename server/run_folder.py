@@ -158,7 +158,8 @@ class RunFolder:
             meta["privacy"] = ckpt.privacy
         tmp = self.file("checkpoint.tmp.npz")
         with tmp.open("wb") as f:
-            np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+            header = np.frombuffer(strict_json.dumps(meta).encode(), np.uint8)
+            np.savez(f, __meta__=header, **arrays)
         os.replace(tmp, self.file("checkpoint.npz"))
 
     def load_checkpoint(self, expected: dict[str, np.ndarray] | None = None) -> Checkpoint | None:
@@ -198,7 +199,7 @@ class RunFolder:
         theta, alpha = split_state(state)
         payload: dict[str, Any] = {
             "theta": {k: torch.from_numpy(np.array(v)) for k, v in theta.items()},
-            "settings": json.dumps(settings, sort_keys=True),
+            "settings": strict_json.dumps(settings, sort_keys=True),
         }
         if alpha is not None:
             payload["alpha"] = {k: torch.from_numpy(np.array(v)) for k, v in alpha.items()}
