@@ -238,4 +238,54 @@ def test_support_and_query_losses_are_the_losses_before_and_after_adapting():
     )  # fmt: skip
     assert float(got.support_loss) == pytest.approx(float(_loss(model, theta, support)))
     after = hand_objective(model, _leaves(theta), 0.3, support, query, 3)
-    assert float(got.query_loss) == pytest.approx(float(after), rel=1e-12)
+    assert float(got.query_loss) == pytest.approx(float(after.detach()), rel=1e-12)
+
+
+def test_adapt_keeps_the_second_order_path_only_when_asked():
+    """adapt(create_graph=True) is differentiable through its inner gradients: the
+    vector-Jacobian product of the adapted parameters equals the hand-unrolled one, and
+    differs from create_graph=False's, where d adapted / d theta is the identity."""
+    from common.meta import adapt
+
+    model, support = _net(), _batch(1)
+    theta = _theta(model)
+    d = _along(31, theta)
+
+    def vjp_of(create_graph: bool) -> torch.Tensor:
+        th = _leaves(theta)
+        adapted = adapt(model, th, [support], F.mse_loss, 0.3, 2, create_graph=create_graph)
+        pulled = (_flat(adapted) * _flat(d)).sum()
+        return _flat(torch.autograd.grad(pulled, list(th.values())))
+
+    th = _leaves(theta)
+    params = dict(th)
+    for _ in range(2):  # by hand, through the inner gradients
+        grads = torch.autograd.grad(
+            _loss(model, params, support), list(params.values()), create_graph=True
+        )
+        params = {n: p - 0.3 * g for (n, p), g in zip(params.items(), grads, strict=True)}
+    by_hand = _flat(torch.autograd.grad((_flat(params) * _flat(d)).sum(), list(th.values())))
+    torch.testing.assert_close(vjp_of(True), by_hand, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(vjp_of(False), _flat(d), rtol=0, atol=0)  # identity
+
+
+def test_hessian_free_keeps_no_graph_to_theta_or_a_learned_alpha():
+    """Per-FedAvg (HF) works on detached values: what it returns holds no autograd graph
+    (a kept graph would pin every local step's activations in memory)."""
+    model, support, query = _net(), _batch(1), _batch(2)
+    theta, alpha = _leaves(_theta(model)), _leaves(_alpha(_theta(model)))
+    got = meta_gradient(
+        model, theta, support, query, F.mse_loss, order=MetaOrder.HESSIAN_FREE, inner_lr=alpha,
+    )  # fmt: skip
+    outputs = [*got.params.values(), *got.inner_lr.values(), got.support_loss, got.query_loss]
+    assert not any(t.requires_grad for t in outputs)
+
+
+def test_zero_inner_steps_return_theta_and_its_support_loss():
+    from common.meta import adapt_with_loss
+
+    model, support = _net(), _batch(1)
+    theta = _theta(model)
+    adapted, loss = adapt_with_loss(model, theta, [support], F.mse_loss, 0.3, 0, True)
+    assert all(adapted[n] is theta[n] for n in theta)
+    assert float(loss) == pytest.approx(float(_loss(model, theta, support)), rel=1e-12)
