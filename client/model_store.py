@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -35,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from common import strict_json
 
 STATE_FILE = "personalized.pt"
 INFO_FILE = "personalized.json"
@@ -61,7 +62,7 @@ def save_personalized(
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().clone() for k, v in params.items()}
         _atomic(path / STATE_FILE, lambda tmp: tmp.write_bytes(_serialised(torch.save, state)))
-        text = json.dumps(dict(info), indent=2, sort_keys=True)
+        text = strict_json.dumps(dict(info), indent=2, sort_keys=True)
         _atomic(path / INFO_FILE, lambda tmp: tmp.write_text(text))
     except OSError as err:
         raise ModelStoreError(

@@ -439,10 +439,20 @@ class Settings:
     norm_bound: float = _spec(
         _NONNEG, 0.0, "robust", "fixed L2 bound on each client's whole update; 0: off"
     )
+    # issue 17: defaults that hold. One client's update counts at most 5x the round's median
+    # norm (honest sinusoid rounds reach 2.6x typically, 7x at the 99th percentile) and its
+    # claimed examples at most the round's median claim; docs/robustness.md, "Defaults".
     norm_bound_median_factor: float = _spec(
-        _NONNEG, 0.0, "robust", "bound = factor × the round's median update norm; 0: off"
-    )
-    weighting: str = _spec(_choice(Weighting), "examples", "robust", "examples, uniform, capped")
+        _NONNEG, 5.0, "robust",
+        "bound = factor × the round's median update norm; 0: off. The default 5 lets no "
+        "client count more than an honest one can (docs/robustness.md, \"Defaults\")",
+    )  # fmt: skip
+    weighting: str = _spec(
+        _choice(Weighting), "capped", "robust",
+        "examples, uniform, capped (the default: each claim capped at max-examples-weight, "
+        "0: the round's median claim, so a client claiming 1e9 examples counts like a "
+        "typical one)",
+    )  # fmt: skip
     max_examples_weight: float = _spec(
         _NONNEG, 0.0, "robust", "the cap of `capped`; 0: the round's median claim"
     )
@@ -586,6 +596,27 @@ class Settings:
         _OPEN_UNIT, 0.999, "optimizer", "Adam β₂, the decay of the second moment"
     )
     server_eps: float = _spec(_POS, 1e-8, "optimizer", "Adam ε, added to the second moment's root")
+    # issue 17: divergence is an outcome (server/divergence.py)
+    max_stalled_rounds: int = _spec(
+        _POS_INT, 3, "optimizer",
+        "a run that has trained and then accepts no client update for this many rounds in a "
+        "row has diverged (at the last round that accepted one)",
+    )  # fmt: skip
+    on_divergence: str = _spec(
+        _one_of("stop", "rollback"), "stop", "optimizer",
+        "stop: a run whose theta or alpha turns NaN/inf, that stalls, or whose loss before "
+        "adapting passes 10x its first evaluated value stops as diverged at its round "
+        "(summary.json says so, no model.pt, exit status 3 for a single run); "
+        "rollback: back to the state before the step that caused it, server-lr scaled by "
+        "rollback-lr-factor, at most max-rollbacks times (rollback.json logs each)",
+    )  # fmt: skip
+    rollback_lr_factor: float = _spec(
+        (lambda v: 0 < v < 1, "a number in (0, 1)"), 0.5, "optimizer",
+        "on-divergence rollback: the server step size is multiplied by this at each rollback",
+    )  # fmt: skip
+    max_rollbacks: int = _spec(
+        _POS_INT, 3, "optimizer", "on-divergence rollback: rollbacks before the run stops"
+    )
     new_clients: int = _spec(
         _NONNEG_INT,
         0,
@@ -949,18 +980,22 @@ def _check_privacy(s: Settings) -> None:
             else "DP's noise is calibrated to a sum of clipped updates"
         )
         raise ConfigError("aggregation", s.aggregation, f"'mean' with {what}: {why}")
+    defaults = Settings()
     for key in ("norm-bound", "norm-bound-median-factor"):
-        if getattr(s, key.replace("-", "_")):
+        value, default = getattr(s, key.replace("-", "_")), getattr(defaults, key.replace("-", "_"))
+        if value != default:
             raise ConfigError(
-                key, getattr(s, key.replace("-", "_")),
-                f"0 with {what}: every client already clips to dp-clip on its own node",
+                key, value,
+                f"its default {default} with {what}, which ignores it: every client already "
+                "clips to dp-clip on its own node",
             )  # fmt: skip
-    if s.weighting != Weighting.UNIFORM.value:
+    if s.weighting == Weighting.EXAMPLES.value:
         raise ConfigError(
             "weighting", s.weighting,
-            f"'uniform' with {what}: every client counts once in the sum (DP divides it by "
-            "the fixed expected cohort size, SecAgg+ by the number of clients); weights "
-            "from claimed example counts would let one client exceed the bound dp-clip",
+            f"'uniform' (or the default 'capped', which {what} treats as uniform): every "
+            "client counts once in the sum (DP divides it by the fixed expected cohort size, "
+            "SecAgg+ by the number of clients); weights from claimed example counts would "
+            "let one client exceed the bound dp-clip",
         )  # fmt: skip
     if s.algo is Algorithm.LOCAL:
         raise ConfigError("algorithm", s.algorithm, f"a federated algorithm with {what}")

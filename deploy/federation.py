@@ -43,6 +43,7 @@ from typing import Any
 
 from flwr.common.config import parse_config_args
 
+from common import strict_json
 from common.processes import console_script, free_port, run_config_arg
 from deploy.make_certs import Certificates, load_or_make_certificates
 from deploy.measure import NodeFootprint, NodeSampler
@@ -460,7 +461,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
         with federation:
             federation.start()
             state = {"pid": os.getpid(), "address": federation.address}
-            state_file.write_text(json.dumps(state | {"nodes": federation.node_ids}, indent=2))
+            state_file.write_text(
+                strict_json.dumps(state | {"nodes": federation.node_ids}, indent=2)
+            )
             print(
                 f"federation up at {federation.address} with {args.nodes} SuperNodes; "
                 f"logs in {federation.layout.logs}. Ctrl-C or `down` stops it.",
@@ -558,7 +561,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             code = stream_run(federation.layout, run_config)
         report = measurement_report(sampler.footprint(), Path(str(run_config["run-dir"])))
         print(json.dumps(report, indent=2))
-        (federation.layout.root / "measurement.json").write_text(json.dumps(report, indent=2))
+        (federation.layout.root / "measurement.json").write_text(
+            strict_json.dumps(report, indent=2)
+        )
         return code
 
 

@@ -101,3 +101,19 @@ def client_stats(values: Sequence[float], higher_is_better: bool) -> ClientStats
     else:  # worst = highest error
         worst = arr[::-1][: max(1, int(np.ceil(0.1 * arr.size)))]
     return ClientStats(float(arr.mean()), float(arr.std()), float(worst.mean()), int(arr.size))
+
+
+# A client's personalisation diverged when its loss after adapting is not finite or above
+# this many times its loss before adapting. Adapting on a client's own data may overfit,
+# but a healthy step never multiplies the held-out loss tenfold (the plots' EXPLODED rule);
+# the 1e31 means this guards against came from a few clients at 1e30+.
+DIVERGED_LOSS_FACTOR = 10.0
+
+
+def diverged_clients(before: Sequence[float], after: Sequence[float]) -> list[bool]:
+    """Per client, whether its personalisation diverged (see DIVERGED_LOSS_FACTOR). Such a
+    client is counted, and left out of the across-client statistics after adapting."""
+    b, a = np.asarray(before, np.float64), np.asarray(after, np.float64)
+    with np.errstate(invalid="ignore"):
+        exploded = np.isfinite(b) & (a > DIVERGED_LOSS_FACTOR * np.maximum(b, 1e-12))
+    return [bool(x) for x in ~np.isfinite(a) | exploded]

@@ -8,20 +8,34 @@ with the settings recorded in config.json (server/run_folder.py says which may c
 A run in which no client update was ever accepted has trained nothing: it raises
 :class:`TrainingFailed` (in round 1 already when every client replied with an error) and
 writes no checkpoint, model.pt or summary.json, so a rerun after the fix starts afresh.
+
+A run that diverged (theta or alpha non-finite, or no update accepted for
+``max-stalled-rounds`` rounds after it had trained; server/divergence.py) stops with
+summary.json recording ``diverged-at-round`` and why, no model.pt, and raises
+:class:`~server.divergence.RunDiverged`, so ``flwr run`` reports it as failed; or, with
+``on-divergence = "rollback"``, it goes back and retries with a smaller server step.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from logging import INFO, WARNING
+from pathlib import Path
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from common.arrays import from_record, join_state, split_state, to_record, to_tensors
-from common.config import ConfigError, Settings, parse_settings, settings_to_run_config
+from common.config import (
+    Algorithm,
+    ConfigError,
+    Settings,
+    parse_settings,
+    settings_to_run_config,
+)  # fmt: skip
 from common.data.registry import check_data_available, smallest_train_split
 from common.device import select_device
 from common.messages import FINAL
@@ -29,6 +43,16 @@ from common.models import model_for
 from common.tasks import batch_warnings
 from server.aggregate import OptimizerConfig, OptimizerState
 from server.delivery import send_and_receive
+from server.divergence import (
+    ROLLBACK_FILE,
+    Divergence,
+    LossWatch,
+    Rollbacks,
+    RunDiverged,
+    Snapshot,
+    StallCounter,
+    nonfinite_key,
+)  # fmt: skip
 from server.new_clients import evaluate_new_clients
 from server.nodes import NodeDirectory, cohort_size
 from server.privacy import (
@@ -93,65 +117,17 @@ def _run_rounds(settings: Settings, grid: Grid, folder: RunFolder) -> dict[str, 
         saved = PrivacyState.from_json(ckpt.privacy) if ckpt and ckpt.privacy else None
         strategy.privacy = _start_privacy(settings, strategy.dp, nodes, saved)
     t_run = time.monotonic()
-    last_eval: dict[str, float] = {}
-    record = to_record(state)  # theta as sent; replaced only when a round aggregates
-    trained = ckpt is not None  # a checkpoint is written only once an update was accepted
-    stopped = 0  # the last round run when target-epsilon stopped the run early
-    for rnd in range(start, settings.num_rounds + 1):
-        t0 = time.monotonic()
-        if not _within_budget(strategy, nodes, rnd):
-            stopped = rnd - 1
-            break
-        if settings.secagg:
-            replies = []
-            new_record, train_metrics = strategy.train_secure(rnd, record, grid)
-        else:
-            replies = list(
-                send_and_receive(
-                    grid,
-                    strategy.configure_train(rnd, record, ConfigRecord(), grid),
-                    timeout=settings.round_timeout,
-                )
-            )
-            new_record, train_metrics = strategy.aggregate_train(rnd, replies)
-        if new_record is not None:
-            record, state, trained = new_record, from_record(new_record), True
-        elif not trained and replies and all(m.has_error() for m in replies):
-            folder.append_jsonl("metrics.jsonl", _round_row(rnd, strategy, None, {}, t0))
-            raise TrainingFailed(
-                f"round {rnd}: every client failed and no update was ever accepted, so the "
-                f"run stops ({_first_drop(strategy)}); nothing was saved as trained. Every "
-                f"dropped client and why: {folder.file('metrics.jsonl')}"
-            )
-        final = rnd == settings.num_rounds
-        eval_metrics = None
-        if final or rnd % settings.evaluate_every == 0:
-            eval_config = ConfigRecord({FINAL: final})
-            replies = send_and_receive(
-                grid,
-                strategy.configure_evaluate(rnd, record, eval_config, grid),
-                timeout=settings.round_timeout,
-            )
-            eval_metrics = strategy.aggregate_evaluate(rnd, replies)
-        else:
-            strategy.report.eval_clients = []
-        last_eval = dict(eval_metrics or {})  # type: ignore[arg-type]
-        row = _round_row(rnd, strategy, train_metrics, last_eval, t0)
-        folder.append_jsonl("metrics.jsonl", row)
-        folder.append_jsonl(
-            "clients.jsonl", {"round": rnd, "clients": strategy.report.eval_clients}
-        )
-        if trained:  # before that, theta is the seeded initial one: nothing to keep
-            privacy = strategy.privacy.to_json() if strategy.privacy else None
-            folder.save_checkpoint(Checkpoint(rnd, state, strategy.optimizer_state, privacy))
-        log(INFO, "%s", progress_line(settings, row))
+    loop = _RoundLoop(settings, folder, strategy, grid, to_record(state), ckpt is not None)
+    loop.resume(ckpt)
+    stopped = loop.run(start, nodes, t_run)  # the last round run when target-epsilon stopped
+    state, trained, last_eval = from_record(loop.record), loop.trained, loop.last_eval
     # Score every client on the last model: the one DP allowed, or, resumed after the last
     # round (a crash between its checkpoint and summary.json), the final one again.
     scored = stopped or (settings.num_rounds if start > settings.num_rounds else 0)
     if scored and trained:
         replies = send_and_receive(
             grid,
-            strategy.configure_evaluate(scored, record, ConfigRecord({FINAL: True}), grid),
+            strategy.configure_evaluate(scored, loop.record, ConfigRecord({FINAL: True}), grid),
             timeout=settings.round_timeout,
         )
         last_eval = dict(strategy.aggregate_evaluate(scored, replies) or {})  # type: ignore[arg-type]
@@ -173,6 +149,169 @@ def _run_rounds(settings: Settings, grid: Grid, folder: RunFolder) -> dict[str, 
             f"summary.json written. Every dropped client and why: {folder.file('metrics.jsonl')}"
         )
     return finish(settings, folder, state, last_eval, time.monotonic() - t_run)
+
+
+class _RoundLoop:
+    """The rounds of one run: train, guard against divergence (server/divergence.py),
+    evaluate, log and checkpoint. The caller reads ``record``, ``trained`` and
+    ``last_eval`` once :meth:`run` returns."""
+
+    def __init__(
+        self, settings: Settings, folder: RunFolder, strategy: MetaStrategy, grid: Grid,
+        record: ArrayRecord, trained: bool,
+    ) -> None:  # fmt: skip
+        self.settings, self.folder, self.strategy, self.grid = settings, folder, strategy, grid
+        self.record = record  # theta as sent; replaced only when a round aggregates
+        self.trained = trained  # a checkpoint is written only once an update was accepted
+        self.last_eval: dict[str, float] = {}
+        self.train_metrics: MetricRecord | None = None
+        self.rollbacks = Rollbacks()
+        self.stall = StallCounter(settings.max_stalled_rounds)
+        self.base: Snapshot | None = None  # the state before the last step applied
+        self.undo: Snapshot | None = None  # what a rollback of this round restores
+        self.watch = LossWatch()  # the shared model's loss before adapting, vs its first
+        self.last_good: Snapshot | None = Snapshot(0, record, strategy.optimizer_state)
+        self.round_eval: dict[str, float] = {}
+
+    def resume(self, ckpt: Checkpoint | None) -> None:
+        """Carry the guard's state over a resume: the step size earlier rollbacks left, the
+        loss watch's first evaluated value, the last sound state (a fresh run: clear it)."""
+        path = self.folder.file(ROLLBACK_FILE)
+        if ckpt is None:
+            path.unlink(missing_ok=True)
+            return
+        if path.exists():
+            self.rollbacks = Rollbacks.from_json(json.loads(path.read_text()))
+            self.strategy.optimizer = self.rollbacks.optimizer(self.strategy.optimizer)
+        self.watch = LossWatch.from_rows(_jsonl_rows(self.folder.file("metrics.jsonl")))
+        self.last_good = Snapshot(ckpt.server_round, self.record, ckpt.optimizer)
+
+    def run(self, start: int, nodes: NodeDirectory, t_run: float) -> int:
+        """Rounds ``start``.. to the end; the last round run if target-epsilon stopped the
+        run early, else 0. Raises :class:`RunDiverged` if the run diverged for good."""
+        rnd = start
+        while rnd <= self.settings.num_rounds:
+            t0 = time.monotonic()
+            if not _within_budget(self.strategy, nodes, rnd):
+                return rnd - 1
+            divergence = self._train(rnd, t0) or self._evaluate_and_log(rnd, t0)
+            if divergence is None:
+                rnd += 1
+            else:
+                rnd = self._diverged(divergence, t0, t_run)
+        return 0
+
+    def _train(self, rnd: int, t0: float) -> Divergence | None:
+        """Train round ``rnd``; how the run diverged, if this round shows it did."""
+        s, strategy, grid = self.settings, self.strategy, self.grid
+        before = Snapshot(rnd - 1, self.record, strategy.optimizer_state)
+        self.round_eval = {}
+        if s.secagg:
+            replies: list[Message] = []
+            new_record, self.train_metrics = strategy.train_secure(rnd, self.record, grid)
+        else:
+            messages = strategy.configure_train(rnd, self.record, ConfigRecord(), grid)
+            replies = list(send_and_receive(grid, messages, timeout=s.round_timeout))
+            new_record, self.train_metrics = strategy.aggregate_train(rnd, replies)
+        if new_record is not None:
+            bad = nonfinite_key(from_record(new_record))
+            if bad is not None:
+                self.undo = before
+                why = f"'{bad}' holds NaN or infinite values after the server step"
+                return Divergence(rnd, rnd, why)
+            self.record, self.trained, self.base = new_record, True, before
+        elif not self.trained and replies and all(m.has_error() for m in replies):
+            self.folder.append_jsonl("metrics.jsonl", _round_row(rnd, strategy, None, {}, t0))
+            raise TrainingFailed(
+                f"round {rnd}: every client failed and no update was ever accepted, so the "
+                f"run stops ({_first_drop(strategy)}); nothing was saved as trained. Every "
+                f"dropped client and why: {self.folder.file('metrics.jsonl')}"
+            )
+        asked = sum(len(p) for p in strategy.asked.values())
+        self.stall = self.stall.after(strategy.report.accepted, self.trained, asked)
+        self.undo = self.base  # a stall: undo the step that led to it
+        return self.stall.divergence(rnd, _first_drop(strategy))
+
+    def _evaluate_and_log(self, rnd: int, t0: float) -> Divergence | None:
+        """Evaluate (on evaluation rounds), log and checkpoint round ``rnd``; the divergence
+        its evaluation shows (the loss watch), if any, before anything is written."""
+        s, strategy, folder = self.settings, self.strategy, self.folder
+        final = rnd == s.num_rounds
+        eval_metrics = None
+        if final or rnd % s.evaluate_every == 0:
+            messages = strategy.configure_evaluate(
+                rnd, self.record, ConfigRecord({FINAL: final}), self.grid
+            )
+            replies = send_and_receive(self.grid, messages, timeout=s.round_timeout)
+            eval_metrics = strategy.aggregate_evaluate(rnd, replies)
+        else:
+            strategy.report.eval_clients = []
+        self.round_eval = dict(eval_metrics or {})  # type: ignore[arg-type]
+        self.watch, divergence = self.watch.after(rnd, self.round_eval)
+        if divergence is not None:
+            self.undo = self.last_good  # the last state whose evaluation was sound
+            return divergence
+        self.last_eval = self.round_eval
+        if eval_metrics is not None:
+            self.last_good = Snapshot(rnd, self.record, strategy.optimizer_state)
+        row = _round_row(rnd, strategy, self.train_metrics, self.last_eval, t0)
+        folder.append_jsonl("metrics.jsonl", row)
+        clients = strategy.report.eval_clients
+        folder.append_jsonl("clients.jsonl", {"round": rnd, "clients": clients})
+        if self.trained:  # before that, theta is the seeded initial one: nothing to keep
+            self._checkpoint(rnd, self.record, strategy.optimizer_state)
+        log(INFO, "%s", progress_line(s, row))
+        return None
+
+    def _checkpoint(self, rnd: int, record: ArrayRecord, optimizer: OptimizerState) -> None:
+        privacy = self.strategy.privacy.to_json() if self.strategy.privacy else None
+        self.folder.save_checkpoint(Checkpoint(rnd, from_record(record), optimizer, privacy))
+
+    def _diverged(self, divergence: Divergence, t0: float, t_run: float) -> int:
+        """Stop the run as diverged, or roll back: the round to run next."""
+        s, folder, undo = self.settings, self.folder, self.undo
+        rnd, reason = divergence.stopped_at, divergence.reason
+        log(WARNING, "round %d: the run diverged: %s", rnd, reason)
+        if s.on_divergence != "rollback" or self.rollbacks.done >= s.max_rollbacks or not undo:
+            row = _round_row(rnd, self.strategy, self.train_metrics, self.round_eval, t0)
+            folder.append_jsonl("metrics.jsonl", row | {"diverged": reason})
+            summary = {
+                "diverged-at-round": divergence.server_round, "stopped-at-round": rnd,
+                "diverged-reason": reason, "rounds": s.num_rounds,
+                "seconds": time.monotonic() - t_run, **self.rollbacks.to_json(),
+            }  # fmt: skip
+            folder.write_json("summary.json", summary)
+            raise RunDiverged(divergence.server_round, reason, str(folder.file("summary.json")))
+        # Back to the state before the step that caused it, with a smaller server step. The
+        # logs lose the undone rounds (rollback.json keeps why); DP's ledger keeps them.
+        self.rollbacks = self.rollbacks.next(s.rollback_lr_factor)
+        self.strategy.optimizer = self.rollbacks.optimizer(optimizer_config(s))
+        self.strategy.optimizer_state = undo.optimizer
+        self.record, self.base = undo.record, undo
+        self.stall = StallCounter(s.max_stalled_rounds)
+        for name in ("metrics.jsonl", "clients.jsonl"):
+            folder.truncate_jsonl_after(name, undo.server_round)
+        events = _rollback_events(folder) + [
+            {"round": divergence.server_round, "reason": reason, "to-round": undo.server_round}
+        ]
+        folder.write_json(ROLLBACK_FILE, self.rollbacks.to_json() | {"events": events})
+        if undo.server_round > 0:  # a resume from here must not find the undone rounds
+            self._checkpoint(undo.server_round, undo.record, undo.optimizer)
+        log(
+            WARNING, "rollback %d/%d: back to the end of round %d, server-lr now %.4g",
+            self.rollbacks.done, s.max_rollbacks, undo.server_round, self.strategy.optimizer.lr,
+        )  # fmt: skip
+        return undo.server_round + 1
+
+
+def _jsonl_rows(path: Path) -> list[dict]:
+    """The rows of a JSON-lines log (truncated to the checkpoint already)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _rollback_events(folder: RunFolder) -> list[dict]:
+    path = folder.file(ROLLBACK_FILE)
+    return list(json.loads(path.read_text()).get("events", [])) if path.exists() else []
 
 
 def _start_privacy(
@@ -308,7 +447,9 @@ def finish(
 ) -> dict[str, float]:  # fmt: skip
     model_path = folder.save_model(state, settings_to_run_config(settings))
     summary: dict[str, float] = {**last_eval, "rounds": settings.num_rounds, "seconds": seconds}
-    if settings.new_clients > 0:
+    # 'local' never trains the shared model: new clients would start from the seeded initial
+    # one, chance by construction, so they are not scored as if that were a result.
+    if settings.new_clients > 0 and settings.algo is not Algorithm.LOCAL:
         model = model_for(settings)
         device = select_device(settings.device, model)
         theta, alpha = split_state(state)

@@ -20,7 +20,7 @@ from common.config import Settings, Task
 from common.data.registry import load_new_client_data
 from common.meta import Params, StepSize, bounded_step_sizes
 from common.personalize import evaluate_cohort
-from server.aggregate import client_stats
+from server.aggregate import client_stats, diverged_clients
 
 NEW_CLIENT_PURPOSE = 3  # rng stream of new-client evaluation (0, 1: a round's train/evaluate)
 
@@ -47,8 +47,16 @@ def evaluate_new_clients(
         cohort_size=settings.cohort_size, keep_params=False, loss=settings.loss,
     )  # fmt: skip
     out: dict[str, float] = {"new-clients": settings.new_clients}
+    start = [r.by_steps[0].loss for r in results]
     for k in sorted(set(steps)):
-        scores = [r.by_steps[k] for r in results]
+        # A client whose adaptation diverged (server/aggregate.diverged_clients) is counted
+        # and left out of the statistics, as for the training clients.
+        bad = diverged_clients(start, [r.by_steps[k].loss for r in results])
+        scores = [r.by_steps[k] for r, b in zip(results, bad, strict=True) if not b]
+        if k > 0:
+            out[f"new-clients-k{k}-diverged"] = sum(bad)
+        if not scores:
+            continue
         losses = [s.loss for s in scores]
         if regression:
             out |= _stats(f"new-mse-k{k}", losses, higher_is_better=False)

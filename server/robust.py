@@ -69,6 +69,7 @@ class ClientAction:
 class Aggregate:
     delta: NamedArrays  # float64, what the server optimizer steps on
     weights: list[float]  # each client's weight (also for the round's train metrics)
+    norms: list[float]  # each client's update norm as sent (always logged)
     rule: Aggregation  # the rule that ran: the configured one or the fallback
     actions: list[ClientAction]
     bound: float | None  # the round's norm bound, if any
@@ -192,15 +193,7 @@ def robust_aggregate(
     if not updates or len(updates) != len(examples):
         raise ValueError(f"need one example count per update, got {len(updates)}, {len(examples)}")
     n = len(updates)
-    # Norms serve the bound and the log of what a rule did to a client; the plain weighted
-    # mean with claimed examples does nothing to anyone, so it skips them (a hot path).
-    acts = (
-        cfg.rule is not Aggregation.MEAN
-        or cfg.weighting is Weighting.CAPPED
-        or cfg.norm_bound > 0
-        or cfg.median_factor > 0
-    )
-    norms = [update_norm(u) for u in updates] if acts else [float("nan")] * n
+    norms = [update_norm(u) for u in updates]  # the bound's input, and always logged
     actions: dict[int, list[str]] = {}
     weights, cap = client_weights(examples, cfg.weighting, cfg.max_weight)
     for i, (claimed, w) in enumerate(zip(examples, weights, strict=True)):
@@ -236,7 +229,7 @@ def robust_aggregate(
         for i in sorted(set(range(n)) - set(kept)):
             actions.setdefault(i, []).append(f"excluded by {rule.value}")
     logged = [ClientAction(i, norms[i], "; ".join(a)) for i, a in sorted(actions.items())]
-    return Aggregate(delta, weights, rule, logged, bound, note)
+    return Aggregate(delta, weights, norms, rule, logged, bound, note)
 
 
 def _stack(updates: Sequence[Mapping[str, np.ndarray]], key: str) -> np.ndarray:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common import strict_json
 from common.arrays import split_state
 from common.config import ConfigError
 from common.folders import FolderLock, claim, temporary_name
@@ -82,11 +83,12 @@ class RunFolder:
 
     # ---- logs --------------------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> None:
-        _atomic_write(self.file(name), json.dumps(obj, indent=2, sort_keys=True).encode())
+        text = strict_json.dumps(obj, indent=2, sort_keys=True)  # NaN/inf: null (strict JSON)
+        _atomic_write(self.file(name), text.encode())
 
     def append_jsonl(self, name: str, obj: Any) -> None:
         with self.file(name).open("a") as f:
-            f.write(json.dumps(obj, sort_keys=True) + "\n")
+            f.write(strict_json.dumps(obj, sort_keys=True) + "\n")
 
     def truncate_jsonl_after(self, name: str, server_round: int) -> None:
         """Drop rows of rounds after ``server_round`` (written before a crash, not checkpointed).
@@ -194,7 +196,7 @@ class RunFolder:
             meta["privacy"] = ckpt.privacy
         if (fingerprint := ckpt.settings_hash or self.settings_hash) is not None:
             meta["settings-hash"] = fingerprint
-        blob = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        blob = np.frombuffer(strict_json.dumps(meta).encode(), np.uint8)
 
         def write(tmp: Path) -> None:
             with tmp.open("wb") as f:
@@ -240,7 +242,7 @@ class RunFolder:
         theta, alpha = split_state(state)
         payload: dict[str, Any] = {
             "theta": {k: torch.from_numpy(np.array(v)) for k, v in theta.items()},
-            "settings": json.dumps(settings, sort_keys=True),
+            "settings": strict_json.dumps(settings, sort_keys=True),
             "settings-hash": settings_hash(settings),
         }
         if alpha is not None:

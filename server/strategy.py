@@ -9,8 +9,11 @@ update stacked on a leading axis of its ``updates`` ArrayRecord. Screening stays
 client: a reply that errored or is malformed as a whole (missing records, keys, shapes or
 dtypes that differ from theta) drops every client it answers for; within a well-formed
 reply, a client that was skipped (too little data), that the server did not ask for, that
-claims a non-positive number of examples, or whose update holds a non-finite value is
-dropped alone, with its reason logged, and the round goes on with the rest.
+claims a number of examples that is not a whole number in [1, MAX_CLAIMED_EXAMPLES], or
+whose update holds a non-finite value is dropped alone, with its reason logged, and the
+round goes on with the rest. Every accepted client's update norm and weight are logged in
+metrics.jsonl (``robust.per-client``), and the round's train metrics are weighted by the same
+weights the aggregate uses, so a client that lies about its examples does not set them.
 
 With ``dp`` the accepted (client-clipped) updates are summed, re-clipped where a client did
 not clip, noised and divided by the expected cohort (server/privacy.py); with ``secagg``
@@ -51,7 +54,14 @@ from common.privacy import (
     distributed_noise,
     effective_noise_multiplier,
 )
-from server.aggregate import NamedArrays, OptimizerConfig, OptimizerState, client_stats, server_step
+from server.aggregate import (
+    NamedArrays,
+    OptimizerConfig,
+    OptimizerState,
+    client_stats,
+    diverged_clients,
+    server_step,
+)  # fmt: skip
 from server.nodes import NodeDirectory, cohort_size
 from server.privacy import (
     NOISE_PURPOSE,
@@ -64,6 +74,9 @@ from server.privacy import (
 from server.robust import Aggregate, RobustConfig, check_round_size, robust_aggregate
 from server.secagg import node_drops, quantization_range, secure_sum
 
+# The largest example count a client may claim: every integer up to 2**53 is exact in the
+# float64 weights, and no client holds more. A claim above it is a lie or a bug, dropped.
+MAX_CLAIMED_EXAMPLES = 2**53
 CLIP_TOLERANCE = 1e-5  # relative: a client's clipped float32 row may exceed C by rounding
 
 
@@ -91,9 +104,9 @@ def screen_train_reply(
     extra = reply.metric_columns()
     accepted = []
     for j, pid in reply.rows:
-        weight = examples[j]
-        if not isinstance(weight, int | float) or not np.isfinite(weight) or weight <= 0:
-            dropped[pid] = f"'{NUM_EXAMPLES}' must be a positive number, got {weight!r}"
+        weight = claimed_examples(examples[j])
+        if isinstance(weight, str):
+            dropped[pid] = weight
             continue
         if j in bad_rows:
             dropped[pid] = f"'{bad_rows[j]}' contains NaN or infinite values"
@@ -102,6 +115,22 @@ def screen_train_reply(
         values = {k: float(v[j]) for k, v in extra.items()}
         accepted.append(ClientUpdate(pid, update, float(weight), values))
     return accepted, dropped
+
+
+def claimed_examples(value: object) -> float | str:
+    """A client's claimed num-examples as a weight, or why it is refused.
+
+    A whole number in [1, MAX_CLAIMED_EXAMPLES]; Python ints of any size are compared as
+    ints (NumPy cannot hold 10**20 and would raise), floats must be finite and whole."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if ok and isinstance(value, float):
+        ok = math.isfinite(value) and value.is_integer()
+    if not ok or not 1 <= value <= MAX_CLAIMED_EXAMPLES:  # type: ignore[operator]
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        return (
+            f"'{NUM_EXAMPLES}' must be a whole number in [1, {MAX_CLAIMED_EXAMPLES}], got {shown}"
+        )
+    return float(value)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -117,8 +146,13 @@ class RoundReport:
 
 def robust_log(result: Aggregate, accepted: Sequence[ClientUpdate]) -> dict:
     """metrics.jsonl's view of one round's aggregation: the rule that ran, the norm bound,
-    and every client whose update was clipped, down-weighted or excluded."""
+    every accepted client's update norm (as sent) and weight (as used), and every client
+    whose update was clipped, down-weighted or excluded."""
     out: dict = {"rule": result.rule.value}
+    out["per-client"] = [
+        {"partition": c.partition, "norm": norm, "weight": weight}
+        for c, norm, weight in zip(accepted, result.norms, result.weights, strict=True)
+    ]
     if result.bound is not None:
         out["bound"] = result.bound
     if result.note:
@@ -440,12 +474,15 @@ class MetaStrategy(FedAvg):
             [c.update for c in accepted], [c.weight for c in accepted], self.robust
         )
         self.report.robust = robust_log(result, accepted)
-        if result.actions or result.note:
-            said = [result.note] if result.note else []
-            said += [
-                f"partition {c['partition']} (norm {c['norm']:.4g}) {c['action']}"
-                for c in self.report.robust["clients"]
-            ]
+        # Capping alone is routine with the default 'capped' weighting (every claim above
+        # the round's median), so it stays in metrics.jsonl; clipping and exclusion are said.
+        said = [result.note] if result.note else []
+        said += [
+            f"partition {c['partition']} (norm {c['norm']:.4g}) {c['action']}"
+            for c in self.report.robust["clients"]
+            if "clipped" in c["action"] or "excluded" in c["action"]
+        ]
+        if said:
             log(WARNING, "round %d %s: %s", server_round, result.rule.value, "; ".join(said))
         return result
 
@@ -522,22 +559,26 @@ def summarise_evaluation(rows: list[dict[str, float]], task: Task) -> MetricReco
         "acc": ("acc", True), "loss": ("loss", False)
     }  # fmt: skip
     out: dict[str, float] = {"clients": len(rows)}
-    # A personalisation that diverged (NaN/inf) stays in the statistics, which then read
-    # NaN/inf instead of flattering the mean; this count says how many clients did.
-    out["diverged-after"] = sum(not np.isfinite(r[LOSS_AFTER]) for r in rows)
-    for name, (key, higher_is_better) in names.items():
-        for when in ("before", "after"):
-            stats = client_stats([r[f"{key}-{when}"] for r in rows], higher_is_better)
+    # A client whose personalisation diverged (server/aggregate.diverged_clients: loss
+    # non-finite or over 10x its loss before) is counted here and left out of the "after"
+    # statistics, which would otherwise read NaN or 1e31 as if measured.
+    bad = diverged_clients([r[LOSS_BEFORE] for r in rows], [r[LOSS_AFTER] for r in rows])
+    out["diverged-after"] = sum(bad)
+    kept = [r for r, b in zip(rows, bad, strict=True) if not b]
+    for when, scored in (("before", rows), ("after", kept)):
+        if not scored:  # every client diverged: nothing measured after adapting
+            continue
+        for name, (key, higher_is_better) in names.items():
+            stats = client_stats([r[f"{key}-{when}"] for r in scored], higher_is_better)
             out |= {
                 f"{name}-{when}-mean": stats.mean,
                 f"{name}-{when}-std": stats.std,
                 f"{name}-{when}-worst10": stats.worst10,
             }
-    if task is not Task.REGRESSION and all(r.get(NUM_EXAMPLES, 0) > 0 for r in rows):
-        # Accuracy over all clients' test samples pooled (each client weighted by its test
-        # size): what LEAF, Per-FedAvg and pFedMe report, beside the per-client mean above.
-        sizes = np.array([r[NUM_EXAMPLES] for r in rows], dtype=np.float64)
-        for when in ("before", "after"):
-            acc = np.array([r[f"acc-{when}"] for r in rows], dtype=np.float64)
+        if task is not Task.REGRESSION and all(r.get(NUM_EXAMPLES, 0) > 0 for r in scored):
+            # Accuracy over all clients' test samples pooled (each client weighted by its
+            # test size): what LEAF, Per-FedAvg and pFedMe report, beside the mean above.
+            sizes = np.array([r[NUM_EXAMPLES] for r in scored], dtype=np.float64)
+            acc = np.array([r[f"acc-{when}"] for r in scored], dtype=np.float64)
             out[f"acc-{when}-pooled"] = float(acc @ sizes / sizes.sum())
     return MetricRecord(out)

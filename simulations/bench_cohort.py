@@ -575,7 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         report["cpu"], failed = cpu_part(opts, runs)
     if opts.out:
-        opts.out.write_text(json.dumps(report, indent=1))
+        from common import strict_json  # NaN/inf as null: the report stays strict JSON
+
+        opts.out.write_text(strict_json.dumps(report, indent=1))
         print(f"\nresults: {opts.out}")
     return 1 if failed else 0
 

@@ -11,11 +11,20 @@ loss-like metric above ``EXPLODED`` times its first value) is left out of its al
 mean and counted in the legend; an algorithm whose every seed diverged is drawn dashed and
 clipped, and the y-axis stays on the range of the stable curves, so one run at 1e11 does
 not flatten the others into a band.
+
+A run that stopped as diverged (summary.json's ``diverged-at-round``, server/divergence.py)
+is an outcome, not a measurement: the table's figures are over the seeds that finished, a
+``diverged`` column names the others ("seed 1 at round 35"), and a figure no seed measured
+reads "diverged (35)"; its curve is drawn dashed, labelled with its round. A figure is never
+NaN: clients whose personalisation diverged are left out of the across-client means by the
+server and counted in the "clients diverged" column. ``local`` has no shared model, so its
+new-client columns (a never-trained initial model) are chance by construction: "-".
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,28 +54,72 @@ def _mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
 
 
+DIVERGED_KEY = "diverged-at-round"  # summary.json of a run that stopped as diverged
+CLIENTS_DIVERGED = "diverged-after"  # clients whose personalisation diverged (server)
+FIGURES = ("-mean", "-worst10", "-pooled")
+
+
+def _figures(summary: dict[str, Any], algorithm: str) -> dict[str, float]:
+    """The summary's reported figures that are numbers (null: not measured), without the
+    new-client figures of ``local``, which never trains the model new clients start from."""
+    out = {}
+    for key, value in summary.items():
+        if key.startswith("new-") and algorithm == "local":
+            continue
+        if key.endswith(FIGURES) and isinstance(value, int | float) and np.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
 def collect(exp: Experiment, out: Path) -> list[dict[str, Any]]:
-    """One row per algorithm with the per-seed values of every reported figure."""
+    """One row per algorithm with the per-seed values of every reported figure (seeds
+    that finished), and the seeds that diverged with their rounds."""
     rows = []
     for name, overrides in exp.algorithms.items():
-        summaries = [s for seed in exp.seeds if (s := _read(out / name / f"seed{seed}"))]
-        if not summaries:
+        runs = {seed: s for seed in exp.seeds if (s := _read(out / name / f"seed{seed}"))}
+        if not runs:
             continue
-        metric, _ = _metric(summaries[0])
-        keys = [k for k in summaries[0] if k.endswith(("-mean", "-worst10", "-pooled"))]
-        values = {k: [s[k] for s in summaries if k in s] for k in keys}
+        finished = [s for s in runs.values() if DIVERGED_KEY not in s]
+        diverged = {seed: int(s[DIVERGED_KEY]) for seed, s in runs.items() if DIVERGED_KEY in s}
+        figures = [_figures(s, overrides.get("algorithm", name)) for s in finished]
+        keys = list(dict.fromkeys(k for f in figures for k in f))
         rows.append(
             {
                 "algorithm": name,
                 "overrides": overrides,
-                "metric": metric,
-                "seeds": len(summaries),
-                "values": values,
-                "seconds": [s["seconds"] for s in summaries],
-                "rounds": summaries[0]["rounds"],
+                "metric": _metric(finished[0] if finished else {})[0],
+                "seeds": len(runs),
+                "values": {k: [f[k] for f in figures if k in f] for k in keys},
+                "diverged": diverged,
+                "clients-diverged": [s.get(CLIENTS_DIVERGED, 0) or 0 for s in finished],
+                "new-clients-diverged": [_new_diverged(s) for s in finished],
+                "seconds": [s["seconds"] for s in runs.values()],
+                "rounds": next(iter(runs.values()))["rounds"],
             }
         )
-    return rows
+    metric = next((r["metric"] for r in rows if r["values"]), "mse")
+    return [r | {"metric": metric} for r in rows]
+
+
+def _new_diverged(summary: dict[str, Any]) -> int:
+    """New clients whose adaptation diverged, at the step count where most did."""
+    counts = [v for k, v in summary.items() if k.startswith("new-clients-k") and "diverged" in k]
+    return int(max(counts, default=0) or 0)
+
+
+def _cell(values: list[float], diverged: dict[int, int]) -> str:
+    """mean ± std over the finished seeds; "diverged (r, ...)" where none measured it."""
+    if values and diverged:  # over fewer seeds than the row has: say how many
+        return f"{_mean_std(values)} ({len(values)} of {len(values) + len(diverged)} seeds)"
+    if values:
+        return _mean_std(values)
+    if diverged:
+        return f"diverged ({', '.join(str(r) for r in diverged.values())})"
+    return "n/a"
+
+
+def _diverged_seeds(diverged: dict[int, int]) -> str:
+    return ", ".join(f"seed {seed} at round {r}" for seed, r in diverged.items()) or "-"
 
 
 def write_report(exp: Experiment, out: Path) -> None:
@@ -100,6 +153,16 @@ def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 def _write_markdown(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> None:
     cols = _columns(rows)
     better = "higher" if rows[0]["metric"] == "acc" else "lower"
+    # Only where something diverged: a column of the clients left out of the means, and
+    # one naming the seeds that stopped as diverged (left out of every figure).
+    extra = []
+    if any(any(r["clients-diverged"]) for r in rows):
+        extra.append(("clients diverged", lambda r: _mean_or_dash(r["clients-diverged"])))
+    if any(any(r["new-clients-diverged"]) for r in rows):
+        show_new = lambda r: _mean_or_dash(r["new-clients-diverged"])  # noqa: E731
+        extra.append(("new clients diverged", show_new))
+    if any(r["diverged"] for r in rows):
+        extra.append(("diverged", lambda r: _diverged_seeds(r["diverged"])))
     lines = [
         f"# {exp.name}",
         "",
@@ -107,11 +170,14 @@ def _write_markdown(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> 
         f"engine `{exp.engine}`. Mean ± std over seeds of the across-client mean "
         f"({better} is better). Shared settings: `{json.dumps(exp.base, sort_keys=True)}`.",
         "",
-        "| algorithm | " + " | ".join(c[1] for c in cols) + " | rounds | s/run | overrides |",
-        "|---|" + "---|" * len(cols) + "---|---|---|",
+        "| algorithm | "
+        + " | ".join([c[1] for c in cols] + [e[0] for e in extra])
+        + " | rounds | s/run | overrides |",
+        "|---|" + "---|" * (len(cols) + len(extra)) + "---|---|---|",
     ]
     for r in rows:
-        cells = [_mean_std(r["values"].get(k, [])) for k, _ in cols]
+        cells = [_cell(r["values"].get(k, []), r["diverged"]) for k, _ in cols]
+        cells += [show(r) for _, show in extra]
         overrides = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "-"
         lines.append(
             f"| {r['algorithm']} | "
@@ -121,6 +187,14 @@ def _write_markdown(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> 
     path.write_text("\n".join(lines) + "\n")
 
 
+def _mean_or_dash(counts: list[float]) -> str:
+    """Clients left out of the means per seed: "3" or "0-7" across seeds; "-" for none."""
+    if not counts or not any(counts):
+        return "-"
+    lo, hi = int(min(counts)), int(max(counts))
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     keys = sorted({k for r in rows for k in r["values"]})
     with path.open("w", newline="") as f:
@@ -128,11 +202,11 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         w.writerow(
             ["algorithm", "seeds", "rounds", "seconds_mean"]
             + [f"{k}{s}" for k in keys for s in ("", "_std")]
-            + ["overrides"]
+            + ["clients_diverged_max", "diverged", "overrides"]
         )
         for r in rows:
             stats = []
-            for k in keys:
+            for k in keys:  # over the finished seeds; a figure none measured is empty
                 v = r["values"].get(k, [])
                 stats += [np.mean(v) if v else "", np.std(v) if v else ""]
             w.writerow(
@@ -142,6 +216,8 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
                     r["rounds"],
                     np.mean(r["seconds"]),
                     *stats,
+                    int(max(r["clients-diverged"], default=0)),
+                    "; ".join(f"seed {s}: diverged ({at})" for s, at in r["diverged"].items()),
                     json.dumps(r["overrides"], sort_keys=True),
                 ]
             )
@@ -272,15 +348,27 @@ def _draw(ax: Any, curves: list[Curve], log: bool, errorbars: bool = False) -> N
         ax.set_ylim(*limits)
 
 
-def _all_curves(runs: dict[str, list[dict[float, float]]], higher: bool) -> list[Curve]:
+def _all_curves(
+    runs: dict[str, list[dict[float, float]]], higher: bool, stopped: Sequence[str] = ()
+) -> list[Curve]:
     """One curve per algorithm, in order (colour C0, C1, ...), divergence judged against
-    where all runs of the plot typically start."""
+    where all runs of the plot typically start; the ``stopped`` ones (runs that stopped as
+    diverged) are drawn as diverged whatever their values, labelled by their name."""
     reference = typical_start([d for per_seed in runs.values() for d in per_seed])
     curves = [
         _curve(name, f"C{i % 10}", per_seed, higher, reference)
         for i, (name, per_seed) in enumerate(runs.items())
     ]
-    return [c for c in curves if c is not None]
+    return [
+        dataclasses.replace(c, diverged=True, label=name) if name in stopped else c
+        for name, c in zip(runs, curves, strict=True)
+        if c is not None
+    ]
+
+
+def _finite(values: list[Any]) -> list[float]:
+    """The numbers of ``values`` (null: a client whose score was not finite)."""
+    return [float(v) for v in values if isinstance(v, int | float) and np.isfinite(v)]
 
 
 def _round_values(path: Path, key: str) -> dict[float, float]:
@@ -294,16 +382,23 @@ def _round_values(path: Path, key: str) -> dict[float, float]:
 
 def _curves(plt: Any, exp: Experiment, rows: list[dict], out: Path, metric: str) -> None:
     higher = metric == "acc"
-    runs = {
-        r["algorithm"]: [
-            _round_values(
-                out / r["algorithm"] / f"seed{seed}" / "metrics.jsonl", f"{metric}-after-mean"
+    runs, stopped = {}, []
+    for r in rows:
+        name = r["algorithm"]
+        per_seed = {
+            seed: _round_values(
+                out / name / f"seed{seed}" / "metrics.jsonl", f"{metric}-after-mean"
             )
             for seed in exp.seeds
-        ]
-        for r in rows
-    }
-    curves = _all_curves(runs, higher)
+        }
+        runs[name] = [d for seed, d in per_seed.items() if seed not in r["diverged"]]
+        for seed, at in r["diverged"].items():  # each its own dashed line, up to where it stopped
+            label = f"{name} seed {seed} (diverged at round {at})"
+            runs[label] = [per_seed[seed]]
+            stopped.append(label)
+    curves = _all_curves(runs, higher, stopped)
+    if not curves:
+        return
     fig, ax = plt.subplots(figsize=(10, 4.5))
     if metric == "mse":
         ax.set_yscale("log")
@@ -378,11 +473,13 @@ def _distributions(plt: Any, exp: Experiment, rows: list[dict], out: Path, metri
     data, labels = [], []
     for r in rows:
         f = out / r["algorithm"] / f"seed{exp.seeds[0]}" / "clients.jsonl"
-        if not f.exists():
+        if not f.exists() or exp.seeds[0] in r["diverged"]:  # no final round: nothing to show
             continue
         last = json.loads(f.read_text().splitlines()[-1])["clients"]
-        data += [[c[f"{key}-before"] for c in last], [c[f"{key}-after"] for c in last]]
-        labels += [f"{r['algorithm']}\nbefore", f"{r['algorithm']}\nafter"]
+        both = [_finite([c[f"{key}-{when}"] for c in last]) for when in ("before", "after")]
+        if all(both):
+            data += both
+            labels += [f"{r['algorithm']}\nbefore", f"{r['algorithm']}\nafter"]
     if not data:
         return
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labels)), 4))

@@ -30,6 +30,8 @@ def read_rows(summary_csv: Path) -> tuple[str, dict[tuple[str, str, str], float]
     for r in rows:
         m = ROW.match(r["algorithm"])
         value = r.get(f"{metric}-after-mean", "")
+        if value == "" and r.get("diverged"):  # every seed stopped as diverged (report.py)
+            value = "nan"
         if m is None or value == "":
             continue
         key = (m["attack"], m["percent"], m["defence"] or UNDEFENDED)
@@ -54,7 +56,7 @@ def table(metric: str, cells: dict[tuple[str, str, str], float], tolerance: floa
                 row.append("")
                 continue
             if not math.isfinite(value):
-                row.append("NaN (diverged)")
+                row.append("diverged")
                 continue
             change = (value - clean) / clean
             worse = -change if higher_is_better else change

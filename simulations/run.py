@@ -12,12 +12,16 @@ server loop in this process (``engine: loop``). A cell whose folder already hold
 ``summary.json`` from the same settings (and node count, kept in ``federation.json``) is
 reused, and one that was interrupted resumes from its checkpoint, so a killed sweep
 continues where it stopped. A run that failed (bad data, no update ever accepted) leaves
-no summary, so it runs again once the cause is fixed. Results: ``<out>/<algorithm>/
+no summary, so it runs again once the cause is fixed. A run that diverged (server/
+divergence.py) is an outcome: its summary records the round, the table shows "diverged
+(r)", and it is kept and reused like a finished run. Results: ``<out>/<algorithm>/
 seed<k>/`` per run, then ``summary.md``, ``summary.csv`` and plots; ``--only`` updates
 its rows there and keeps the others. A named error (bad file or settings, unreadable data
 or checkpoint, a run that failed, a full disk, no permission) stops the sweep with one
 ``error:`` line and exit status 1 (2 for a bad file); Ctrl-C with one line saying where
-the rerun resumes, and status 130.
+the rerun resumes, and status 130. An experiment of a single run that diverged exits
+with status 3, after its table; in a sweep of several runs a diverged cell is a row of
+the table, and the exit status stays 0.
 
 ``--out`` must be empty, new, or a results folder of this project; while a sweep writes
 into it, a second one is refused with the first one's PID (common/folders.py).
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     everything = dataclasses.replace(exp, algorithms=from_file.algorithms)  # without --only
     t0 = time.monotonic()
     try:
-        run_experiment(exp, out, report=everything)
+        summaries = run_experiment(exp, out, report=everything)
     except Interrupted as err:
         return _error(err, 130)
     except KeyboardInterrupt:
@@ -116,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         return _error(err, 1)
     print(f"done in {time.monotonic() - t0:.0f} s; table: {out / 'summary.md'}", flush=True)
     print((out / "summary.md").read_text(), flush=True)
-    return 0
+    diverged = diverged_runs(summaries)
+    runs = sum(len(seeds) for seeds in summaries.values())
+    if diverged:
+        print(f"{len(diverged)} of {runs} runs diverged: {', '.join(diverged)}", flush=True)
+    return DIVERGED_EXIT if diverged and runs == 1 else 0
 
 
 Summaries = dict[str, dict[int, dict[str, float]]]  # row -> seed -> the run's summary.json
@@ -228,6 +236,29 @@ def _interrupted(cell: Cell) -> Interrupted:
         f"interrupted after round {done} ({cell.algorithm} seed {cell.seed}, {run_dir}); "
         "rerun the same command to resume"
     )
+
+
+DIVERGED_EXIT = 3  # a single run that diverged: its outcome, not an error of the user's
+
+
+def _diverged_round(run_dir: Path) -> int | None:
+    """The round a run diverged in, from its summary.json (None: it did not, or has none)."""
+    path = run_dir / "summary.json"
+    try:
+        value = json.loads(path.read_text()).get("diverged-at-round") if path.exists() else None
+    except (ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
+def diverged_runs(summaries: Summaries) -> list[str]:
+    """The runs that stopped as diverged, e.g. "maml seed 2 at round 35"."""
+    return [
+        f"{row} seed {seed} at round {summary['diverged-at-round']}"
+        for row, seeds in summaries.items()
+        for seed, summary in seeds.items()
+        if "diverged-at-round" in summary
+    ]
 
 
 def _add_ray_options(parser: argparse.ArgumentParser) -> None:
@@ -342,7 +373,8 @@ def _state(exp: Experiment, cell: Cell) -> str:
     """'done' (same settings finished), 'resume' (checkpoint, no summary) or 'new'."""
     run_dir = Path(cell.run_config["run-dir"])
     config = run_dir / "config.json"
-    if (run_dir / "summary.json").exists() and config.exists() and _trained(run_dir):
+    finished = _diverged_round(run_dir) is not None or _trained(run_dir)  # both are outcomes
+    if (run_dir / "summary.json").exists() and config.exists() and finished:
         _check_federation(exp, run_dir)
         recorded = json.loads(config.read_text())
         for key, value in cell.run_config.items():
@@ -406,11 +438,14 @@ def _trained(run_dir: Path) -> bool:
 
 
 def run_cells(exp: Experiment, cells: list[Cell]) -> None:
+    """Run every cell not done yet (a diverged cell is done: its outcome is recorded)."""
     todo = [(c, _state(exp, c)) for c in cells]
     pending = [(c, s) for c, s in todo if s != "done"]
     for c, s in todo:
         if s == "done":
-            print(f"  [{c.algorithm} seed {c.seed}] already done, reused", flush=True)
+            r = _diverged_round(Path(c.run_config["run-dir"]))
+            how = f"diverged at round {r}" if r is not None else "done"
+            print(f"  [{c.algorithm} seed {c.seed}] already {how}, reused", flush=True)
     if not pending:
         return
     from common.folders import claim
@@ -477,12 +512,17 @@ def _config(cell: Cell, state: str) -> dict:
 
 
 def _run_in_loop(exp: Experiment, cell: Cell, state: str, tag: str) -> None:
+    from server.divergence import RunDiverged
     from simulations.loop import run_in_loop
 
     print(f"[{tag}] {cell.algorithm} seed {cell.seed} ({state})", flush=True)
     logging.getLogger("flwr").setLevel(logging.INFO)
     t = time.monotonic()
-    run_in_loop(_config(cell, state), exp.num_supernodes)
+    try:
+        run_in_loop(_config(cell, state), exp.num_supernodes)
+    except RunDiverged as err:  # an outcome: recorded in its summary.json, kept
+        print(f"[{tag}] {cell.algorithm} seed {cell.seed} {err}", flush=True)
+        return
     print(
         f"[{tag}] {cell.algorithm} seed {cell.seed} finished in {time.monotonic() - t:.0f} s",
         flush=True,
@@ -519,6 +559,9 @@ def _run_on_engine(link: SuperLink, exp: Experiment, cell: Cell, state: str, tag
                 proc.terminate()
                 proc.wait(timeout=30)
     where = f"run {cell.algorithm} seed {cell.seed}"
+    if (r := _diverged_round(run_dir)) is not None:  # the ServerApp raised RunDiverged
+        print(f"[{tag}] {cell.algorithm} seed {cell.seed} diverged at round {r}", flush=True)
+        return
     try:
         if code == 0:
             link.check_finished("".join(lines))  # the ServerApp's exception, if it raised

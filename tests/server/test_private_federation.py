@@ -211,7 +211,11 @@ def test_robust_aggregation_with_secagg_is_refused_saying_why():
         parse_settings({"secagg": True, "dp-clip": 1.0, "weighting": "uniform",
                         "aggregation": "krum"})  # fmt: skip
     with pytest.raises(ConfigError, match="'uniform'"):
-        parse_settings({"dp": True, "dp-clip": 1.0})
+        parse_settings({"dp": True, "dp-clip": 1.0, "weighting": "examples"})
+    with pytest.raises(ConfigError, match="its default 5.0 with dp = true, which ignores it"):
+        parse_settings({"dp": True, "dp-clip": 1.0, "norm-bound-median-factor": 2.0})
+    # the defaults (capped claims, a norm bound) do not apply to DP and are accepted
+    assert parse_settings({"dp": True, "dp-clip": 1.0}).dp
 
 
 # ---- the server checks the clients' clipping --------------------------------------------

@@ -267,7 +267,8 @@ def _strategy(**config) -> MetaStrategy:
 
 
 def test_the_strategy_steps_on_the_robust_aggregate_and_logs_each_excluded_client():
-    strategy = _strategy(aggregation="multi-krum", **{"krum-byzantine": 2})
+    no_bound = {"krum-byzantine": 2, "norm-bound-median-factor": 0.0}  # multi-krum alone
+    strategy = _strategy(aggregation="multi-krum", **no_bound)
     strategy.configure_train(1, to_record(THETA), ConfigRecord(), grid=None)  # type: ignore[arg-type]
     updates = [{"w": np.array([1.0, 1.0 + 0.01 * i], np.float32)} for i in range(8)]
     updates += [{"w": np.array([1e6, -1e6], np.float32)}] * 2

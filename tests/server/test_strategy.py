@@ -55,8 +55,13 @@ def _reply(node: int, updates: list[dict], ns: list[int], partitions=None, skipp
     return Message(content, reply_to=_instruction(node))
 
 
+# These tests pin screening and the example-weighted mean's arithmetic, so they state
+# the plain weighting; the defaults (capped claims, a norm bound) are tested on their own.
+PLAIN = {"weighting": "examples", "norm-bound-median-factor": 0.0}
+
+
 def _strategy(optimizer=("sgd", 1.0), **config) -> MetaStrategy:
-    settings = parse_settings({"fraction-train": 1.0, **config})
+    settings = parse_settings({"fraction-train": 1.0, **PLAIN, **config})
     strategy = MetaStrategy(settings, _Nodes(), OptimizerConfig(*optimizer))  # type: ignore[arg-type]
     strategy.configure_train(1, to_record(THETA), ConfigRecord(), grid=None)  # type: ignore[arg-type]
     return strategy

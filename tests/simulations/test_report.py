@@ -102,3 +102,54 @@ def test_a_run_that_starts_exploded_is_judged_against_where_the_others_start():
     assert "1/3 seeds diverged" in hf.label and not hf.diverged
     np.testing.assert_allclose(hf.y, [3.15, 1.45, 1.05])
     np.testing.assert_allclose(hf.low, [3.1, 1.4, 1.0])  # error bars: min-max of the seeds
+
+
+def _experiment(tmp_path: Path, seeds: tuple[int, ...], algorithms: dict) -> Experiment:
+    return Experiment(
+        name="t", engine="loop", num_supernodes=1, cpus_per_client=1, seeds=seeds,
+        base={"dataset": "synthetic"}, algorithms=algorithms, source=tmp_path / "t.yaml",
+    )  # fmt: skip
+
+
+def _stopped_run(folder: Path, at: int, values: list[float]) -> None:
+    """A run that stopped as diverged: summary.json records the round, no figures."""
+    _fake_run(folder, values, {})
+    summary = {"diverged-at-round": at, "stopped-at-round": at + 3, "rounds": 30, "seconds": 2.0}
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_a_run_that_stopped_as_diverged_is_named_never_averaged(tmp_path):
+    exp = _experiment(tmp_path, (0, 1, 2), {"maml": {}, "hf": {"algorithm": "perfedavg-hf"}})
+    for seed in (0, 2):
+        _fake_run(tmp_path / "maml" / f"seed{seed}", [3.0, 1.0, 0.4 + seed / 10], {})
+    _stopped_run(tmp_path / "maml" / "seed1", 35, [3.0, 1.0])
+    for seed, at in ((0, 12), (1, 40), (2, 7)):
+        _stopped_run(tmp_path / "hf" / f"seed{seed}", at, [3.0])
+    write_report(exp, tmp_path)
+    table = (tmp_path / "summary.md").read_text()
+    maml = next(line for line in table.splitlines() if line.startswith("| maml "))
+    hf = next(line for line in table.splitlines() if line.startswith("| hf "))
+    assert "0.500 ± 0.100 (2 of 3 seeds)" in maml  # seeds 0 and 2 only
+    assert "seed 1 at round 35" in maml
+    assert hf.count("diverged (12, 40, 7)") == 3  # every figure column
+    assert "seed 0 at round 12, seed 1 at round 40, seed 2 at round 7" in hf
+    csv_text = (tmp_path / "summary.csv").read_text()
+    assert "nan" not in csv_text.lower() and "seed 1: diverged (35)" in csv_text
+    assert (tmp_path / "mse_vs_round.png").stat().st_size > 0
+
+
+def test_clients_left_out_of_the_means_are_counted_and_local_new_clients_not_shown(tmp_path):
+    exp = _experiment(tmp_path, (0,), {"maml": {}, "local": {}})
+    _fake_run(tmp_path / "maml" / "seed0", [3.0, 0.5], {0: 3.0, 1: 1.0})
+    summary = json.loads((tmp_path / "maml" / "seed0" / "summary.json").read_text())
+    summary |= {"diverged-after": 4, "new-clients-k1-diverged": 2}
+    (tmp_path / "maml" / "seed0" / "summary.json").write_text(json.dumps(summary))
+    _fake_run(tmp_path / "local" / "seed0", [3.0, 2.0], {0: 9.9, 1: 9.9})  # chance: untrained
+    write_report(exp, tmp_path)
+    lines = (tmp_path / "summary.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| algorithm"))
+    assert "| clients diverged | new clients diverged |" in header
+    local = next(line for line in lines if line.startswith("| local "))
+    assert "9.900" not in local  # its new-client columns read n/a
+    maml = next(line for line in lines if line.startswith("| maml "))
+    assert "| 3.000 ± 0.000 | 1.000 ± 0.000 | 4 | 2 |" in maml  # new clients k = 0, 1
