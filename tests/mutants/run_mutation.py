@@ -68,7 +68,12 @@ GROUPS = {
     ),
     "personalize": Group(
         ("common/personalize.py",),
-        ("tests/common/test_personalize.py", "tests/common/test_tensors_of.py", KNOWN_BUGS),
+        (
+            "tests/common/test_personalize.py",
+            "tests/common/test_tensors_of.py",
+            "tests/common/test_personalize_guards.py",
+            KNOWN_BUGS,
+        ),
     ),
     "client-train": Group(
         ("client/train.py",),
