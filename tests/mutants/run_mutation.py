@@ -52,8 +52,8 @@ GROUPS = {
     "meta": Group(
         ("common/meta.py",),
         (
-            "tests/common/test_meta.py",
             "tests/common/test_independent_refs.py",
+            "tests/common/test_meta.py",
             KNOWN_BUGS,
             "tests/client/test_train.py",
         ),
