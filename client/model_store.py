@@ -24,6 +24,7 @@ load only where CUDA exists, and there onto the GPU.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import warnings
@@ -59,7 +60,7 @@ def save_personalized(
     try:
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().clone() for k, v in params.items()}
-        _atomic(path / STATE_FILE, lambda tmp: torch.save(state, tmp))
+        _atomic(path / STATE_FILE, lambda tmp: tmp.write_bytes(_serialised(torch.save, state)))
         text = json.dumps(dict(info), indent=2, sort_keys=True)
         _atomic(path / INFO_FILE, lambda tmp: tmp.write_text(text))
     except OSError as err:
@@ -84,7 +85,7 @@ def export_torchscript(
     with torch.no_grad():
         traced = torch.jit.trace(module, example)
         out = Path(path)
-        _atomic(out, lambda tmp: torch.jit.save(traced, str(tmp)))
+        _atomic(out, lambda tmp: tmp.write_bytes(_serialised(torch.jit.save, traced)))
         expected, got = module(example), torch.jit.load(str(out))(example)
     if not torch.allclose(expected, got, rtol=1e-5, atol=1e-6):
         raise ModelStoreError(
@@ -174,6 +175,15 @@ def _cpu_copy(model: nn.Module, params: Mapping[str, Tensor]) -> nn.Module:
     module = copy.deepcopy(model).cpu().eval()
     module.load_state_dict({k: v.detach().cpu() for k, v in params.items()}, strict=True)
     return module
+
+
+def _serialised(save: Callable[[Any, io.BytesIO], object], obj: Any) -> bytes:
+    """``obj`` as ``save`` writes it, in memory. Torch's own file writer aborts the whole
+    process on a full disk (a C++ exception in a destructor); Python's write raises an
+    OSError naming the cause, which the caller reports in one line."""
+    buffer = io.BytesIO()
+    save(obj, buffer)
+    return buffer.getvalue()
 
 
 def _atomic(path: Path, write: Callable[[Path], object]) -> None:

@@ -15,6 +15,10 @@ accuracy) before and after on the held-out test split, and writes into ``--out``
     personalized.onnx            with --onnx: an ONNX export, checked with onnxruntime
                                  (needs the ``onnx`` extra)
 
+all or none of them: they are written under temporary names beside ``--out`` and moved
+into it only when every step succeeded. A model.pt whose settings are not the ones its
+theta was trained with (edited, or their hash differs) is refused before any work.
+
 The adaptation is the evaluation path the federation itself uses
 (:func:`common.personalize.personalize_and_score`) on the batches of the run's final
 evaluation (the client's RNG stream of (seed, client, final round, evaluate)), so with the
@@ -29,7 +33,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
+import os
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +52,7 @@ from client.model_store import (
     INFO_FILE,
     ONNX_FILE,
     STATE_FILE,
+    ModelStoreError,
     export_onnx,
     export_torchscript,
     save_personalized,
@@ -52,10 +60,12 @@ from client.model_store import (
 from common.config import Algorithm, Settings, parse_settings, settings_to_run_config
 from common.data.registry import load_client_data
 from common.device import select_device
+from common.folders import temporary_name
 from common.messages import ACC_AFTER, ACC_BEFORE, LOSS_AFTER, LOSS_BEFORE
 from common.meta import bounded_step_sizes
 from common.models import model_for
 from common.personalize import Personalized, personalize_and_score, tensors_of
+from common.settings_hash import settings_hash
 
 
 class ModelFileError(ValueError):
@@ -82,11 +92,39 @@ def load_global_model(path: Path) -> GlobalModel:
             f"--model {path} lacks 'theta' and 'settings'; pass the model.pt a run wrote "
             "(not personalized.pt, which is a bare state_dict)"
         )
+    try:
+        run_config = json.loads(payload["settings"])
+        settings = parse_settings(run_config)
+    except (TypeError, ValueError) as err:  # not JSON, or a ConfigError naming the key
+        raise ModelFileError(f"--model {path}: its settings are not valid ({err})") from err
+    recorded = payload.get("settings-hash")
+    if recorded is not None and recorded != settings_hash(run_config):
+        raise ModelFileError(
+            f"--model {path}: its settings are not the ones its theta was trained with "
+            "(their hash differs from the one saved with theta): the file was edited. Use "
+            "the model.pt the run wrote"
+        )
     return GlobalModel(
-        settings=parse_settings(json.loads(payload["settings"])),
+        settings=settings,
         theta=dict(payload["theta"]),
         alpha=dict(payload["alpha"]) if payload.get("alpha") is not None else None,
     )
+
+
+def check_fits(saved: GlobalModel, model: torch.nn.Module, path: Path) -> None:
+    """ModelFileError unless theta (and alpha) hold exactly the arrays of the settings' model."""
+    wanted = {k: tuple(p.shape) for k, p in model.named_parameters()}
+    for name, arrays in (("theta", saved.theta), ("alpha", saved.alpha or {})):
+        got = {k: tuple(v.shape) for k, v in arrays.items()}
+        if name == "alpha" and not got:
+            continue
+        if got != wanted:
+            diff = sorted(set(got.items()) ^ set(wanted.items()))[:3]
+            raise ModelFileError(
+                f"--model {path}: its {name} does not fit the model its settings describe "
+                f"(differs at {diff}); the settings or the arrays were changed. Use the "
+                "model.pt the run wrote"
+            )
 
 
 def personalize_saved_model(
@@ -100,14 +138,47 @@ def personalize_saved_model(
     device: str = "cpu",
     onnx: bool = False,
 ) -> Personalized:
-    """Adapt the saved model on one client's train split; write state_dict, JSON, exports."""
+    """Adapt the saved model on one client's train split; write state_dict, JSON, exports.
+
+    Every file goes into a folder of this process's own beside ``out`` first; only when
+    all of them are written are they moved into ``out``. A failure leaves nothing there.
+    """
+    if out.exists() and not out.is_dir():
+        raise ModelFileError(f"--out {out} is a file; give a folder for the outputs")
     saved = load_global_model(model_path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ModelStoreError(
+            f"cannot write the personalised model into '{out}': {err}. Point --out at a "
+            "writable folder."
+        ) from err
+    staging = temporary_name(out.parent / f".{out.name}")
+    try:
+        result = _personalize_into(
+            staging, saved, model_path, partition_id, num_partitions,
+            steps=steps, data_path=data_path, device=device, onnx=onnx,
+        )  # fmt: skip
+        out.mkdir(exist_ok=True)
+        for file in staging.iterdir():
+            os.replace(file, out / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def _personalize_into(
+    folder: Path, saved: GlobalModel, model_path: Path, partition_id: int,
+    num_partitions: int, *, steps: int | None, data_path: str | None, device: str,
+    onnx: bool,
+) -> Personalized:  # fmt: skip
     settings = saved.settings
     if data_path is not None:  # this device's own copy of the data
         settings = dataclasses.replace(settings, data_path=data_path)
     steps = settings.eval_steps if steps is None else steps
-    data = load_client_data(settings, partition_id, num_partitions)
     model = model_for(settings)
+    check_fits(saved, model, model_path)
+    data = load_client_data(settings, partition_id, num_partitions)
     torch_device = select_device(device, model)  # 'auto': CUDA only for a large enough model
     model = model.to(torch_device)
     theta = {k: v.to(torch_device) for k, v in saved.theta.items()}
@@ -135,11 +206,11 @@ def personalize_saved_model(
         "input-shape": list(data.x_test.shape[1:]),
         "settings": settings_to_run_config(settings),
     }
-    save_personalized(out, result.params, info, folder_flag="--out")
+    save_personalized(folder, result.params, info, folder_flag="--out")
     _, _, x_test, _ = tensors_of(data, settings.task, torch.device("cpu"))
-    export_torchscript(model, result.params, x_test, out / EXPORT_FILE)
+    export_torchscript(model, result.params, x_test, folder / EXPORT_FILE)
     if onnx:
-        export_onnx(model, result.params, x_test, out / ONNX_FILE)
+        export_onnx(model, result.params, x_test, folder / ONNX_FILE)
     return result
 
 
@@ -205,7 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             steps=args.steps, data_path=args.data_path, device=args.device, onnx=args.onnx,
         )  # fmt: skip
     except (ValueError, OSError) as err:  # our errors name the input and the fix
-        print(f"error: {err}", file=sys.stderr)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            err = OSError(
+                f"no space left on the device of --out {args.out}; nothing was written. "
+                "Free some space or give --out on another disk"
+            )
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     info = json.loads((args.out / INFO_FILE).read_text())
     why_not = "" if info["same-as-run"] == "yes" else info["same-as-run"]

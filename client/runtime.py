@@ -21,11 +21,13 @@ by numbers hashed from their ids, and checks that data itself before its first a
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -147,6 +149,7 @@ def node_runtime(context: Context) -> NodeRuntime:
     index, nodes = int(node["partition-id"]), int(node["num-partitions"])
     per_node = settings.clients_per_node
     model = _skeleton(settings)
+    _check_node_memory(settings)
     return NodeRuntime(
         settings=settings,
         node_partition=index,
@@ -201,6 +204,87 @@ def _settings(run_config: tuple[tuple[str, object], ...], node_data_path: str) -
 @lru_cache(maxsize=8)
 def _skeleton(settings: Settings) -> nn.Module:
     return model_for(settings)
+
+
+# ---- memory for clients-per-node, estimated before anything is allocated -------------------
+# Without the estimate, clients-per-node=100000000 ran out of memory while the nodes listed
+# their clients, and the server reported it after its 120 s wait as "start more
+# SuperNodes". Nodes now report their clients as a range, so what grows with the clients
+# is the final round, which scores final-fraction-evaluate of them (every one by default):
+# each scored client's result on its node, in the reply, and as the server's row. Measured
+# as peak RSS of the loop engine (node and server in one process, sinusoid, 20,000 ->
+# 60,000 clients, all scored): 5.0 KB per client, split here evenly between node and server.
+NODE_BYTES_PER_SCORED_CLIENT = 2500
+SERVER_BYTES_PER_SCORED_CLIENT = 2500
+SERVER_BYTES_PER_CLIENT = 16  # the sample drawn each round (DP's Poisson draw: 8 B + mask)
+
+
+class MemoryEstimateError(ValueError):
+    """The federation's clients would not fit in this machine's memory."""
+
+
+def federation_bytes(settings: Settings, num_clients: int, hosted: int, server_here: bool) -> int:
+    """Bytes this machine needs for ``hosted`` of the federation's ``num_clients`` clients
+    (and for the server, when it runs here): the final round's scored clients, plus one
+    round's updates of the clients fraction-train samples (on a node: its stacked rows and
+    the reply; on the server: its rows of every sampled client)."""
+    model = _skeleton(settings)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if settings.learns_inner_lr:
+        model_bytes *= 2  # Meta-SGD's alpha travels with theta
+
+    def share(fraction: float) -> tuple[int, int]:  # (in the federation, on this machine)
+        total = min(num_clients, max(1, int(num_clients * fraction)))
+        return total, -(-total * hosted // num_clients)
+
+    trained, trained_here = share(settings.fraction_train)
+    scored, scored_here = share(settings.final_fraction_evaluate)
+    need = scored_here * NODE_BYTES_PER_SCORED_CLIENT + trained_here * model_bytes * 2
+    if server_here:
+        need += scored * SERVER_BYTES_PER_SCORED_CLIENT + trained * model_bytes
+        need += num_clients * SERVER_BYTES_PER_CLIENT
+    return need
+
+
+def available_memory() -> int:
+    """Bytes the kernel says can be allocated now (MemAvailable), else physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(
+    settings: Settings, num_clients: int, hosted: int, server_here: bool, where: str
+) -> None:
+    """MemoryEstimateError naming clients-per-node and the estimate when the clients would
+    not fit into the memory available on this machine (``where`` says what it hosts)."""
+    need = federation_bytes(settings, num_clients, hosted, server_here)
+    have = available_memory()
+    if need <= have:
+        return
+    raise MemoryEstimateError(
+        f"config key 'clients-per-node' has value {settings.clients_per_node}: {hosted:,} "
+        f"clients on {where} need an estimated {_size(need)} (the final round's scores of "
+        "final-fraction-evaluate of them, one round's updates of fraction-train of them), "
+        f"more than the {_size(have)} available; lower clients-per-node, "
+        "final-fraction-evaluate or fraction-train, or spread the clients over more machines"
+    )
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.1f} MiB"
+
+
+@lru_cache(maxsize=8)
+def _check_node_memory(settings: Settings) -> None:
+    """The node's own share, checked once per run config before its first reply lists
+    its clients (the server's share lives on the server's machine)."""
+    per_node = settings.clients_per_node
+    check_memory(settings, per_node, per_node, server_here=False, where="this node")
 
 
 def _build_client(

@@ -595,6 +595,8 @@ def own_data_paths(folder: Path | None) -> tuple[str, ...]:
     """--own-data FOLDER: its .csv/.parquet files in name order, one per SuperNode."""
     if folder is None:
         return ()
+    if not folder.expanduser().is_dir():
+        raise FederationError(f"--own-data {folder} is not a folder of .csv/.parquet files")
     files = sorted(p for p in folder.expanduser().iterdir() if p.suffix in (".csv", ".parquet"))
     if not files:
         raise FederationError(f"--own-data {folder} holds no .csv or .parquet file")

@@ -68,7 +68,11 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
     check_data_available(settings)  # fail before round 1, naming the file and the problem
     for warning in batch_warnings(settings, smallest_train_split(settings)):
         log(WARNING, "%s", warning)
-    folder = RunFolder(settings.run_dir)
+    with RunFolder.for_run(settings.run_dir) as folder:  # not another's folder; one writer
+        return _run_rounds(settings, grid, folder)
+
+
+def _run_rounds(settings: Settings, grid: Grid, folder: RunFolder) -> dict[str, float]:
     state = initial_state(settings)
     optimizer_state, start = OptimizerState(), 1
     ckpt = resume_point(settings, folder, state)
@@ -79,7 +83,7 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
         for name in ("metrics.jsonl", "clients.jsonl"):
             folder.truncate_jsonl_after(name, ckpt.server_round)
         log(INFO, "resuming from %s at round %d", folder.path, start)
-    folder.write_json("config.json", settings_to_run_config(settings))
+    folder.record_config(settings_to_run_config(settings))  # its hash goes with theta
 
     nodes = NodeDirectory(
         grid, settings.min_available_nodes, settings.node_wait_timeout, settings.round_timeout
@@ -141,14 +145,18 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
             privacy = strategy.privacy.to_json() if strategy.privacy else None
             folder.save_checkpoint(Checkpoint(rnd, state, strategy.optimizer_state, privacy))
         log(INFO, "%s", progress_line(settings, row))
-    if stopped and trained:  # score every client on the last model DP allowed
+    # Score every client on the last model: the one DP allowed, or, resumed after the last
+    # round (a crash between its checkpoint and summary.json), the final one again.
+    scored = stopped or (settings.num_rounds if start > settings.num_rounds else 0)
+    if scored and trained:
         replies = send_and_receive(
             grid,
-            strategy.configure_evaluate(stopped, record, ConfigRecord({FINAL: True}), grid),
+            strategy.configure_evaluate(scored, record, ConfigRecord({FINAL: True}), grid),
             timeout=settings.round_timeout,
         )
-        last_eval = dict(strategy.aggregate_evaluate(stopped, replies) or {})  # type: ignore[arg-type]
-        last_eval["stopped-after-round"] = stopped
+        last_eval = dict(strategy.aggregate_evaluate(scored, replies) or {})  # type: ignore[arg-type]
+        if stopped:
+            last_eval["stopped-after-round"] = stopped
     if strategy.privacy is not None and strategy.dp is not None:
         last_eval |= {
             "epsilon": strategy.privacy.ledger.epsilon(strategy.dp.delta, strategy.dp.accountant),
@@ -176,7 +184,8 @@ def _start_privacy(
     clients = nodes.wait()
     population = len(clients)
     check_delta(dp.delta, population)
-    check_tolerated_drops(settings, len({node for _, node in clients}))
+    if settings.dp_mechanism == "distributed":  # (the node count is only needed there)
+        check_tolerated_drops(settings, len({node for _, node in clients}))
     expected = cohort_size(population, settings.fraction_train)
     q = expected / population
     state, planned = start_state(settings, dp, q, expected, saved)
@@ -216,9 +225,11 @@ def resume_point(
     """The checkpoint to continue from, or None to start at round 1.
 
     Refuses (ConfigError) a checkpoint without ``resume=true`` and a resume whose settings
-    differ from config.json where theta depends on them; CheckpointMismatch if its arrays
-    are not this model's. A checkpoint with no server step (left by a run that never
-    accepted an update) holds the seeded initial theta: starting over loses nothing.
+    differ from config.json where theta depends on them; RunFolderError when config.json
+    is missing or not the one the checkpoint was trained with (their hashes differ);
+    CheckpointMismatch if its arrays are not this model's. A checkpoint with no server
+    step (left by a run that never accepted an update) holds the seeded initial theta:
+    starting over loses nothing.
     """
     ckpt = folder.load_checkpoint()
     if ckpt is None:
@@ -233,7 +244,7 @@ def resume_point(
             f"{ckpt.server_round}); set resume=true to continue that run or pick a new run-dir",
         )  # fmt: skip
     now, defaults = settings_to_run_config(settings), settings_to_run_config(Settings())
-    for key, (was, new) in folder.check_resumable(now, defaults).items():
+    for key, (was, new) in folder.check_resumable(now, defaults, ckpt).items():
         level = WARNING if key == "data-path" else INFO  # it must still be the same data
         log(level, "resuming with %s = %r (was %r)", key, new, was)
     check_matches(ckpt, folder.file("checkpoint.npz"), state)
@@ -276,9 +287,11 @@ def progress_line(s: Settings, row: dict) -> str:
     if f"{metric}-after-mean" not in ev:
         dropped = len(row["dropped"])
         if row["round"] % s.evaluate_every and row["round"] != s.num_rounds:
+            # distributed DP: the nodes sample their clients, the count is not released
+            accepted = "hidden" if row["accepted"] is None else row["accepted"]
             return (
                 f"round {row['round']}/{s.num_rounds} [{s.algorithm}] trained "
-                f"{row['accepted']} clients, dropped {dropped} {row['seconds']:.2f}s"
+                f"{accepted} clients, dropped {dropped} {row['seconds']:.2f}s"
             )
         return f"round {row['round']}/{s.num_rounds}: no evaluation results ({dropped} dropped)"
     return (

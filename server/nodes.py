@@ -75,7 +75,7 @@ class Clients(Sequence[tuple[int, int]]):
             return
         for start, node, end, before in zip(
             self._starts.tolist(), self._nodes, self._ends.tolist(),
-            [0, *self._ends.tolist()[:-1]], strict=True,
+            [0, *self._ends.tolist()][:-1], strict=True,  # no blocks: no node known yet
         ):  # fmt: skip
             yield from ((p, node) for p in range(start, start + end - before))
 
@@ -119,6 +119,7 @@ class NodeDirectory:
         self.wait_timeout = wait_timeout
         self.query_timeout = query_timeout
         self._partitions: dict[int, Sequence[int]] = {}  # node id -> hosted partitions
+        self._refusals: dict[int, str] = {}  # node id -> why it could not say (its error)
         self.population = 0  # clients on live nodes at the last sample
 
     def partitions_of(self, node_id: int) -> Sequence[int]:
@@ -141,6 +142,8 @@ class NodeDirectory:
             connected = len({n for _, n in clients})
             if connected >= self.min_nodes:
                 return clients
+            if refused := self._refused_by_all():
+                raise NodesUnavailable(refused)
             if time.monotonic() > deadline:
                 raise NodesUnavailable(
                     f"only {connected} node(s) available after waiting {self.wait_timeout:g} s; "
@@ -149,6 +152,22 @@ class NodeDirectory:
                 )
             log(INFO, "waiting for nodes: %d of %d connected", connected, self.min_nodes)
             time.sleep(1.0)
+
+    def _refused_by_all(self) -> str:
+        """Why, when min-available-nodes nodes are connected and every one of them failed
+        to say its clients ('' otherwise).
+
+        Its error is the node's settings (too many clients for its memory, a bad value):
+        asking again cannot help, so the run stops now instead of after node-wait-timeout.
+        """
+        connected = set(self.grid.get_node_ids())
+        if len(connected) < self.min_nodes or not connected <= self._refusals.keys():
+            return ""
+        node = min(connected)
+        return (
+            f"every connected node ({len(connected)}) failed to say which clients it hosts; "
+            f"node {node}: {' '.join(self._refusals[node].split())[:500]}"
+        )
 
     def sample(
         self, fraction: float, seed: int, server_round: int, purpose: int, poisson: bool = False
@@ -182,7 +201,9 @@ class NodeDirectory:
             node = reply.metadata.src_node_id
             if reply.has_error():
                 log(WARNING, "node %d did not say its partition: %s", node, reply.error.reason)
+                self._refusals[node] = reply.error.reason
                 continue
+            self._refusals.pop(node, None)
             hosted = read_identity(reply.content)  # a range stays a range: no list per client
             self._partitions[node] = hosted if isinstance(hosted, range) else tuple(hosted)
         log(

@@ -13,14 +13,22 @@ summary.json     final personalised scores, including clients never seen in trai
 
 model.pt and summary.json exist only for a run that finished having accepted at least
 one client update: they are what marks a run as done.
+
+A run writes only into a folder that is empty or already one of its run-dirs, and holds
+its lock while it runs (common/folders.py). checkpoint.npz and model.pt carry the hash of
+the settings that decide theta (:func:`settings_hash`): a checkpoint resumes only beside
+the config.json it was trained with, so deleting or editing config.json cannot make it
+continue, or be recorded, under other settings.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,22 +38,11 @@ import torch
 
 from common.arrays import split_state
 from common.config import ConfigError
+from common.folders import FolderLock, claim, temporary_name
+from common.settings_hash import RESUMABLE, settings_hash
 from server.aggregate import OptimizerState
 
 CHECKPOINT_FORMAT = 1
-
-# Settings a resumed run may change: none of them changes what theta is or how the rounds
-# so far trained it (how long to run, where and how fast, how it is scored). Every other
-# key, including keys added later, must equal the value recorded in config.json.
-RESUMABLE = frozenset(
-    {
-        "num-rounds", "run-dir", "resume", "device", "cohort-size",
-        "round-timeout", "node-wait-timeout", "min-available-nodes",
-        "evaluate-every", "fraction-evaluate", "eval-steps", "eval-episodes",
-        "new-client-steps", "new-client-train-points",
-        "data-path",  # the same data moved elsewhere; logged as a warning
-    }
-)  # fmt: skip
 
 
 class RunFolderError(ValueError):
@@ -62,12 +59,23 @@ class Checkpoint:
     state: dict[str, np.ndarray]
     optimizer: OptimizerState
     privacy: dict | None = None  # DP's clip bound and accountant ledger (server/privacy.py)
+    settings_hash: str | None = None  # of the settings that trained it; None: written before
 
 
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser().resolve()
         self.path.mkdir(parents=True, exist_ok=True)
+        self.settings_hash: str | None = None  # set by record_config, written with theta
+
+    @classmethod
+    @contextmanager
+    def for_run(cls, path: str | Path) -> Iterator[RunFolder]:
+        """The run-dir of a run about to write into it: claimed (refused when not empty and
+        not a run-dir) and locked against a second writer until the block ends."""
+        folder = claim(path, "run-dir")
+        with FolderLock(folder, "run-dir"):
+            yield cls(folder)
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -107,23 +115,26 @@ class RunFolder:
             self.file(name).unlink(missing_ok=True)
 
     # ---- the record of a resumed run -----------------------------------------------------
-    def check_resumable(self, run_config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict:
+    def record_config(self, run_config: Mapping[str, Any]) -> None:
+        """Write config.json; checkpoints and model.pt written after it carry its hash."""
+        self.write_json("config.json", dict(run_config))
+        self.settings_hash = settings_hash(run_config)
+
+    def check_resumable(
+        self, run_config: Mapping[str, Any], defaults: Mapping[str, Any],
+        ckpt: Checkpoint | None = None,
+    ) -> dict:  # fmt: skip
         """Refuse a resume whose settings differ from config.json where theta depends on them.
 
-        A key config.json lacks (recorded before the key existed) counts as its default.
-        Raises ConfigError naming the key and both values, before anything is written;
-        returns the changes it allows, key -> (recorded, now).
+        With ``ckpt``, config.json must exist and hash to the settings ``ckpt`` was trained
+        with (RunFolderError otherwise). A key config.json lacks (recorded before the key
+        existed) counts as its default. Raises ConfigError naming the key and both values,
+        before anything is written; returns the changes it allows, key -> (recorded, now).
         """
         path = self.file("config.json")
-        if not path.exists():
+        if not path.exists() and ckpt is None:
             return {}
-        try:
-            recorded = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise RunFolderError(
-                f"{path} is unreadable ({err}); it records the settings of the checkpoint "
-                "to resume. Restore it, or start over with resume=false and a new run-dir."
-            ) from err
+        recorded = self._recorded_config(path, ckpt)
         changed = {
             key: (recorded.get(key, defaults.get(key)), value)
             for key, value in run_config.items()
@@ -142,6 +153,33 @@ class RunFolder:
             )  # fmt: skip
         return changed
 
+    def _recorded_config(self, path: Path, ckpt: Checkpoint | None) -> dict[str, Any]:
+        fix = (
+            "restore it from a backup, or keep this run-dir as it is and start a new one with "
+            "resume=false"
+        )
+        where = f"the checkpoint at round {ckpt.server_round}" if ckpt else "the checkpoint"
+        try:
+            recorded = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RunFolderError(
+                f"{path} is missing: it records the settings {where} was trained with, and "
+                f"without it the run could continue under other settings; {fix}"
+            ) from None
+        except (OSError, ValueError) as err:
+            raise RunFolderError(
+                f"{path} is unreadable ({err}); it records the settings of {where}; {fix}"
+            ) from err
+        if not isinstance(recorded, dict):
+            raise RunFolderError(f"{path} is not a mapping of settings; {fix}")
+        if ckpt is not None and ckpt.settings_hash not in (None, settings_hash(recorded)):
+            raise RunFolderError(
+                f"{path} does not hold the settings {where} was trained with (their hash "
+                f"differs from the one recorded in {self.file('checkpoint.npz')}): it was "
+                f"edited or replaced; {fix}"
+            )
+        return recorded
+
     # ---- checkpoints -------------------------------------------------------------------
     def save_checkpoint(self, ckpt: Checkpoint) -> None:
         arrays = {f"state/{k}": v for k, v in ckpt.state.items()}
@@ -154,10 +192,15 @@ class RunFolder:
         }
         if ckpt.privacy is not None:
             meta["privacy"] = ckpt.privacy
-        tmp = self.file("checkpoint.tmp.npz")
-        with tmp.open("wb") as f:
-            np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
-        os.replace(tmp, self.file("checkpoint.npz"))
+        if (fingerprint := ckpt.settings_hash or self.settings_hash) is not None:
+            meta["settings-hash"] = fingerprint
+        blob = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as f:
+                np.savez(f, __meta__=blob, **arrays)
+
+        _atomic(self.file("checkpoint.npz"), write)
 
     def load_checkpoint(self, expected: dict[str, np.ndarray] | None = None) -> Checkpoint | None:
         """The last checkpoint (checked against the model's state when ``expected`` is
@@ -177,6 +220,7 @@ class RunFolder:
                 state=group["state"],
                 optimizer=OptimizerState(step=int(meta["step"]), m=group["m"], v=group["v"]),
                 privacy=meta.get("privacy"),
+                settings_hash=meta.get("settings-hash"),
             )
         except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
             raise RunFolderError(
@@ -197,12 +241,13 @@ class RunFolder:
         payload: dict[str, Any] = {
             "theta": {k: torch.from_numpy(np.array(v)) for k, v in theta.items()},
             "settings": json.dumps(settings, sort_keys=True),
+            "settings-hash": settings_hash(settings),
         }
         if alpha is not None:
             payload["alpha"] = {k: torch.from_numpy(np.array(v)) for k, v in alpha.items()}
-        tmp = self.file("model.tmp.pt")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.file("model.pt"))
+        buffer = io.BytesIO()  # torch's own writer reports a full disk as a RuntimeError
+        torch.save(payload, buffer)
+        _atomic(self.file("model.pt"), lambda tmp: tmp.write_bytes(buffer.getvalue()))
         return self.file("model.pt")
 
 
@@ -231,6 +276,20 @@ def _json_or_none(line: str) -> Any:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    _atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary file of this process's own, then rename it over ``path``: a
+    reader sees the old file or the new one, and a failed write (full disk, Ctrl-C) leaves
+    the old one and no temporary file."""
+    tmp = temporary_name(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None:  # a write through a file object: name the file
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -12,8 +12,8 @@ evaluation (``final-fraction-evaluate``). Every client is a pure function of (se
 id), built when sampled. While a run goes on, the resident memory and CPU time of its whole
 process tree are sampled; reported per run: the median wall seconds and CPU seconds of the
 training rounds (round 1, which builds caches and starts workers, and the final round,
-which also evaluates, are left out), and the peak RSS of the tree. Last, the RDP epsilon
-of DP-FedAvg with the same 1,000 clients per round over each population.
+which also evaluates, are left out), and the peak RSS of the tree. Last, the epsilon (PLD
+and RDP accountants) of DP-FedAvg with the same 1,000 clients per round over each population.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import psutil
 from simulations.bench_throughput import machine
 
 GIB = 1024**3
+ACCOUNTANTS = ("pld", "rdp")  # server/privacy.py: the default, and the one it replaced
 
 
 class TreeMeter(threading.Thread):
@@ -126,10 +127,13 @@ def run_once(engine: str, cfg: dict, nodes: int, link=None) -> dict:
     }
 
 
-def epsilon_row(clients: int, per_round: int, z: float, rounds: int, delta: float) -> float:
+def epsilon_row(
+    clients: int, per_round: int, z: float, rounds: int, delta: float, accountant: str
+) -> float:
     from server.privacy import PrivacyLedger
 
-    return PrivacyLedger().add(min(1.0, per_round / clients), z, rounds).epsilon(delta)
+    ledger = PrivacyLedger().add(min(1.0, per_round / clients), z, rounds)
+    return ledger.epsilon(delta, accountant)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="fedmeta-scale-"))
     populations = [int(c) for c in args.clients.split(",")]
     engines = args.engines.split(",")
-    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"machine: {machine()}", flush=True)  # with the load average
     print("| engine | clients | s/round | CPU s/round | peak RSS (GiB) | round 1 (s) |")
     print("|---|---:|---:|---:|---:|---:|", flush=True)
     for engine in engines:
@@ -167,10 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             )
     print(f"\nDP-FedAvg, {args.per_round} per round, z = 1.0, 1,000 rounds, delta = 1e-6:")
     for clients in populations:
-        eps = epsilon_row(clients, args.per_round, 1.0, 1000, 1e-6)
-        print(
-            f"  {clients:>9,} clients (q = {min(1, args.per_round / clients):g}): epsilon {eps:.3g}"
-        )
+        pld, rdp = (epsilon_row(clients, args.per_round, 1.0, 1000, 1e-6, a) for a in ACCOUNTANTS)
+        q = min(1, args.per_round / clients)
+        print(f"  {clients:>9,} clients (q = {q:g}): epsilon {pld:.3g} (PLD), {rdp:.3g} (RDP)")
     print(f"load average after: {os.getloadavg()[0]:.1f}; runs in {out}")
     return 0
 

@@ -8,6 +8,7 @@ own overrides, stated in the table), the seeds, and the engine that runs them.
     gpus-per-client: 0            # per worker; 0.5 puts two workers on a GPU
     ray-address: ""               # "" Ray's own choice, local, auto or HOST:PORT (docs/scaling.md)
     ray-nodes: 0                  # Ray nodes to wait for (up to ray-wait s) before each run
+    ray-wait: 60                  # seconds to wait for them
     seeds: [0, 1, 2]
     base:                         # run-config keys shared by every run
       dataset: sinusoid
@@ -58,6 +59,9 @@ class ExperimentError(ValueError):
     """An experiment file that cannot run, with the file, key and problem named."""
 
     def __init__(self, path: Path, key: str, problem: str) -> None:
+        key = key if len(key) <= MAX_SHOWN else key[: MAX_SHOWN - 3] + "..."
+        if len(problem) > MAX_PROBLEM:  # a message quoting a huge value (the config check's)
+            problem = problem[: MAX_PROBLEM - 3] + "..."
         super().__init__(f"{path}: key '{key}': {problem}")
 
 
@@ -134,15 +138,93 @@ def shipped_names() -> list[str]:
     return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
 
 
+# An experiment file is a few dozen values. Aliases (*name) are shared, not copied, by
+# the YAML parser, so nine nested aliases of nine make 9**9 values only when something
+# walks the result (the config check, an error message): the "billion laughs" took 35 s
+# and 1.4 GB and printed a 351 MB error line. The file is refused before that.
+MAX_VALUES = 100_000  # scalars, lists and mappings after aliases are expanded
+MAX_SHOWN = 80  # characters of an offending value an error message quotes
+MAX_PROBLEM = 1000  # characters of any one problem an ExperimentError states
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML says keys are
+    unique; PyYAML silently keeps the last) and a document whose aliases expand beyond
+    :data:`MAX_VALUES` values."""
+
+    def construct_document(self, node: yaml.Node) -> object:
+        size = _expanded_size(node, {})
+        if size > MAX_VALUES:
+            raise yaml.constructor.ConstructorError(
+                None, None,
+                f"its aliases (*name) expand it to more than {MAX_VALUES:,} values; write "
+                "the values out, or use fewer aliases",
+                node.start_mark,
+            )  # fmt: skip
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue  # a '<<' merge may be overridden by the mapping's own keys
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"key {shorten(key)} is given twice (first on line "
+                    f"{seen[key].line + 1}); keep one",
+                    key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Values in ``node`` with every alias expanded, each shared node counted once per use
+    (memoised by node, so the count takes time linear in the file, not in its expansion)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = MAX_VALUES + 1  # a node inside itself (recursive alias) is too big
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = min(size, MAX_VALUES + 1)
+    return sizes[id(node)]
+
+
+def shorten(value: object, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)``, cut to ``limit`` characters: error messages quote what was wrong,
+    never a megabyte of it."""
+    text = repr(value) if len(str(value)) < 10 * limit else repr(str(value)[: 2 * limit])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(err: yaml.YAMLError) -> str:
+    """The parser's message on one line, without quoting a huge line of the file."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def parse_yaml(text: str) -> object:
+    """``text`` as YAML with :class:`StrictLoader` (the experiment file, ``--set`` values)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader)
+
+
 def load_experiment(path: str | Path) -> Experiment:
     path = find_experiment(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text())
     except FileNotFoundError:
         problem = f"file not found; shipped experiments, run by name: {', '.join(shipped_names())}"
         raise ExperimentError(path, "-", problem) from None
     except yaml.YAMLError as err:
-        raise ExperimentError(path, "-", f"not valid YAML: {err}") from None
+        raise ExperimentError(path, "-", f"not valid YAML: {_one_line(err)}") from None
+    except RecursionError:
+        raise ExperimentError(path, "-", "nested too deeply to be an experiment") from None
     if not isinstance(raw, dict):
         raise ExperimentError(path, "-", "the file must be a mapping of keys to values")
     return experiment_from_mapping(raw, path)
@@ -193,7 +275,7 @@ def _get(path: Path, raw: Mapping[str, Any], key: str, typ: type, default: Any) 
     allowed = (int, float) if typ is float else typ  # a whole number is a number too
     if not isinstance(value, allowed) or (typ in (int, float) and isinstance(value, bool)):
         name = "number" if typ is float else typ.__name__
-        raise ExperimentError(path, key, f"must be a {name}, got {value!r}")
+        raise ExperimentError(path, key, f"must be a {name}, got {shorten(value)}")
     return float(value) if typ is float else value
 
 
@@ -214,12 +296,16 @@ def validate_experiment(exp: Experiment) -> None:
     """Raise ExperimentError unless every run of ``exp`` has valid settings."""
     p = exp.source
     if exp.engine not in ENGINES:
-        raise ExperimentError(p, "engine", f"{exp.engine!r} is not one of {', '.join(ENGINES)}")
+        raise ExperimentError(
+            p, "engine", f"{shorten(exp.engine)} is not one of {', '.join(ENGINES)}"
+        )
     if exp.num_supernodes < 1:
         raise ExperimentError(p, "num-supernodes", "must be >= 1")
     _validate_resources(exp)
     if not exp.seeds or not all(isinstance(s, int) and s >= 0 for s in exp.seeds):
-        raise ExperimentError(p, "seeds", f"must be a list of integers >= 0, got {list(exp.seeds)}")
+        raise ExperimentError(
+            p, "seeds", f"must be a list of integers >= 0, got {shorten(list(exp.seeds))}"
+        )
     for name, overrides in exp.algorithms.items():
         if "clients-per-node" in overrides:
             raise ExperimentError(

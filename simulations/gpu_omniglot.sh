@@ -59,12 +59,14 @@ if command -v nvidia-smi >/dev/null; then
     >"$work/gpu-util.csv" 2>&1 &
   smi=($!)
 fi
+# One --out per run: a results folder takes one writer at a time (common/folders.py).
+out_of() { echo "$work/runs/$1-seed$2"; }
 pids=()
 for run in "${RUNS[@]}"; do
   algo=${run%:*} seed=${run#*:}
   timeout --signal=INT --kill-after=20 $((TRAIN_UNTIL - (SECONDS - t_start))) \
     python3 -m simulations.run omniglot_gpu --only "$algo" --seeds "$seed" \
-    --out "$work/runs" "${sets[@]}" >"$work/train-$algo-seed$seed.log" 2>&1 &
+    --out "$(out_of "$algo" "$seed")" "${sets[@]}" >"$work/train-$algo-seed$seed.log" 2>&1 &
   pids+=($!)
 done
 log "training ${RUNS[*]} until ${TRAIN_UNTIL}s (pids ${pids[*]})"
@@ -79,11 +81,11 @@ for run in "${RUNS[@]}"; do
   algo=${run%:*} seed=${run#*:}
   r=$(python3 -c "import sys; from server.run_folder import RunFolder
 print(RunFolder(sys.argv[1]).load_checkpoint().server_round)" \
-    "$work/runs/$algo/seed$seed" 2>/dev/null) || { log "$run: no checkpoint"; continue; }
+    "$(out_of "$algo" "$seed")/$algo/seed$seed" 2>/dev/null) || { log "$run: no checkpoint"; continue; }
   log "$run: checkpoint at round $r; finishing with num-rounds=$((r + 1))"
   timeout --signal=INT --kill-after=10 "$FINISH_LIMIT" \
     python3 -m simulations.run omniglot_gpu --only "$algo" --seeds "$seed" \
-    --out "$work/runs" "${sets[@]}" --set num-rounds=$((r + 1)) \
+    --out "$(out_of "$algo" "$seed")" "${sets[@]}" --set num-rounds=$((r + 1)) \
     >"$work/finish-$algo-seed$seed.log" 2>&1 &
   pids+=($!)
 done
@@ -91,7 +93,8 @@ done
 [ ${#smi[@]} -eq 0 ] || kill "${smi[@]}" 2>/dev/null
 
 for run in "${RUNS[@]}"; do
-  python3 - "$work/runs/${run%:*}/seed${run#*:}/summary.json" "$run" <<'EOF2'
+  algo=${run%:*} seed=${run#*:}
+  python3 - "$(out_of "$algo" "$seed")/$algo/seed$seed/summary.json" "$run" <<'EOF2'
 import json, sys
 try:
     s = json.load(open(sys.argv[1]))

@@ -30,10 +30,11 @@ def read_rows(summary_csv: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def new_client_key(rows: list[dict[str, str]], metric: str) -> str:
-    """The new clients' metric after the most adaptation steps, e.g. new-mse-k10-mean."""
+def new_client_key(rows: list[dict[str, str]], metric: str) -> str | None:
+    """The new clients' metric after the most adaptation steps, e.g. new-mse-k10-mean (None
+    when the experiment scored no new clients)."""
     steps = [int(m[1]) for k in rows[0] if (m := re.fullmatch(rf"new-{metric}-k(\d+)-mean", k))]
-    return f"new-{metric}-k{max(steps)}-mean"
+    return f"new-{metric}-k{max(steps)}-mean" if steps else None
 
 
 def cells(rows: list[dict[str, str]], key: str) -> dict[tuple[str, str], tuple[float, float]]:
@@ -102,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(a.startswith(DISTRIBUTED) for a, _ in personalised):
         print(f"\ncentral vs distributed DP, personalised {metric}\n")
         print(mechanism_table(personalised))
-    print(f"\nnew clients, {new} (mean ± std over seeds)\n")
-    print(table(cells(rows, new)))
+    if new is not None:
+        print(f"\nnew clients, {new} (mean ± std over seeds)\n")
+        print(table(cells(rows, new)))
     print(f"\nnoise multipliers and epsilon spent: {spent_per_epsilon(args.results)}")
     return 0
 

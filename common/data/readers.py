@@ -78,6 +78,24 @@ def check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
         )
 
 
+def check_pixels(x: np.ndarray, top: float, where: str) -> None:
+    """DataError unless float pixels are finite and in [0, top] (integer pixels are).
+
+    One NaN or 1e30 pixel is no image: it passes through training as NaN or as a loss
+    that blows theta up, long after the file that held it was read.
+    """
+    if not np.issubdtype(x.dtype, np.floating):
+        return
+    bad = ~((x >= 0) & (x <= top))  # NaN compares False, so it is caught here too
+    if bad.any():
+        first = np.unravel_index(int(np.argmax(bad)), x.shape)
+        raise DataError(
+            f"{where}: pixel {float(x[first])} at index {tuple(int(i) for i in first)} is not a "
+            f"number in [0, {top:g}] ({int(bad.sum())} of {x.size} pixels are not); fix or "
+            "re-export the file"
+        )
+
+
 @dataclass(frozen=True)
 class LabeledImages:
     """A pooled labelled image set, with the source's own writers and split if it has them.
@@ -271,6 +289,7 @@ def _read_femnist_npz(path: Path) -> LabeledImages:
             f"writer {writer.shape}, split {split.shape}"
         )
     check_labels(y, FEMNIST_CLASSES, f"FEMNIST npz '{path}'")
+    check_pixels(raw, 255, f"FEMNIST npz '{path}' key 'x'")
     unknown = set(np.unique(split).tolist()) - {"train", "test"}
     if unknown:
         raise DataError(f"FEMNIST npz '{path}': split holds {sorted(unknown)}, not train/test")
@@ -360,6 +379,7 @@ def read_omniglot(path: Path | str, size: int | None = 28) -> np.ndarray:
         raise unreadable("Omniglot data", path, "not found", "omniglot")
     if path.is_file() and path.suffix == ".npz":
         (background,) = _read_npz(path, ("images",), "Omniglot npz", "omniglot")
+        check_pixels(background, 1, f"Omniglot npz '{path}' key 'images'")
     else:
         background = _read_omniglot_pngs(path)
     if background.ndim != 4 or background.shape[2:] != (OMNIGLOT_SIZE, OMNIGLOT_SIZE):

@@ -90,7 +90,7 @@ def user_dataset_info(s: Settings) -> tuple[tuple[int, ...], int | None]:
         return _configured_shape(s), (_configured_classes(s) if classification else None)
     table = read_user_table(Source.of(s))
     shape = tuple(int(d) for d in table.x.shape[1:])
-    if s.input_shape and shape != s_shape(s):
+    if s.input_shape and shape != _input_shape_key(s):
         raise DataError(
             f"{table.files[0]}: samples have shape {shape}, but input-shape is "
             f"'{s.input_shape}'; fix input-shape or clear it to take the data's"
@@ -98,13 +98,14 @@ def user_dataset_info(s: Settings) -> tuple[tuple[int, ...], int | None]:
     return shape, (num_classes_of(table, s.num_classes) if classification else None)
 
 
-def s_shape(s: Settings) -> tuple[int, ...]:
+def _input_shape_key(s: Settings) -> tuple[int, ...]:
+    """The ``input-shape`` key as sizes."""
     return tuple(int(d) for d in s.input_shape.split(","))
 
 
 def _configured_shape(s: Settings) -> tuple[int, ...]:
     if s.input_shape:
-        return s_shape(s)
+        return _input_shape_key(s)
     if s.dataset == "table" and Source.of(s).columns.features:
         return (len(Source.of(s).columns.features),)
     raise DataError(

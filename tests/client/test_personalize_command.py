@@ -123,3 +123,109 @@ def test_metasgd_models_personalise_with_their_learned_step_sizes(tmp_path):
     result = personalize_saved_model(model_path, 0, 4, tmp_path / "out", steps=5)
     for name, value in saved["theta"].items():
         torch.testing.assert_close(result.params[name], value, rtol=0, atol=0)
+
+
+ARGS = ["--partition-id", "0", "--num-partitions", "4"]
+
+
+def _edited(model_path: Path, change) -> None:
+    payload = torch.load(model_path, weights_only=True)
+    change(payload)
+    torch.save(payload, model_path)
+
+
+def _settings_edited(payload: dict) -> None:
+    payload["settings"] = json.dumps(json.loads(payload["settings"]) | {"hidden-sizes": "16"})
+
+
+def _settings_and_hash_edited(payload: dict) -> None:
+    from common.settings_hash import settings_hash
+
+    _settings_edited(payload)
+    payload["settings-hash"] = settings_hash(json.loads(payload["settings"]))
+
+
+def _theta_of_another_model(payload: dict) -> None:
+    payload["theta"] = {k: torch.zeros(3, *v.shape[1:]) for k, v in payload["theta"].items()}
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (_settings_edited, "its settings are not the ones its theta was trained with"),
+        (_settings_and_hash_edited, "its theta does not fit the model its settings describe"),
+        (_theta_of_another_model, "its theta does not fit the model its settings describe"),
+    ],
+    ids=["settings edited", "settings and hash edited", "theta of another model"],
+)
+def test_a_model_whose_settings_do_not_match_theta_is_one_error_and_no_files(
+    tmp_path, capsys, change, problem
+):
+    model_path = _saved_model(tmp_path / "run", SINUSOID)
+    _edited(model_path, change)
+    out = tmp_path / "out"
+    assert main(["--model", str(model_path), *ARGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and problem in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_failure_after_adapting_leaves_no_files_and_no_old_file_is_replaced(
+    tmp_path, monkeypatch
+):
+    """The export fails after personalized.pt and .json were written: before, they stayed
+    behind and looked like a success."""
+    model_path = _saved_model(tmp_path / "run", SINUSOID)
+    out = tmp_path / "out"
+    personalize_saved_model(model_path, 0, 4, out, steps=2)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("client.personalize.export_torchscript", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        personalize_saved_model(model_path, 1, 4, out, steps=5)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]  # no staging left
+
+
+def test_an_out_that_is_a_file_is_one_error(tmp_path, capsys):
+    model_path = _saved_model(tmp_path / "run", SINUSOID)
+    (tmp_path / "out").write_text("a file")
+    assert main(["--model", str(model_path), *ARGS, "--out", str(tmp_path / "out")]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_error_and_no_files(tmp_path, capsys, monkeypatch):
+    model_path = _saved_model(tmp_path / "run", SINUSOID)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("client.personalize.export_torchscript", full_disk)
+    out = tmp_path / "out"
+    assert main(["--model", str(model_path), *ARGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: no space left on the device of --out {out}; nothing was written. "
+        "Free some space or give --out on another disk\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_real_full_disk_is_one_error_and_no_files(tmp_path, capsys):
+    """Torch's own file writer aborted the process on a full disk (a 16 KiB tmpfs here,
+    where root may mount one): no error line, and the outputs half written."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root and the permission to mount")
+    try:
+        model_path = _saved_model(tmp_path / "run", SINUSOID)
+        assert main(["--model", str(model_path), *ARGS, "--out", str(disk / "out")]) == 2
+        assert "error: no space left on the device of --out" in capsys.readouterr().err
+        assert not list(disk.iterdir())
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

@@ -44,12 +44,12 @@ def mnist_folder(folder: Path) -> Settings:
     return Settings(dataset="mnist", partition="dirichlet", data_path=str(folder))
 
 
-def femnist_npz(path: Path, y: np.ndarray | None = None) -> Settings:
+def femnist_npz(path: Path, y: np.ndarray | None = None, x: np.ndarray | None = None) -> Settings:
     n = 6
     with path.open("wb") as f:  # np.savez would append ".npz" to another name
         np.savez(
             f,
-            x=np.full((n, 28, 28), 255, np.uint8),
+            x=np.full((n, 28, 28), 255, np.uint8) if x is None else x,
             y=np.arange(n, dtype=np.uint8) if y is None else y,
             writer=np.array(["w0", "w0", "w0", "w1", "w1", "w1"]),
             split=np.array(["train", "train", "test"] * 2),
@@ -128,6 +128,25 @@ def _npz_label_out_of_range(tmp: Path) -> tuple[Settings, Path, str]:
     return settings, tmp / "femnist.npz", "label 62 at position 3 is outside 0..61"
 
 
+def _npz_float_pixels(bad: float) -> Callable[[Path], tuple[Settings, Path, str]]:
+    def make(tmp: Path) -> tuple[Settings, Path, str]:
+        x = np.full((6, 28, 28), 255.0, np.float32)
+        x[2, 3, 4] = bad
+        settings = femnist_npz(tmp / "femnist.npz", x=x)
+        return settings, tmp / "femnist.npz", f"key 'x': pixel {float(np.float32(bad))} at index"
+
+    return make
+
+
+def _omniglot_npz_nan(tmp: Path) -> tuple[Settings, Path, str]:
+    settings = omniglot_folder(tmp / "omniglot")
+    images = np.ones((6, 20, 105, 105), np.float64)
+    images[5, 19, 104, 104] = np.nan
+    np.savez_compressed(tmp / "omniglot/images_background.npz", images=images)
+    where = "key 'images': pixel nan at index (5, 19, 104, 104) is not a number in [0, 1]"
+    return settings, tmp / "omniglot/images_background.npz", where
+
+
 def _half_written_shard(tmp: Path) -> tuple[Settings, Path, str]:
     settings = leaf_folder(tmp / "leaf")
     return settings, cut(tmp / "leaf/test/shard_0.json", 0.6), "not complete JSON"
@@ -165,6 +184,10 @@ CASES: dict[str, Callable[[Path], tuple[Settings, Path, str]]] = {
     "LEAF label out of range": _leaf_label_out_of_range,
     "LEAF pixel rows of the wrong length": _leaf_short_pixel_rows,
     "truncated Omniglot npz": _truncated_omniglot,
+    "FEMNIST npz with a NaN pixel": _npz_float_pixels(np.nan),
+    "FEMNIST npz with a 1e30 pixel": _npz_float_pixels(1e30),
+    "FEMNIST npz with a negative pixel": _npz_float_pixels(-1.0),
+    "Omniglot npz with a NaN pixel": _omniglot_npz_nan,
 }
 
 

@@ -236,3 +236,27 @@ def test_a_real_valued_label_is_a_regression_target_when_task_says_so(tmp_path: 
     user_data.read_user_table.cache_clear()
     with pytest.raises(DataError, match="not an integer class id.*task = 'regression'"):
         registry.check_data_available(table_settings(path))  # task auto: classification
+
+
+def test_hf_disk_image_column_becomes_channels_first_pixels(tmp_path: Path):
+    import datasets
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)) for _ in range(24)]
+    ds = datasets.Dataset.from_dict(
+        {
+            "img": images,
+            "label": [i % 2 for i in range(24)],
+            "user": [f"u{i % 3}" for i in range(24)],
+        }
+    ).cast_column("img", datasets.Image())
+    ds.save_to_disk(str(tmp_path / "hf"))
+    s = parse_settings(
+        {"dataset": "hf-disk", "data-path": str(tmp_path / "hf"), "client-column": "user"}
+    )
+    registry.check_data_available(s)
+    assert registry.dataset_info(s) == registry.DatasetInfo((3, 5, 5), 2)
+    c = registry.load_client_data(s, 1, 3)
+    assert c.client_id == "u1" and c.x_train.dtype == np.float32
+    assert c.x_train.min() >= 0 and c.x_train.max() <= 1

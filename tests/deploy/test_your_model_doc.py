@@ -33,8 +33,9 @@ def test_the_doc_has_every_step():
     script = "\n".join(blocks)
     for step in (
         "python make_data.py", "python -m simulations.run sensors.yaml",
-        "python -m simulations.pick_best", "python -m deploy.federation demo --own-data",
-        "python -m client.personalize", "--onnx", "onnxruntime",
+        "run_experiment(experiment)", "python -m simulations.pick_best",
+        "python -m deploy.federation demo --own-data", "python -m client.personalize",
+        "--onnx", "onnxruntime",
     ):  # fmt: skip
         assert step in script, step
 
@@ -59,6 +60,7 @@ def test_every_command_of_the_doc_runs(tmp_path: Path):
     work = tmp_path / "my-project"
     assert (work / "results" / "sensors" / "summary.md").is_file()
     assert "maml" in (work / "results" / "sensors-tuning" / "summary.csv").read_text()
+    assert re.search(r"maml, personalized accuracy: 0\.\d+", out), out[-2000:]
     assert "finished:completed" in out
     assert (work / "runs" / "sensors-federation" / "model.pt").is_file()
     assert (work / "phone-a-user0" / "personalized.onnx").is_file()

@@ -5,9 +5,10 @@
 The network namespace holds only loopback, so Ray binds nothing else; in the PID namespace
 ``ray stop`` sees only this cluster's processes (outside it, ``ray stop`` stops every Ray
 of the machine's user), and when this process exits the kernel ends whatever is left.
-Steps: start a head and a second node with one CPU each, run a tiny experiment through
-the runner on the cluster and again on a private Ray, read from the cluster's GCS on which
-nodes the ClientApp workers (Ray actors) ran, stop everything (``ray stop``, then by PID),
+Steps: start a head and a second node with one CPU and one (logical) GPU each, run a tiny
+experiment through the runner on the cluster with one GPU per worker and again on a
+private Ray, read from the cluster's GCS on which nodes the ClientApp workers (Ray actors)
+ran and what each was granted, stop everything (``ray stop``, then by PID),
 and write ``OUT_DIR/result.json`` for tests/e2e/test_ray_cluster.py to judge.
 """
 
@@ -48,28 +49,36 @@ def ray(*args: str) -> float:
     return time.monotonic() - t0
 
 
-def run_experiment(yaml: Path, out: Path, address: str, nodes: int) -> tuple[int, str, float]:
+def run_experiment(
+    yaml: Path, out: Path, address: str, nodes: int, *options: str
+) -> tuple[int, str, float]:
     """The runner in this process (its cluster options under test); (exit, output, s)."""
     from simulations.run import main
 
     buffer = io.StringIO()
     t0 = time.monotonic()
     args = [str(yaml), "--out", str(out), "--ray-address", address, "--ray-nodes", str(nodes)]
+    args += options
     with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
         code = main(args)
     return code, buffer.getvalue(), time.monotonic() - t0
 
 
-def actor_nodes(address: str) -> dict[str, list[str]]:
-    """Ray node id -> ClientApp actors that lived there, from the cluster's GCS actor table."""
+def actor_nodes(address: str) -> dict[str, list[dict[str, float]]]:
+    """Ray node id -> the resources each ClientApp actor that lived there was granted, read
+    from the cluster's GCS actor table (what Ray scheduled, not what we asked for)."""
     import ray as ray_api
+    from ray.core.generated import gcs_pb2
 
     ray_api.init(address=address, log_to_driver=False)
     try:
-        placed: dict[str, list[str]] = {}
-        for actor_id, info in ray_api._private.state.actors().items():
-            if "ClientAppActor" in info["ActorClassName"]:
-                placed.setdefault(info["Address"]["NodeID"], []).append(actor_id)
+        accessor = ray_api._private.state.state._connect_and_get_accessor()
+        placed: dict[str, list[dict[str, float]]] = {}
+        for raw in accessor.get_actor_table(None, None):
+            actor = gcs_pb2.ActorTableData.FromString(raw)
+            if "ClientAppActor" in actor.class_name:
+                node = actor.address.node_id.hex()
+                placed.setdefault(node, []).append(dict(actor.required_resources))
         return placed
     finally:
         ray_api.shutdown()
@@ -107,12 +116,17 @@ def main(out: Path) -> dict[str, object]:
     port = free_port()
     address = f"127.0.0.1:{port}"
     try:
-        common = ["--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"]
+        # One logical GPU per node: Ray schedules it like a real one (no device needed), so
+        # the runner's gpus-per-client reaches Ray's scheduler; with the CPU build of torch
+        # the workers still compute on the CPU (device auto), so theta is comparable.
+        common = ["--num-cpus=1", "--num-gpus=1", "--disable-usage-stats"]
         result["head-start-s"] = round(
             ray("start", "--head", f"--port={port}", "--include-dashboard=false", *common), 1
         )
         result["node-start-s"] = round(ray("start", f"--address={address}", *common), 1)
-        code, log, took = run_experiment(yaml, out / "cluster", address, 2)
+        code, log, took = run_experiment(
+            yaml, out / "cluster", address, 2, "--gpus-per-client", "1"
+        )
         result |= {"cluster-exit": code, "cluster-log": log, "cluster-s": round(took, 1)}
         result["actor-nodes"] = actor_nodes(address)
         from simulations.ray_cluster import live_nodes

@@ -64,13 +64,15 @@ def test_the_federation_ran_on_both_ray_nodes(cluster_run):
     assert cluster_run["cluster-exit"] == 0, cluster_run["cluster-log"]
     assert cluster_run["ray-nodes"] == 2
     placed = cluster_run["actor-nodes"]  # from the cluster's GCS actor table
-    assert len(placed) == 2, placed  # one ClientApp worker (1 CPU each) on each node
+    assert len(placed) == 2, placed  # one ClientApp worker (1 CPU, 1 GPU) on each node
+    granted = [r for actors in placed.values() for r in actors]
+    assert granted and all(r == {"CPU": 1.0, "GPU": 1.0} for r in granted), placed
     address = cluster_run["cluster-log"].split("Ray: cluster ")[1].split()[0]
-    assert "2 node(s), 2 CPU(s), 0 GPU(s)" in cluster_run["cluster-log"]
+    assert "2 node(s), 2 CPU(s), 2 GPU(s)" in cluster_run["cluster-log"]
     run_dir = cluster_run["out"] / "cluster" / "maml" / "seed0"
     assert json.loads((run_dir / "federation.json").read_text()) == {
-        "num-supernodes": 2, "cpus-per-client": 1.0, "gpus-per-client": 0.0,
-        "ray": address, "ray-nodes": 2, "ray-gpus": 0.0,
+        "num-supernodes": 2, "cpus-per-client": 1.0, "gpus-per-client": 1.0,
+        "ray": address, "ray-nodes": 2, "ray-gpus": 2.0,
     }  # fmt: skip
     assert (run_dir / "flwr.log").read_text().startswith(f"Ray: cluster {address}")
 

@@ -92,6 +92,7 @@ def test_a_checkpoint_without_a_server_step_is_started_over(tmp_path):
     """Left by a run that never accepted an update: it holds the seeded initial theta."""
     settings = parse_settings(TINY | {"run-dir": str(tmp_path), "resume": True})
     folder = RunFolder(tmp_path)
+    folder.record_config(settings_to_run_config(settings))
     state = initial_state(settings)
     folder.save_checkpoint(Checkpoint(1, state, OptimizerState()))
     assert resume_point(settings, folder, state) is None

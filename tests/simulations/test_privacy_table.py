@@ -24,6 +24,7 @@ def test_cells_and_table():
     assert "| maml | 0.300 ± 0.030 | 0.600 ± 0.100 (+100%) |" in text
     assert "| fedavg-ft |  | 3.000 ± 0.100 |" in text  # no no-DP row: no change shown
     assert new_client_key(ROWS, "mse") == "new-mse-k10-mean"
+    assert new_client_key([{"mse-after-mean": "1"}], "mse") is None  # no new clients
 
 
 def test_main_reads_a_summary(tmp_path, capsys):

@@ -127,3 +127,34 @@ def test_the_yaml_takes_the_ray_keys_and_names_a_bad_one(tmp_path):
     path.write_text("cpus-per-client: 0\nalgorithms: {maml: {}}\n")
     with pytest.raises(ExperimentError, match="key 'cpus-per-client': must be > 0"):
         load_experiment(path)
+
+
+def test_a_run_waits_for_the_nodes_it_expects_then_names_the_shortfall(monkeypatch):
+    import simulations.ray_cluster as rc
+
+    joined = iter([[{"CPU": 4.0}], [{"CPU": 4.0}], [{"CPU": 4.0}, {"CPU": 4.0, "GPU": 2.0}]])
+    monkeypatch.setattr(rc, "live_nodes", lambda address: next(joined))
+    monkeypatch.setattr(rc.time, "sleep", lambda s: None)
+    target = rc.wait_for_nodes(RayTarget("10.0.0.1:6379", "x"), expect_nodes=2, wait=60)
+    assert (target.nodes, target.cpus, target.gpus) == (2, 8.0, 2.0)  # the late node counted
+
+    monkeypatch.setattr(rc, "live_nodes", lambda address: [{"CPU": 4.0}])
+    t0 = time.monotonic()
+    with pytest.raises(RayClusterError, match=r"only 1 of 2 Ray node\(s\) .* within 0.3 s"):
+        rc.wait_for_nodes(RayTarget("10.0.0.1:6379", "x"), expect_nodes=2, wait=0.3)
+    assert time.monotonic() - t0 < 5
+
+
+def test_gpu_workers_on_a_machine_without_gpus_stop_before_any_run(tmp_path, capfd):
+    """Flower would start, find no GPU and end with "ActorPool is empty" (and exit 0)."""
+    import torch
+
+    from simulations.run import main
+
+    if torch.cuda.device_count():
+        pytest.skip("this machine has a GPU")
+    yaml = tmp_path / "e.yaml"
+    yaml.write_text("engine: simulation\nnum-supernodes: 2\nalgorithms: {maml: {}}\n")
+    assert main([str(yaml), "--out", str(tmp_path / "out"), "--gpus-per-client", "1"]) == 1
+    errors = [x for x in capfd.readouterr().err.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "gpus-per-client=1, but this machine shows 0 GPU(s)" in errors[0]
