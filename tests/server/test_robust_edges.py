@@ -56,3 +56,28 @@ def test_a_multi_krum_keep_above_n_minus_f_is_refused_with_its_value():
     check_round_size(cfg, 9)  # n - f = 8: keeping 8 is allowed
     with pytest.raises(ConfigError, match=r"'multi-krum-keep' has value 8.*at most n - f = 7"):
         check_round_size(cfg, 8)
+
+
+def test_median_and_trimmed_mean_of_float32_updates_are_float64():
+    """The server steps on a float64 delta whatever the clients' dtype (no float32 sums)."""
+    from server.robust import coordinate_median
+
+    updates = [{"w": np.array([v, -v], np.float32)} for v in (0.1, 0.2, 0.7)]
+    assert coordinate_median(updates)["w"].dtype == np.float64
+    assert trimmed_mean(updates, 0.34)["w"].dtype == np.float64
+    np.testing.assert_allclose(coordinate_median(updates)["w"], [0.2, -0.2], rtol=1e-7)
+
+
+def test_norm_bounds_below_one_take_effect():
+    """A fixed bound of 0.5 or a median factor of 0.5 (both below 1) clip; the bound is the
+    smaller of the two; 0 turns each off."""
+    from server.robust import norm_bound, robust_aggregate
+
+    assert norm_bound([1.0, 2.0, 3.0], 0.5, 0.0) == 0.5
+    assert norm_bound([1.0, 2.0, 3.0], 0.0, 0.5) == 1.0  # 0.5 x median 2
+    assert norm_bound([1.0, 2.0, 3.0], 0.8, 0.5) == 0.8
+    assert norm_bound([1.0, 2.0, 3.0], 0.0, 0.0) is None
+    updates = [{"w": np.array([3.0, 4.0])}, {"w": np.array([0.0, 0.1])}]  # norms 5, 0.1
+    out = robust_aggregate(updates, [1, 1], RobustConfig(norm_bound=0.5))
+    np.testing.assert_allclose(out.delta["w"], [(0.3 + 0.0) / 2, (0.4 + 0.1) / 2])
+    assert out.bound == 0.5
