@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from logging import INFO, WARNING
+from logging import DEBUG, INFO, WARNING
 from pathlib import Path
 
 import numpy as np
@@ -260,7 +260,7 @@ class _RoundLoop:
         folder.append_jsonl("clients.jsonl", {"round": rnd, "clients": clients})
         if self.trained:  # before that, theta is the seeded initial one: nothing to keep
             self._checkpoint(rnd, self.record, strategy.optimizer_state)
-        log(INFO, "%s", progress_line(s, row))
+        log(INFO if says_progress(s, row) else DEBUG, "%s", progress_line(s, row))
         return None
 
     def _checkpoint(self, rnd: int, record: ArrayRecord, optimizer: OptimizerState) -> None:
@@ -418,6 +418,18 @@ def optimizer_config(s: Settings) -> OptimizerConfig:
     return OptimizerConfig(
         s.server_optimizer, s.server_lr, s.server_beta1, s.server_beta2, s.server_eps
     )
+
+
+PROGRESS_LINES = 20  # a run logs about this many progress lines, whatever its length
+
+
+def says_progress(s: Settings, row: dict) -> bool:
+    """Whether a round's progress line is logged at INFO: the first and final rounds, about
+    every num-rounds / PROGRESS_LINES rounds, and any round that dropped a client (the rest
+    go to the debug log; every round is in metrics.jsonl)."""
+    rnd = row["round"]
+    every = max(1, s.num_rounds // PROGRESS_LINES)
+    return rnd in (1, s.num_rounds) or rnd % every == 0 or bool(row["dropped"])
 
 
 def progress_line(s: Settings, row: dict) -> str:

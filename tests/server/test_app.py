@@ -100,3 +100,14 @@ def test_a_checkpoint_without_a_server_step_is_started_over(tmp_path):
     resumed = resume_point(settings, folder, state)
     assert resumed is not None and resumed.server_round == 1
     np.testing.assert_array_equal(resumed.state["net.1.weight"], state["net.1.weight"])
+
+
+def test_a_long_run_logs_about_twenty_progress_lines_and_every_round_that_dropped():
+    from server.app import says_progress
+
+    s = parse_settings({"num-rounds": 3000})
+    said = [r for r in range(1, 3001) if says_progress(s, {"round": r, "dropped": []})]
+    assert said[0] == 1 and said[-1] == 3000 and 20 <= len(said) <= 22
+    assert says_progress(s, {"round": 7, "dropped": ["partition 3: error reply"]})
+    short = parse_settings({"num-rounds": 5})
+    assert all(says_progress(short, {"round": r, "dropped": []}) for r in range(1, 6))
