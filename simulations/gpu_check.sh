@@ -5,14 +5,14 @@
 #      part, `python -m simulations.bench_cohort --gpu` (Omniglot conv4-64, one-by-one vs
 #      cohort; when that file exists), then the slow part (tests/e2e needs Ray, which is not
 #      carried, and is left out where `import ray` fails).
-# Logs and results go to $OUT (the device tool brings back at most 8 files): setup.log,
+# Logs and results go to $OUT (at most 8 files, for a machine that returns only a few): setup.log,
 # tests-fast.log, tests-slow.log, bench-cohort.log, bench-cohort.json, summary.txt. Each step
 # has its own time limit; together they stay under 9 minutes. A failed step does not stop
 # the next; the script exits 1 if any failed.
 #
 # Here, once, from the project root (fills the git-ignored .whl/ and .gpu-data/, ~33 MiB):
 #     bash simulations/gpu_prepare.sh omniglot femnist
-# There, through the device tool: carry [".whl", ".gpu-data"], timeout_s 600, command
+# On the GPU machine, with .whl/ and .gpu-data/ copied beside the checkout, within 10 minutes:
 #     bash simulations/gpu_check.sh
 # On a CPU machine with the project installed the same steps run as a dry run of the script:
 # tests marked cuda are skipped and the benchmark refuses (it needs CUDA).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Omniglot 5-way 1-shot at MAML's model size, three seeds and a baseline side by side on one
-# lent GPU, inside one device call (docs/benchmarks.md, section b). Steps:
+# GPU within one 10-minute job (docs/benchmarks.md, section b). Steps:
 #   1. installs the carried wheels (Flower & co.) unless Flower is importable;
 #   2. starts the RUNS (algorithm:seed) of simulations/experiments/omniglot_gpu.yaml, maml
 #      seeds 0, 1, 2 and fedavg-ft seed 0, as four processes sharing the GPU, with num-rounds
@@ -11,7 +11,7 @@
 #      the final evaluation (all 30 clients, 60 new clients after 1, 3 and 10 steps) and
 #      summary.json. The rounds a run reached are in its summary ("rounds").
 # Results: $OUT/omniglot-gpu.tar.gz (run folders, logs, nvidia-smi samples) and
-# $OUT/summary.txt. On the device tool: carry [".whl", ".gpu-data"], timeout_s 600, command
+# $OUT/summary.txt. On the GPU machine, with .whl/ and .gpu-data/ copied beside the checkout:
 #     bash simulations/gpu_omniglot.sh
 # Here, once: bash simulations/gpu_prepare.sh omniglot. A CPU dry run of the whole script:
 #     TRAIN_UNTIL=75 FINISH_LIMIT=200 RUNS="maml:0 fedavg-ft:0" OUT=/tmp/og-dry \

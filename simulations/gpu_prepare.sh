@@ -2,7 +2,7 @@
 # Here, once before using a lent GPU machine, from the project root: fills the git-ignored
 # .whl/ (Flower & co. from ../shared/gpu/wheels.txt, plus simulations/gpu_wheels.txt) and
 # .gpu-data/ (the datasets named, default omniglot) for Python 3.12 on x86-64 Linux. Then
-# name both in the device tool's carry, e.g. for `bash simulations/gpu_omniglot.sh`.
+# copy both beside the checkout on the GPU machine, e.g. for `bash simulations/gpu_omniglot.sh`.
 #     bash simulations/gpu_prepare.sh [datasets...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
