@@ -11,7 +11,7 @@ script stops with an error, so a refactor that moves the code is noticed instead
 silently planting nothing. First it runs the same tests on the unpatched copy: they must
 pass, or a "caught" bug would prove nothing.
 
-    python tests/mutants/plant_known_bugs.py            # all eight, ~3 min on 2 busy cores
+    python tests/mutants/plant_known_bugs.py            # all eight, ~4 min on 2 busy cores
     python tests/mutants/plant_known_bugs.py --only argmin-accuracy
 
 Exit status 0 when every bug makes at least one test fail, 1 otherwise.
