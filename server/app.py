@@ -51,6 +51,7 @@ from server.divergence import (
     RunDiverged,
     Snapshot,
     StallCounter,
+    federation_failed,
     nonfinite_key,
 )  # fmt: skip
 from server.new_clients import evaluate_new_clients
@@ -228,7 +229,9 @@ class _RoundLoop:
                 f"dropped client and why: {self.folder.file('metrics.jsonl')}"
             )
         asked = sum(len(p) for p in strategy.asked.values())
-        self.stall = self.stall.after(strategy.report.accepted, self.trained, asked)
+        failed = not s.secagg and federation_failed(replies, asked)
+        accepted = None if failed else strategy.report.accepted
+        self.stall = self.stall.after(accepted, self.trained, asked)
         self.undo = self.base  # a stall: undo the step that led to it
         return self.stall.divergence(rnd, _first_drop(strategy))
 

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, Message
 
 from server.aggregate import DIVERGED_LOSS_FACTOR, OptimizerConfig, OptimizerState
 
@@ -60,6 +60,14 @@ class Snapshot:
     server_round: int
     record: ArrayRecord
     optimizer: OptimizerState
+
+
+def federation_failed(replies: Sequence[Message], asked: int) -> bool:
+    """Whether clients were asked and no node answered, or every node answered with an
+    error (a dead actor or node, a run being stopped). Such a round says nothing about
+    theta: it is a failure of the federation, logged with its reasons, and it neither counts
+    towards a stall nor resets one (a Ctrl-C that kills the workers first is no divergence)."""
+    return asked > 0 and all(m.has_error() for m in replies)
 
 
 @dataclass(frozen=True)

@@ -116,3 +116,17 @@ def test_a_finite_blow_up_of_the_shared_model_is_divergence():
     assert watch.after(50, {"clients": 3})[1] is None  # a round without evaluation
     rows = [{"eval": {}}, {"eval": {"loss-before-mean": 2.3}}, {"eval": {"loss-before-mean": 9}}]
     assert LossWatch.from_rows(rows).reference == 2.3  # a resumed run keeps its reference
+
+
+def test_a_round_of_error_replies_or_none_is_a_federation_failure_not_a_stall():
+    from flwr.app import Error, Message, MessageType, RecordDict
+
+    from server.divergence import federation_failed
+
+    ok = Message(RecordDict(), dst_node_id=1, message_type=MessageType.TRAIN)
+    ok = Message(RecordDict(), reply_to=ok)
+    bad = Message(Error(code=0, reason="ActorDiedError"), reply_to=ok)
+    assert federation_failed([bad, bad], asked=2)
+    assert federation_failed([], asked=2)  # no node answered within round-timeout
+    assert not federation_failed([bad, ok], asked=2)  # one node answered: theta is tested
+    assert not federation_failed([], asked=0)  # nobody asked (an empty Poisson sample)
