@@ -64,8 +64,8 @@ PINS: dict[str, tuple[str, float]] = {  # case -> (sha256 of the arrays, float64
         17.5211217738688,
     ),
     "secagg": (
-        "c7b20d0d6e60cbf6edd3fb7a89f0ccb66e964651c9e1f862f7f44a6feea7155d",
-        17.37001527287066,
+        "f54985ba1e96bfba279ed5bd1e613905abac2dd91cbac220b2c39996b714e781",
+        17.370015310123563,
     ),
 }
 
@@ -83,6 +83,9 @@ def _fingerprint(run_dir) -> tuple[str, float]:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_theta_after_a_fixed_seed_run_is_pinned(tmp_path, case):
+    # Flower's SecAgg+ quantizes with stochastic rounding from NumPy's global generator
+    # (flwr.common.secure_aggregation.quantization): seeded here so that its draws repeat.
+    np.random.seed(0)
     run_in_loop(BASE | CASES[case] | {"run-dir": str(tmp_path)}, NODES)
     digest, total = _fingerprint(tmp_path)
     pinned_digest, pinned_total = PINS[case]
