@@ -198,7 +198,7 @@ def _train_rows(
         position = {pid: row for row, pid in enumerate(cohort.order)}
         rows = [position[rt.partition_id] for rt in cohort.ready]
         result = _train(context, node, got, cohort.ready)
-        if s.algo is not Algorithm.LOCAL:  # 'local' shares nothing: its update stays zero
+        if s.algorithm is not Algorithm.LOCAL:  # 'local' shares nothing: its update stays zero
             for key, stacked in _stacked_updates(result, got).items():
                 updates[key][rows] = stacked
         for j, rt in enumerate(cohort.ready):
@@ -211,7 +211,7 @@ def _train_rows(
         for row, pid in enumerate(cohort.order):
             if pid in values:
                 values[pid][WITHIN_CLIP] = float(within[row])
-    if s.attack_kind is not AttackKind.NONE:  # simulated attackers (client/attacks.py)
+    if s.attack is not AttackKind.NONE:  # simulated attackers (client/attacks.py)
         claims = {p: int(v[NUM_EXAMPLES]) for p, v in values.items()}
         updates, claims = attack_reply(
             s, updates, claims, cohort.order, node.num_partitions, got.server_round
@@ -230,7 +230,7 @@ def _train(
         for rt in ready
     ]
     rngs = [rt.rng(got.server_round, TRAIN_PURPOSE) for rt in ready]
-    if s.algo is Algorithm.LOCAL:
+    if s.algorithm is Algorithm.LOCAL:
         start = _personal_params(context, node, got, ready)
         result = train_cohort(
             node.model, got.theta, s.inner_lr, clients, rngs, s, node.device, meta=False,
@@ -280,7 +280,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     values: dict[int, dict[str, float | int]] = {}
     if not cohort.ready:
         return _reply(msg, cohort, values, None)
-    local = s.algo is Algorithm.LOCAL
+    local = s.algorithm is Algorithm.LOCAL
     params = _personal_params(context, node, got, cohort.ready) if local else got.theta
     lr = bounded_step_sizes(got.alpha, s.alpha_bounds) if got.alpha is not None else s.inner_lr
     steps = s.eval_steps if s.adapts_at_evaluation else 0

@@ -42,7 +42,7 @@ def attackers(seed: int, fraction: float, num_clients: int) -> frozenset[int]:
 
 
 def is_attacker(s: Settings, partition: int, num_clients: int) -> bool:
-    if s.attack_kind is AttackKind.NONE:
+    if s.attack is AttackKind.NONE:
         return False
     return partition in attackers(s.seed, s.attack_fraction, num_clients)
 
@@ -58,7 +58,7 @@ def training_split(
     s: Settings, partition: int, num_clients: int, x: np.ndarray, y: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The train split a client trains on: a label-flip attacker's labels are poisoned."""
-    if s.attack_kind is AttackKind.LABEL_FLIP and is_attacker(s, partition, num_clients):
+    if s.attack is AttackKind.LABEL_FLIP and is_attacker(s, partition, num_clients):
         return x, flipped_labels(y, num_classes(s))
     return x, y
 
@@ -79,7 +79,7 @@ def forged_update(
     server_round: int,
 ) -> tuple[NamedArrays, int]:  # fmt: skip
     """What attacker ``partition`` sends instead of its honest (update, num-examples)."""
-    kind, scale = s.attack_kind, s.attack_scale
+    kind, scale = s.attack, s.attack_scale
     if kind is AttackKind.SCALED:
         out = {k: v * scale for k, v in update.items()}
     elif kind is AttackKind.SIGN_FLIP:

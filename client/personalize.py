@@ -216,7 +216,7 @@ def _personalize_into(
 
 def same_as_run(settings: Settings, steps: int) -> str:
     """'' when these scores are the run's for this client in its last round, else why not."""
-    if settings.algo is Algorithm.LOCAL:
+    if settings.algorithm is Algorithm.LOCAL:
         return "the local baseline's personal models lived on the nodes, not in model.pt"
     run_steps = settings.eval_steps if settings.adapts_at_evaluation else 0
     if steps != run_steps:

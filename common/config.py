@@ -23,11 +23,12 @@ class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type, or out of range."""
 
     def __init__(self, key: str, value: Any, allowed: str) -> None:
+        value = _plain(value)  # an enum as the string the config wrote
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"config key '{key}' has value {value!r}; allowed: {allowed}")
 
 
-class Algorithm(enum.Enum):
+class Algorithm(enum.StrEnum):
     """What a client does with its data each round (see README, 'Algorithms')."""
 
     MAML = "maml"
@@ -39,7 +40,7 @@ class Algorithm(enum.Enum):
     LOCAL = "local"
 
 
-class MetaOrder(enum.Enum):
+class MetaOrder(enum.StrEnum):
     """How the meta-gradient treats the inner loop's dependence on theta."""
 
     SECOND = "second-order"  # exact MAML gradient through the inner steps
@@ -47,12 +48,12 @@ class MetaOrder(enum.Enum):
     HESSIAN_FREE = "hessian-free"  # Per-FedAvg (HF): (I - a H(D'')) grad(theta'; D')
 
 
-class Task(enum.Enum):
+class Task(enum.StrEnum):
     REGRESSION = "regression"
     CLASSIFICATION = "classification"
 
 
-class Aggregation(enum.Enum):
+class Aggregation(enum.StrEnum):
     """How the server combines the round's accepted updates (server/robust.py)."""
 
     MEAN = "mean"  # weighted mean (FedAvg)
@@ -63,7 +64,7 @@ class Aggregation(enum.Enum):
     BULYAN = "bulyan"  # Multi-Krum selection, then a trimmed median (El Mhamdi et al. 2018)
 
 
-class Weighting(enum.Enum):
+class Weighting(enum.StrEnum):
     """How much each accepted client counts in a weighted rule (mean, (multi-)krum)."""
 
     EXAMPLES = "examples"  # its claimed num-examples
@@ -71,7 +72,7 @@ class Weighting(enum.Enum):
     CAPPED = "capped"  # its claim, at most max-examples-weight (0: the round's median claim)
 
 
-class AttackKind(enum.Enum):
+class AttackKind(enum.StrEnum):
     """What a simulated malicious client sends (client/attacks.py)."""
 
     NONE = "none"
@@ -164,9 +165,9 @@ _JSON_OBJECT = (_is_json_object, "a JSON object of keyword arguments, e.g. '{\"h
 class Settings:
     """All settings of a run, each described once here (docs/config.md is generated)."""
 
-    algorithm: str = _spec(
+    algorithm: Algorithm = _spec(
         _choice(Algorithm),
-        "maml",
+        Algorithm.MAML,
         "meta",
         "what a client does with its data each round: exact second-order MAML, Per-FedAvg "
         "(first-order, Hessian-free), Meta-SGD, or the baselines FedAvg, FedAvg + fine-tuning "
@@ -406,15 +407,15 @@ class Settings:
     hessian_free_delta: float = _spec(
         _POS, 1e-3, "meta", "δ of the finite-difference Hessian-vector product"
     )
-    metasgd_order: str = _spec(
-        _one_of("second-order", "first-order"),
-        "second-order",
+    metasgd_order: MetaOrder = _spec(
+        _one_of(MetaOrder.SECOND.value, MetaOrder.FIRST.value),
+        MetaOrder.SECOND,
         "meta",
         "meta-gradient order used by metasgd",
     )
-    aggregation: str = _spec(
+    aggregation: Aggregation = _spec(
         _choice(Aggregation),
-        "mean",
+        Aggregation.MEAN,
         "robust",
         (
             "mean, median, trimmed-mean, krum, multi-krum, bulyan (see "
@@ -447,8 +448,8 @@ class Settings:
         "bound = factor × the round's median update norm; 0: off. The default 5 lets no "
         "client count more than an honest one can (docs/robustness.md, \"Defaults\")",
     )  # fmt: skip
-    weighting: str = _spec(
-        _choice(Weighting), "capped", "robust",
+    weighting: Weighting = _spec(
+        _choice(Weighting), Weighting.CAPPED, "robust",
         "examples, uniform, capped (the default: each claim capped at max-examples-weight, "
         "0: the round's median claim, so a client claiming 1e9 examples counts like a "
         "typical one)",
@@ -456,9 +457,9 @@ class Settings:
     max_examples_weight: float = _spec(
         _NONNEG, 0.0, "robust", "the cap of `capped`; 0: the round's median claim"
     )
-    attack: str = _spec(
+    attack: AttackKind = _spec(
         _choice(AttackKind),
-        "none",
+        AttackKind.NONE,
         "robust",
         (
             "simulation only: none, scaled, sign-flip, gaussian, num-examples-lie, "
@@ -672,6 +673,12 @@ class Settings:
         "continue from run-dir's checkpoint, with the settings in its config.json",
     )
 
+    def __post_init__(self) -> None:
+        """A choice among an enum's values is stored as that enum (a ``StrEnum``: it
+        compares, formats and serialises as the string the config wrote)."""
+        for name, enum_cls in _ENUM_FIELDS.items():
+            object.__setattr__(self, name, enum_cls(getattr(self, name)))
+
     # ---- derived views (computed, never stored twice) ----
     @functools.cached_property
     def _hash(self) -> int:
@@ -682,39 +689,23 @@ class Settings:
         return self._hash
 
     @property
-    def algo(self) -> Algorithm:
-        return Algorithm(self.algorithm)
-
-    @property
-    def aggregation_rule(self) -> Aggregation:
-        return Aggregation(self.aggregation)
-
-    @property
-    def weighting_rule(self) -> Weighting:
-        return Weighting(self.weighting)
-
-    @property
-    def attack_kind(self) -> AttackKind:
-        return AttackKind(self.attack)
-
-    @property
     def meta_order(self) -> MetaOrder | None:
         """The meta-gradient order, or None for algorithms without an inner loop."""
         return {
             Algorithm.MAML: MetaOrder.SECOND,
             Algorithm.PERFEDAVG_FO: MetaOrder.FIRST,
             Algorithm.PERFEDAVG_HF: MetaOrder.HESSIAN_FREE,
-            Algorithm.METASGD: MetaOrder(self.metasgd_order),
-        }.get(self.algo)
+            Algorithm.METASGD: self.metasgd_order,
+        }.get(self.algorithm)
 
     @property
     def learns_inner_lr(self) -> bool:
-        return self.algo is Algorithm.METASGD
+        return self.algorithm is Algorithm.METASGD
 
     @property
     def adapts_at_evaluation(self) -> bool:
         """fedavg and local are scored as they are; all others personalise k steps."""
-        return self.algo not in (Algorithm.FEDAVG, Algorithm.LOCAL) and self.eval_steps > 0
+        return self.algorithm not in (Algorithm.FEDAVG, Algorithm.LOCAL) and self.eval_steps > 0
 
     @property
     def hidden(self) -> tuple[int, ...]:
@@ -766,6 +757,9 @@ def config_key(f: dataclasses.Field) -> str:
 
 
 _FIELDS = {config_key(f): f for f in dataclasses.fields(Settings)}
+_ENUMS = {e.__name__: e for e in (Algorithm, MetaOrder, Task, Aggregation, Weighting, AttackKind)}
+# Settings.__post_init__ looks this up when an instance is made, after the class exists
+_ENUM_FIELDS = {f.name: _ENUMS[f.type] for f in dataclasses.fields(Settings) if f.type in _ENUMS}
 
 
 def _coerce(key: str, value: Any, typ: type) -> Any:
@@ -796,7 +790,7 @@ def parse_settings(run_config: Mapping[str, Any]) -> Settings:
         if key not in _FIELDS:
             raise ConfigError(key, raw, "a known key: " + ", ".join(sorted(_FIELDS)))
         f = _FIELDS[key]
-        value = _coerce(key, raw, _TYPES[str(f.type)])
+        value = _coerce(key, raw, str if f.type in _ENUMS else _TYPES[str(f.type)])
         check, allowed = f.metadata["check"]
         if not check(value):
             raise ConfigError(key, value, allowed)
@@ -894,7 +888,7 @@ def _check_task(s: Settings) -> None:
 
 
 def _check_attack(s: Settings) -> None:
-    attacking = s.attack != AttackKind.NONE.value
+    attacking = s.attack is not AttackKind.NONE
     if attacking and s.attack_fraction == 0:
         raise ConfigError(
             "attack-fraction", s.attack_fraction, f"a number in (0, 1] with attack '{s.attack}'"
@@ -903,7 +897,7 @@ def _check_attack(s: Settings) -> None:
         raise ConfigError(
             "attack", s.attack, "an attack kind other than 'none' when attack-fraction > 0"
         )
-    if s.attack == AttackKind.LABEL_FLIP.value and s.episodic:
+    if s.attack is AttackKind.LABEL_FLIP and s.episodic:
         raise ConfigError(
             "attack", s.attack,
             f"another kind for dataset '{s.dataset}' (episodes relabel classes 0..N-1, so a "
@@ -972,7 +966,7 @@ def _check_privacy(s: Settings) -> None:
             "to (theta and Meta-SGD's alpha) before it leaves the node; it is DP's "
             "sensitivity and sets SecAgg+'s quantization range",
         )  # fmt: skip
-    if s.aggregation != Aggregation.MEAN.value:
+    if s.aggregation is not Aggregation.MEAN:
         why = (
             "SecAgg+ reveals only the sum of the nodes' updates, so no rule that looks at "
             "single updates (median, trimmed mean, Krum, Bulyan) can run"
@@ -989,7 +983,7 @@ def _check_privacy(s: Settings) -> None:
                 f"its default {default} with {what}, which ignores it: every client already "
                 "clips to dp-clip on its own node",
             )  # fmt: skip
-    if s.weighting == Weighting.EXAMPLES.value:
+    if s.weighting is Weighting.EXAMPLES:
         raise ConfigError(
             "weighting", s.weighting,
             f"'uniform' (or the default 'capped', which {what} treats as uniform): every "
@@ -997,7 +991,7 @@ def _check_privacy(s: Settings) -> None:
             "SecAgg+ by the number of clients); weights from claimed example counts would "
             "let one client exceed the bound dp-clip",
         )  # fmt: skip
-    if s.algo is Algorithm.LOCAL:
+    if s.algorithm is Algorithm.LOCAL:
         raise ConfigError("algorithm", s.algorithm, f"a federated algorithm with {what}")
     if s.secagg and s.min_available_nodes < 2:
         raise ConfigError(
@@ -1072,5 +1066,10 @@ def _check_shakespeare(s: Settings) -> None:
 
 
 def settings_to_run_config(s: Settings) -> dict[str, Any]:
-    """The inverse of :func:`parse_settings` (used to record a run's exact settings)."""
-    return {config_key(f): getattr(s, f.name) for f in dataclasses.fields(s)}
+    """The inverse of :func:`parse_settings` (used to record a run's exact settings): plain
+    TOML values, so an enum is written as its string (config.json, model.pt, the hash)."""
+    return {config_key(f): _plain(getattr(s, f.name)) for f in dataclasses.fields(s)}
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, enum.Enum) else value

@@ -464,7 +464,7 @@ def finish(
     summary: dict[str, float] = {**last_eval, "rounds": settings.num_rounds, "seconds": seconds}
     # 'local' never trains the shared model: new clients would start from the seeded initial
     # one, chance by construction, so they are not scored as if that were a result.
-    if settings.new_clients > 0 and settings.algo is not Algorithm.LOCAL:
+    if settings.new_clients > 0 and settings.algorithm is not Algorithm.LOCAL:
         model = model_for(settings)
         device = select_device(settings.device, model)
         theta, alpha = split_state(state)

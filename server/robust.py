@@ -51,8 +51,8 @@ class RobustConfig:
     @classmethod
     def from_settings(cls, s: Settings) -> RobustConfig:
         return cls(
-            s.aggregation_rule, s.trim_fraction, s.krum_byzantine, s.multi_krum_keep,
-            s.norm_bound, s.norm_bound_median_factor, s.weighting_rule, s.max_examples_weight,
+            s.aggregation, s.trim_fraction, s.krum_byzantine, s.multi_krum_keep,
+            s.norm_bound, s.norm_bound_median_factor, s.weighting, s.max_examples_weight,
         )  # fmt: skip
 
 
