@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import tomllib
 
 import pytest
 
-from common.config import ConfigError, Settings, parse_settings, settings_to_run_config
+from common.config import (
+    Aggregation,
+    Algorithm,
+    AttackKind,
+    ConfigError,
+    MetaOrder,
+    Settings,
+    Weighting,
+    parse_settings,
+    settings_to_run_config,
+)
 from tests.conftest import PROJECT_ROOT
 
 
@@ -47,6 +59,30 @@ def test_config_errors_name_key_value_and_allowed(config, key, allowed):
     message = str(err.value)
     assert f"'{key}'" in message and allowed in message
     assert repr(config.get(key, err.value.value)) in message
+
+
+CHOICES = {
+    "algorithm": ("metasgd", Algorithm.METASGD),
+    "metasgd-order": ("first-order", MetaOrder.FIRST),
+    "aggregation": ("median", Aggregation.MEDIAN),
+    "weighting": ("uniform", Weighting.UNIFORM),
+    "attack": ("sign-flip", AttackKind.SIGN_FLIP),
+}
+
+
+def test_a_choice_is_stored_once_as_its_enum_and_recorded_as_its_plain_string():
+    s = parse_settings({k: raw for k, (raw, _) in CHOICES.items()} | {"attack-fraction": 0.1})
+    for key, (raw, member) in CHOICES.items():
+        assert getattr(s, key.replace("-", "_")) is member
+        recorded = settings_to_run_config(s)[key]
+        assert type(recorded) is str and recorded == raw  # config.json, model.pt, the hash
+    assert json.dumps(settings_to_run_config(s)["algorithm"]) == '"metasgd"'
+    assert s.meta_order is MetaOrder.FIRST
+    # built directly (defaults, dataclasses.replace) the field holds the enum too
+    assert Settings().algorithm is Algorithm.MAML
+    assert dataclasses.replace(s, algorithm="fedavg").algorithm is Algorithm.FEDAVG
+    for name in ("algo", "aggregation_rule", "weighting_rule", "attack_kind"):
+        assert not hasattr(s, name)  # no second name for the same setting
 
 
 def test_ints_are_accepted_for_float_keys():
