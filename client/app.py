@@ -44,7 +44,7 @@ from client.secagg import (
     secagg_when_asked,
     unpack_fitins,
 )
-from client.train import CohortResult, train_cohort
+from client.train import CohortResult, TrainConfig, train_cohort
 from common.arrays import (
     ALPHA_PREFIX,
     from_record,
@@ -230,10 +230,11 @@ def _train(
         for rt in ready
     ]
     rngs = [rt.rng(got.server_round, TRAIN_PURPOSE) for rt in ready]
+    cfg = TrainConfig.from_settings(s)
     if s.algorithm is Algorithm.LOCAL:
         start = _personal_params(context, node, got, ready)
         result = train_cohort(
-            node.model, got.theta, s.inner_lr, clients, rngs, s, node.device, meta=False,
+            node.model, got.theta, s.inner_lr, clients, rngs, cfg, node.device, meta=False,
             start=start,
         )  # fmt: skip
         for j, rt in enumerate(ready):
@@ -242,8 +243,8 @@ def _train(
             )
         return result
     lr = got.alpha if s.learns_inner_lr and got.alpha is not None else s.inner_lr
-    meta = s.meta_order is not None
-    return train_cohort(node.model, got.theta, lr, clients, rngs, s, node.device, meta=meta)
+    meta = cfg.meta_step is not None
+    return train_cohort(node.model, got.theta, lr, clients, rngs, cfg, node.device, meta=meta)
 
 
 def _stacked_updates(result: CohortResult, got: Received) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from common.batching import map_clients, probe_key, torch_seed
-from common.config import MetaOrder, Settings
+from common.config import MetaOrder, Settings, Task
 from common.meta import (
     Batch,
     LossFn,
@@ -37,7 +37,7 @@ from common.meta import (
     sgd_step,
 )
 from common.personalize import loss_fn_for, stack_to_device
-from common.tasks import task_sampler
+from common.tasks import BatchConfig, task_sampler
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,41 @@ class MetaStepConfig:
     hessian_mode: str
     fd_delta: float
     alpha_bounds: tuple[float, float] | None = None  # Meta-SGD: clamp alpha after each step
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> MetaStepConfig | None:
+        """The settings' meta-step, or None for an algorithm without an inner loop."""
+        if s.meta_order is None:
+            return None
+        return cls(
+            s.meta_order, s.inner_steps, s.outer_lr, s.hessian_free_mode, s.hessian_free_delta,
+            s.alpha_bounds,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What a node's local work reads: the batches, tau, the step (meta or plain SGD with
+    ``outer_lr``), how many clients share one vmapped call, and the loss."""
+
+    batches: BatchConfig
+    local_steps: int
+    outer_lr: float
+    meta_step: MetaStepConfig | None  # None: the algorithm has no inner loop
+    cohort_size: int
+    task: Task
+    loss: str
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> TrainConfig:
+        return cls(
+            BatchConfig.from_settings(s), s.local_steps, s.outer_lr,
+            MetaStepConfig.from_settings(s), s.cohort_size, s.task, s.loss,
+        )  # fmt: skip
+
+    @property
+    def alpha_bounds(self) -> tuple[float, float] | None:
+        return self.meta_step.alpha_bounds if self.meta_step is not None else None
 
 
 def meta_train_steps(
@@ -116,7 +151,7 @@ def train_cohort(
     inner_lr: StepSize,
     clients: Sequence[tuple[np.ndarray, np.ndarray]],
     rngs: Sequence[np.random.Generator],
-    settings: Settings,
+    cfg: TrainConfig,
     device: torch.device,
     *,
     meta: bool,
@@ -126,14 +161,14 @@ def train_cohort(
 
     All clients start from ``theta`` or, with ``start``, each from its own row of it (the
     'local' baseline's personal models). ``meta`` picks meta-steps with the settings'
-    order, else plain SGD. At most ``cohort-size`` clients run in one vmapped call.
+    step, else plain SGD. At most ``cohort_size`` clients run in one vmapped call.
     Meta-SGD's alpha starts, and stays after every local step, inside ``alpha_bounds``
-    when the settings bound it (the reply's alpha update then includes that projection).
+    when the config bounds it (the reply's alpha update then includes that projection).
     """
     if not clients:
         raise ValueError("train_cohort needs at least one client")
-    inner_lr = bounded_step_sizes(inner_lr, settings.alpha_bounds)
-    size = settings.cohort_size or len(clients)
+    inner_lr = bounded_step_sizes(inner_lr, cfg.alpha_bounds)
+    size = cfg.cohort_size or len(clients)
     parts = [
         _train_chunk(
             model,
@@ -141,7 +176,7 @@ def train_cohort(
             inner_lr,
             clients[i : i + size],
             rngs[i : i + size],
-            settings,
+            cfg,
             device,
             meta=meta,
             start=None if start is None else {n: p[i : i + size] for n, p in start.items()},
@@ -165,50 +200,47 @@ def _train_chunk(
     inner_lr: StepSize,
     clients: Sequence[tuple[np.ndarray, np.ndarray]],
     rngs: Sequence[np.random.Generator],
-    s: Settings,
+    cfg: TrainConfig,
     device: torch.device,
     *,
     meta: bool,
     start: Params | None,
 ) -> CohortResult:
-    loss_fn = loss_fn_for(s.task, s.loss)
+    loss_fn = loss_fn_for(cfg.task, cfg.loss)
     seeds = [torch_seed(rng) for rng in rngs]  # the model's own randomness (dropout)
-    samplers = [task_sampler(x, y, s) for x, y in clients]
+    samplers = [task_sampler(x, y, cfg.batches) for x, y in clients]
     params, in_dim = (start, 0) if start is not None else (theta, None)
+    steps = cfg.local_steps
     if meta:
-        if s.meta_order is None:
-            raise ValueError(f"algorithm {s.algorithm!r} has no meta-gradient order")
-        cfg = MetaStepConfig(
-            s.meta_order, s.inner_steps, s.outer_lr, s.hessian_free_mode, s.hessian_free_delta,
-            s.alpha_bounds,
-        )  # fmt: skip
-        drawn = [
-            sm.meta_batches(rng, s.local_steps) for sm, rng in zip(samplers, rngs, strict=True)
-        ]
+        if (step := cfg.meta_step) is None:
+            raise ValueError("meta-steps asked for, but the algorithm has no meta-gradient order")
+        drawn = [sm.meta_batches(rng, steps) for sm, rng in zip(samplers, rngs, strict=True)]
         # Every client draws D'' (one random stream for every order); only Per-FedAvg (HF)
         # computes with it.
-        used = ["support", "query"] + (["hessian"] if cfg.order is MetaOrder.HESSIAN_FREE else [])
-        batches = {k: stack_to_device([getattr(m, k) for m in drawn], s.task, device) for k in used}
+        used = ["support", "query"] + (["hessian"] if step.order is MetaOrder.HESSIAN_FREE else [])
+        batches = {
+            k: stack_to_device([getattr(m, k) for m in drawn], cfg.task, device) for k in used
+        }
 
         def one_meta(p: Params, b: dict[str, Batch]) -> dict:
-            return meta_train_steps(model, loss_fn, p, inner_lr, b, cfg)
+            return meta_train_steps(model, loss_fn, p, inner_lr, b, step)
 
         out = map_clients(
             one_meta, (in_dim, 0), (params, batches), seeds=seeds, device=device,
-            key=probe_key(f"train-{cfg.order.value}", model, s.loss),
+            key=probe_key(f"train-{step.order.value}", model, cfg.loss),
         )  # fmt: skip
     else:
         plain = stack_to_device(
-            [sm.batches(rng, s.local_steps) for sm, rng in zip(samplers, rngs, strict=True)],
-            s.task, device,
+            [sm.batches(rng, steps) for sm, rng in zip(samplers, rngs, strict=True)],
+            cfg.task, device,
         )  # fmt: skip
 
         def one_sgd(p: Params, b: Batch) -> dict:
-            return sgd_train_steps(model, loss_fn, p, b, s.outer_lr)
+            return sgd_train_steps(model, loss_fn, p, b, cfg.outer_lr)
 
         out = map_clients(
             one_sgd, (in_dim, 0), (params, plain), seeds=seeds, device=device,
-            key=probe_key("train-sgd", model, s.loss),
+            key=probe_key("train-sgd", model, cfg.loss),
         )  # fmt: skip
     metrics = {
         k: v.detach().double().cpu().numpy() for k, v in out.items() if isinstance(v, Tensor)

@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from common.config import MetaOrder, Settings
-from common.data.episodes import EpisodeSpec, by_class, draw_episode, episode_spec
+from common.data.episodes import EpisodeSpec, by_class, draw_episode
 
 HostBatch = tuple[np.ndarray, np.ndarray]  # (x, y) with leading axes, e.g. (steps, batch, ...)
 
@@ -143,10 +143,25 @@ def stack_batches(batches: list[HostBatch]) -> HostBatch:
     return np.stack([x for x, _ in batches]), np.stack([y for _, y in batches])
 
 
-def task_sampler(x: np.ndarray, y: np.ndarray, settings: Settings) -> TaskSampler:
-    if settings.episodic:
-        return EpisodeSampler(x, y, episode_spec(settings), settings.hessian_size)
-    return BatchSampler(x, y, settings.batch_size, settings.hessian_size)
+@dataclass(frozen=True)
+class BatchConfig:
+    """What a client's batches are: ``batch_size`` samples (D'' of ``hessian_size``), or
+    N-way K-shot episodes (D'' of ``hessian_size`` shots per class) when ``episode`` is set."""
+
+    batch_size: int
+    hessian_size: int
+    episode: EpisodeSpec | None = None
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> BatchConfig:
+        episode = EpisodeSpec.from_settings(s) if s.episodic else None
+        return cls(s.batch_size, s.hessian_size, episode)
+
+
+def task_sampler(x: np.ndarray, y: np.ndarray, cfg: BatchConfig) -> TaskSampler:
+    if cfg.episode is not None:
+        return EpisodeSampler(x, y, cfg.episode, cfg.hessian_size)
+    return BatchSampler(x, y, cfg.batch_size, cfg.hessian_size)
 
 
 def batch_warnings(settings: Settings, smallest_train: int | None = None) -> list[str]:

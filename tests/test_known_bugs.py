@@ -25,7 +25,7 @@ from torch.func import functional_call
 
 from client.app import EVALUATE_PURPOSE, TRAIN_PURPOSE
 from client.runtime import node_runtime
-from client.train import train_cohort
+from client.train import TrainConfig, train_cohort
 from common import messages
 from common.arrays import join_state, split_state
 from common.config import MetaOrder, Task, parse_settings
@@ -261,8 +261,9 @@ def test_hessian_free_mode_setting_reaches_the_clients_training_step():
 
     def update(**extra) -> dict[str, torch.Tensor]:
         s = parse_settings(base | extra)
+        cfg = TrainConfig.from_settings(s)
         out = train_cohort(model_for(s), theta, s.inner_lr, [client],
-                           [np.random.default_rng(1)], s, CPU, meta=True)  # fmt: skip
+                           [np.random.default_rng(1)], cfg, CPU, meta=True)  # fmt: skip
         return out.params
 
     exact = update()
@@ -306,12 +307,13 @@ def test_a_clients_train_support_loss_is_its_loss_at_the_received_theta():
     config = {"algorithm": "maml", "hidden-sizes": "16", "inner-steps": 3, "inner-lr": 0.1,
               "local-steps": 1, "batch-size": 8}  # fmt: skip
     s = parse_settings(config)
+    cfg = TrainConfig.from_settings(s)
     rng = np.random.default_rng(0)
     x = rng.uniform(-3, 3, (8, 1)).astype(np.float32)
     y = (2 * np.sin(x)).astype(np.float32)
     model = model_for(s)
     theta = _tensors(split_state(initial_state(s))[0])
-    out = train_cohort(model, theta, s.inner_lr, [(x, y)], [np.random.default_rng(1)], s, CPU,
+    out = train_cohort(model, theta, s.inner_lr, [(x, y)], [np.random.default_rng(1)], cfg, CPU,
                        meta=True)  # fmt: skip
     by_hand = float(_mse_at(model, theta, x, y))
     assert out.metrics["train-support-loss"][0] == pytest.approx(by_hand, rel=1e-5)

@@ -26,10 +26,9 @@ class EpisodeSpec:
     query_shots: int  # query examples per class in a training episode
     eval_episodes: int  # episodes averaged per evaluation
 
-
-def episode_spec(settings: Settings) -> EpisodeSpec:
-    s = settings
-    return EpisodeSpec(s.n_way, s.k_shot, s.query_shots, s.eval_episodes)
+    @classmethod
+    def from_settings(cls, s: Settings) -> EpisodeSpec:
+        return cls(s.n_way, s.k_shot, s.query_shots, s.eval_episodes)
 
 
 @dataclass(frozen=True)

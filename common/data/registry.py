@@ -35,7 +35,7 @@ import numpy as np
 from common.config import OMNIGLOT_DRAWERS, USER_DATASETS, Settings, omniglot_test_drawers
 from common.data import partition as part
 from common.data import readers, shakespeare, user_data
-from common.data.episodes import EpisodicData, episode_spec
+from common.data.episodes import EpisodeSpec, EpisodicData
 from common.data.sinusoid import NEW_CLIENT_STREAM as SINUSOID_NEW
 from common.data.sinusoid import sinusoid_client
 from common.data.synthetic import NEW_CLIENT_STREAM as SYNTHETIC_NEW
@@ -411,5 +411,6 @@ def _omniglot_client(settings: Settings, which: str, index: int, num_clients: in
     (x_train, y_train), (x_test, y_test) = images(slice(0, n_train)), images(slice(n_train, None))
     return EpisodicData(
         x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-        client_id=f"omniglot-{which}-{block[0]}-{block[-1]}", spec=episode_spec(settings),
+        client_id=f"omniglot-{which}-{block[0]}-{block[-1]}",
+        spec=EpisodeSpec.from_settings(settings),
     )  # fmt: skip

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from client.train import train_cohort
+from client.train import TrainConfig, train_cohort
 from common.config import MetaOrder, parse_settings
 from common.meta import loss_and_gradients, meta_gradient, sgd_step
 from common.models import model_for
 from common.personalize import loss_fn_for
-from common.tasks import task_sampler
+from common.tasks import BatchConfig, task_sampler
 
 CPU = torch.device("cpu")
 CASES = {
@@ -79,7 +79,7 @@ def _alpha(settings, theta):
 def _reference(settings, theta, lr, x, y, rng):
     """One client by hand: a Python loop over meta_gradient / plain gradients, no vmap."""
     model, loss_fn = model_for(settings), loss_fn_for(settings.task)
-    sampler = task_sampler(x, y, settings)
+    sampler = task_sampler(x, y, BatchConfig.from_settings(settings))
     params, losses = dict(theta), []
     if settings.meta_order is None:
         xs, ys = sampler.batches(rng, settings.local_steps)
@@ -126,6 +126,7 @@ def _reference(settings, theta, lr, x, y, rng):
 @pytest.mark.parametrize("name", list(CASES))
 def test_cohort_equals_each_client_trained_alone_by_hand(name):
     settings = _settings(name)
+    cfg = TrainConfig.from_settings(settings)
     theta = _theta(settings)
     lr = _alpha(settings, theta)
     clients = _clients(4)
@@ -133,7 +134,7 @@ def test_cohort_equals_each_client_trained_alone_by_hand(name):
     # eq. 10's finite difference divides float32 rounding by 2 * delta = 2e-3
     atol = 2e-5 if settings.hessian_free_mode == "finite-difference" else 1e-6
     rngs = [np.random.default_rng([9, i]) for i in range(4)]
-    cohort = train_cohort(model_for(settings), theta, lr, clients, rngs, settings, CPU, meta=meta)
+    cohort = train_cohort(model_for(settings), theta, lr, clients, rngs, cfg, CPU, meta=meta)
     for i, (x, y) in enumerate(clients):
         params, alpha, losses = _reference(settings, theta, lr, x, y, np.random.default_rng([9, i]))
         for n in theta:
@@ -154,6 +155,7 @@ def test_cohort_equals_each_client_trained_alone_by_hand(name):
 @pytest.mark.parametrize("name", ["maml", "metasgd", "perfedavg-hf"])
 def test_chunked_cohorts_equal_one_cohort(name):
     settings = _settings(name)
+    cfg = TrainConfig.from_settings(settings)
     theta = _theta(settings)
     lr = _alpha(settings, theta)
     clients = _clients(5)
@@ -163,18 +165,19 @@ def test_chunked_cohorts_equal_one_cohort(name):
         lr,
         clients,
         [np.random.default_rng(i) for i in range(5)],
-        settings,
+        cfg,
         CPU,
         meta=True,
     )
     chunked_settings = dataclasses.replace(settings, cohort_size=2)
+    chunked_cfg = TrainConfig.from_settings(chunked_settings)
     chunked = train_cohort(
         model_for(settings),
         theta,
         lr,
         clients,
         [np.random.default_rng(i) for i in range(5)],
-        chunked_settings,
+        chunked_cfg,
         CPU,
         meta=True,
     )
@@ -187,6 +190,7 @@ def test_chunked_cohorts_equal_one_cohort(name):
 
 def test_each_client_starts_from_its_own_row_when_given():
     settings = _settings("fedavg")
+    cfg = TrainConfig.from_settings(settings)
     theta = _theta(settings)
     start = {n: torch.stack([p, p + 0.5]) for n, p in theta.items()}
     clients = _clients(2)
@@ -196,7 +200,7 @@ def test_each_client_starts_from_its_own_row_when_given():
         settings.inner_lr,
         clients,
         [np.random.default_rng(0), np.random.default_rng(1)],
-        settings,
+        cfg,
         CPU,
         meta=False,
         start=start,
@@ -220,36 +224,39 @@ def test_the_one_by_one_reference_is_itself_exact_second_order():
 
 def test_the_hessian_batch_has_its_own_size_and_leaves_d_and_d_prime_alone():
     base, own = _settings("perfedavg-hf"), _settings("perfedavg-hf-hessian-batch")
+    base_cfg, own_cfg = TrainConfig.from_settings(base), TrainConfig.from_settings(own)
     x, y = _clients(4)[3]  # 15 points
-    a = task_sampler(x, y, base).meta_batches(np.random.default_rng(0), 3)
-    b = task_sampler(x, y, own).meta_batches(np.random.default_rng(0), 3)
+    a = task_sampler(x, y, base_cfg.batches).meta_batches(np.random.default_rng(0), 3)
+    b = task_sampler(x, y, own_cfg.batches).meta_batches(np.random.default_rng(0), 3)
     assert a.hessian[0].shape == (3, 4, 1) and b.hessian[0].shape == (3, 6, 1)
     for got, expected in ((b.support, a.support), (b.query, a.query)):
         np.testing.assert_array_equal(got[0], expected[0])
     # and it changes the meta-gradient (the option is wired through to the cohort)
     theta = _theta(base)
     rngs = lambda: [np.random.default_rng(0)]  # noqa: E731
-    ta = train_cohort(model_for(base), theta, 0.1, [(x, y)], rngs(), base, CPU, meta=True)
-    tb = train_cohort(model_for(own), theta, 0.1, [(x, y)], rngs(), own, CPU, meta=True)
+    ta = train_cohort(model_for(base), theta, 0.1, [(x, y)], rngs(), base_cfg, CPU, meta=True)
+    tb = train_cohort(model_for(own), theta, 0.1, [(x, y)], rngs(), own_cfg, CPU, meta=True)
     assert any(not torch.allclose(ta.params[n], tb.params[n]) for n in theta)
 
 
 def test_bounded_metasgd_alpha_stays_in_range_however_far_it_is_pushed():
     settings = _settings("metasgd-bounded", **{"outer-lr": 1.0})
+    cfg = TrainConfig.from_settings(settings)
     theta = _theta(settings)
     lr = _alpha(settings, theta)
     out = train_cohort(
         model_for(settings), theta, lr, _clients(3),
-        [np.random.default_rng(i) for i in range(3)], settings, CPU, meta=True,
+        [np.random.default_rng(i) for i in range(3)], cfg, CPU, meta=True,
     )  # fmt: skip
     assert out.inner_lr is not None
     values = torch.cat([a.flatten() for a in out.inner_lr.values()])
     assert values.min() >= 0.08 and values.max() <= 0.12
     assert values.min() == 0.08 or values.max() == 0.12  # the bound was needed
     unbounded = _settings("metasgd", **{"outer-lr": 1.0})
+    unbounded_cfg = TrainConfig.from_settings(unbounded)
     free = train_cohort(
         model_for(unbounded), theta, lr, _clients(3),
-        [np.random.default_rng(i) for i in range(3)], unbounded, CPU, meta=True,
+        [np.random.default_rng(i) for i in range(3)], unbounded_cfg, CPU, meta=True,
     )  # fmt: skip
     assert free.inner_lr is not None
     spread = torch.cat([a.flatten() for a in free.inner_lr.values()])
@@ -272,13 +279,14 @@ def test_char_lstm_cohort_equals_each_client_trained_alone_by_hand(name):
         name, dataset="shakespeare", model="lstm", **{"data-path": "unused",
         "hidden-sizes": "6,5", "shakespeare-seq-len": 4, "local-steps": 2},
     )  # fmt: skip
+    cfg = TrainConfig.from_settings(settings)
     theta = _theta(settings)
     lr = _alpha(settings, theta)
     clients = _text_clients(3, 4)
     meta = settings.meta_order is not None
     cohort = train_cohort(
         model_for(settings), theta, lr, clients,
-        [np.random.default_rng([4, i]) for i in range(3)], settings, CPU, meta=meta,
+        [np.random.default_rng([4, i]) for i in range(3)], cfg, CPU, meta=meta,
     )  # fmt: skip
     for i, (x, y) in enumerate(clients):
         params, alpha, _ = _reference(settings, theta, lr, x, y, np.random.default_rng([4, i]))

@@ -15,6 +15,7 @@ from common.data.episodes import (
 )
 from common.data.registry import smallest_train_split
 from common.tasks import (
+    BatchConfig,
     BatchSampler,
     EpisodeSampler,
     batch_warnings,
@@ -82,7 +83,7 @@ def test_plain_sampler_draws_distinct_rows_independently_and_reproducibly():
     x = np.arange(40, dtype=np.float32)[:, None]  # value = row: traceable
     y = np.arange(40) % 4
     settings = parse_settings({"dataset": "digits", "partition": "dirichlet", "batch-size": 7})
-    sampler = task_sampler(x, y, settings)
+    sampler = task_sampler(x, y, BatchConfig.from_settings(settings))
     assert isinstance(sampler, BatchSampler)
     got = sampler.meta_batches(np.random.default_rng(3), steps=5)
     again = sampler.meta_batches(np.random.default_rng(3), steps=5)
@@ -150,7 +151,9 @@ def test_episodic_hessian_batch_takes_its_shots_per_class():
         {"dataset": "omniglot", "data-path": "x", "n-way": 3, "k-shot": 1, "query-shots": 2,
          "hessian-batch-size": 4}
     )  # fmt: skip
-    b = task_sampler(x, labels, s).meta_batches(np.random.default_rng(1), 2)
+    b = task_sampler(x, labels, BatchConfig.from_settings(s)).meta_batches(
+        np.random.default_rng(1), 2
+    )
     assert b.support[1].shape == (2, 3) and b.hessian[1].shape == (2, 12)
     for step in range(2):
         assert np.bincount(b.hessian[1][step]).tolist() == [4, 4, 4]
