@@ -20,6 +20,7 @@ reruns, engines and node layouts agree on who they are. What an attacker sends
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -41,10 +42,27 @@ def attackers(seed: int, fraction: float, num_clients: int) -> frozenset[int]:
     return frozenset(int(p) for p in order[:count])
 
 
-def is_attacker(s: Settings, partition: int, num_clients: int) -> bool:
-    if s.attack is AttackKind.NONE:
+@dataclass(frozen=True)
+class AttackConfig:
+    """Who attacks and what they send (the settings' attack keys and the run's seed)."""
+
+    kind: AttackKind
+    fraction: float
+    scale: float
+    noise_std: float
+    seed: int
+    classes: int | None = None  # label-flip: classes of the dataset; None: regression
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> AttackConfig:
+        classes = num_classes(s) if s.attack is AttackKind.LABEL_FLIP else None
+        return cls(s.attack, s.attack_fraction, s.attack_scale, s.attack_noise_std, s.seed, classes)
+
+
+def is_attacker(cfg: AttackConfig, partition: int, num_clients: int) -> bool:
+    if cfg.kind is AttackKind.NONE:
         return False
-    return partition in attackers(s.seed, s.attack_fraction, num_clients)
+    return partition in attackers(cfg.seed, cfg.fraction, num_clients)
 
 
 def flipped_labels(y: np.ndarray, classes: int | None) -> np.ndarray:
@@ -55,11 +73,11 @@ def flipped_labels(y: np.ndarray, classes: int | None) -> np.ndarray:
 
 
 def training_split(
-    s: Settings, partition: int, num_clients: int, x: np.ndarray, y: np.ndarray
+    cfg: AttackConfig, partition: int, num_clients: int, x: np.ndarray, y: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The train split a client trains on: a label-flip attacker's labels are poisoned."""
-    if s.attack is AttackKind.LABEL_FLIP and is_attacker(s, partition, num_clients):
-        return x, flipped_labels(y, num_classes(s))
+    if cfg.kind is AttackKind.LABEL_FLIP and is_attacker(cfg, partition, num_clients):
+        return x, flipped_labels(y, cfg.classes)
     return x, y
 
 
@@ -75,29 +93,29 @@ def colluding_update(
 
 
 def forged_update(
-    s: Settings, update: Mapping[str, np.ndarray], num_examples: int, partition: int,
+    cfg: AttackConfig, update: Mapping[str, np.ndarray], num_examples: int, partition: int,
     server_round: int,
 ) -> tuple[NamedArrays, int]:  # fmt: skip
     """What attacker ``partition`` sends instead of its honest (update, num-examples)."""
-    kind, scale = s.attack, s.attack_scale
+    kind, scale = cfg.kind, cfg.scale
     if kind is AttackKind.SCALED:
         out = {k: v * scale for k, v in update.items()}
     elif kind is AttackKind.SIGN_FLIP:
         out = {k: v * -scale for k, v in update.items()}
     elif kind is AttackKind.GAUSSIAN:
-        rng = np.random.default_rng([s.seed, partition, server_round, ATTACK_PURPOSE])
-        out = {k: s.attack_noise_std * rng.standard_normal(update[k].shape) for k in update}
+        rng = np.random.default_rng([cfg.seed, partition, server_round, ATTACK_PURPOSE])
+        out = {k: cfg.noise_std * rng.standard_normal(update[k].shape) for k in update}
     elif kind is AttackKind.NUM_EXAMPLES_LIE:
         return {k: -v for k, v in update.items()}, int(num_examples * scale)
     elif kind is AttackKind.SAME_BAD_UPDATE:
-        out = colluding_update(update, s.seed, server_round, scale)
+        out = colluding_update(update, cfg.seed, server_round, scale)
     else:  # none, label-flip (already poisoned its data): the update as computed
         out = dict(update)
     return {k: np.asarray(v).astype(update[k].dtype) for k, v in out.items()}, num_examples
 
 
 def attack_reply(
-    s: Settings, updates: Mapping[str, np.ndarray], examples: Mapping[int, int],
+    cfg: AttackConfig, updates: Mapping[str, np.ndarray], examples: Mapping[int, int],
     order: Sequence[int], num_clients: int, server_round: int,
 ) -> tuple[NamedArrays, dict[int, int]]:  # fmt: skip
     """A node's stacked updates (rows in ``order``) and num-examples by partition, with
@@ -106,10 +124,10 @@ def attack_reply(
     out = {k: np.array(v) for k, v in updates.items()}
     claims = dict(examples)
     for row, pid in enumerate(order):
-        if pid not in claims or not is_attacker(s, pid, num_clients):
+        if pid not in claims or not is_attacker(cfg, pid, num_clients):
             continue
         honest = {k: v[row] for k, v in out.items()}
-        forged, claims[pid] = forged_update(s, honest, claims[pid], pid, server_round)
+        forged, claims[pid] = forged_update(cfg, honest, claims[pid], pid, server_round)
         for k, v in forged.items():
             out[k][row] = v
     return out, claims

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from client.attacks import (
+    AttackConfig,
     attack_reply,
     attackers,
     colluding_update,
@@ -24,8 +25,10 @@ from server.divergence import RunDiverged
 from simulations.loop import run_in_loop
 
 
-def _settings(attack: str, **extra):
-    return parse_settings({"attack": attack, "attack-fraction": 0.2, **extra})
+def _attack(attack: str, **extra) -> AttackConfig:
+    return AttackConfig.from_settings(
+        parse_settings({"attack": attack, "attack-fraction": 0.2, **extra})
+    )
 
 
 def test_attackers_are_exactly_the_fraction_and_a_function_of_seed_and_partition():
@@ -34,27 +37,28 @@ def test_attackers_are_exactly_the_fraction_and_a_function_of_seed_and_partition
     assert attackers(0, 0.2, 100) == chosen  # reruns agree
     assert attackers(1, 0.2, 100) != chosen  # another seed, other attackers
     assert len(attackers(0, 0.3, 10)) == 3 and attackers(0, 1.0, 7) == set(range(7))
-    s = _settings("scaled")
-    assert [p for p in range(100) if is_attacker(s, p, 100)] == sorted(chosen)
-    assert not any(is_attacker(parse_settings({}), p, 100) for p in range(100))
+    cfg = _attack("scaled")
+    assert [p for p in range(100) if is_attacker(cfg, p, 100)] == sorted(chosen)
+    honest = AttackConfig.from_settings(parse_settings({}))
+    assert not any(is_attacker(honest, p, 100) for p in range(100))
 
 
 def test_label_flip_reverses_classes_and_negates_regression_targets():
     np.testing.assert_array_equal(flipped_labels(np.array([0, 1, 9]), 10), [9, 8, 0])
     y = np.array([[0.5], [-2.0]], np.float32)
     np.testing.assert_array_equal(flipped_labels(y, None), -y)
-    s = _settings("label-flip", dataset="digits", partition="dirichlet")
+    cfg = _attack("label-flip", dataset="digits", partition="dirichlet")
     bad, good = sorted(attackers(0, 0.2, 10))[0], min(set(range(10)) - attackers(0, 0.2, 10))
     x, labels = np.zeros((3, 1, 8, 8), np.float32), np.array([0, 3, 9])
-    assert training_split(s, bad, 10, x, labels)[1].tolist() == [9, 6, 0]
-    assert training_split(s, good, 10, x, labels)[1] is labels
+    assert training_split(cfg, bad, 10, x, labels)[1].tolist() == [9, 6, 0]
+    assert training_split(cfg, good, 10, x, labels)[1] is labels
 
 
 def test_each_kind_forges_what_it_says():
     honest = {"w": np.array([1.0, -2.0], np.float32), "alpha/w": np.array([0.5], np.float32)}
 
     def forge(kind, **extra):
-        return forged_update(_settings(kind, **extra), honest, 40, partition=3, server_round=2)
+        return forged_update(_attack(kind, **extra), honest, 40, partition=3, server_round=2)
 
     scaled, n = forge("scaled", **{"attack-scale": 1e6})
     np.testing.assert_array_equal(scaled["w"], [1e6, -2e6])
@@ -73,22 +77,22 @@ def test_each_kind_forges_what_it_says():
 
 
 def test_colluders_send_one_vector_per_round():
-    s = _settings("same-bad-update", **{"attack-scale": 10.0})
+    cfg = _attack("same-bad-update", **{"attack-scale": 10.0})
     ref = {"w": np.zeros(4, np.float32)}
-    a, _ = forged_update(s, {"w": np.ones(4, np.float32)}, 5, partition=1, server_round=7)
-    b, _ = forged_update(s, {"w": -np.ones(4, np.float32)}, 9, partition=8, server_round=7)
+    a, _ = forged_update(cfg, {"w": np.ones(4, np.float32)}, 5, partition=1, server_round=7)
+    b, _ = forged_update(cfg, {"w": -np.ones(4, np.float32)}, 9, partition=8, server_round=7)
     np.testing.assert_array_equal(a["w"], b["w"])
     assert not np.array_equal(colluding_update(ref, 0, 8, 10.0)["w"], a["w"])
     np.testing.assert_array_equal(colluding_update(ref, 0, 7, 10.0)["w"], a["w"])
 
 
 def test_a_node_reply_forges_only_its_trained_attackers():
-    s = _settings("scaled", **{"attack-scale": 100.0})
+    cfg = _attack("scaled", **{"attack-scale": 100.0})
     bad = sorted(attackers(0, 0.2, 10))
     good = min(set(range(10)) - set(bad))
     order = [bad[0], good, bad[1]]
     updates = {"w": np.ones((3, 2), np.float32)}
-    out, claims = attack_reply(s, updates, {bad[0]: 5, good: 5}, order, 10, server_round=1)
+    out, claims = attack_reply(cfg, updates, {bad[0]: 5, good: 5}, order, 10, server_round=1)
     np.testing.assert_array_equal(out["w"], [[100, 100], [1, 1], [1, 1]])  # bad[1] skipped
     assert claims == {bad[0]: 5, good: 5} and updates["w"].max() == 1  # input untouched
 

@@ -8,7 +8,7 @@ import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.attacks import forged_update
+from client.attacks import AttackConfig, forged_update
 from common.arrays import to_record
 from common.config import Aggregation, ConfigError, Weighting, parse_settings
 from server.aggregate import OptimizerConfig, weighted_mean
@@ -189,11 +189,13 @@ DEFENCES = {
 
 
 def _attacked_round(attack: str) -> tuple[list[dict[str, np.ndarray]], list[float]]:
-    s = parse_settings({"attack": attack, "attack-fraction": 0.2, **ATTACKS[attack]})
+    cfg = AttackConfig.from_settings(
+        parse_settings({"attack": attack, "attack-fraction": 0.2, **ATTACKS[attack]})
+    )
     updates, examples = list(HONEST), [10.0] * 9
     for pid in (9, 10):
         honest = {"w": np.ones(3, np.float32)}
-        forged, claim = forged_update(s, honest, 10, pid, server_round=1)
+        forged, claim = forged_update(cfg, honest, 10, pid, server_round=1)
         updates.append(forged)
         examples.append(float(claim))
     return updates, examples
