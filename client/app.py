@@ -44,7 +44,7 @@ from client.secagg import (
     secagg_when_asked,
     unpack_fitins,
 )
-from client.train import CohortResult, TrainConfig, train_cohort
+from client.train import CohortResult, train_cohort
 from common.arrays import (
     ALPHA_PREFIX,
     from_record,
@@ -123,7 +123,7 @@ def _cohort(node: NodeRuntime, clients: list[int]) -> Cohort:
             skipped[pid] = f"partition {pid} is not hosted by this node (it hosts {node.hosted})"
             continue
         rt = node.client(pid)
-        if reason := rt.too_small_reason:
+        if reason := rt.too_small_reason(node.train):
             skipped[pid] = reason
         else:
             ready.append(rt)
@@ -232,7 +232,7 @@ def _train(
         for rt in ready
     ]
     rngs = [rt.rng(got.server_round, TRAIN_PURPOSE) for rt in ready]
-    cfg = TrainConfig.from_settings(s)
+    cfg = node.train
     if s.algorithm is Algorithm.LOCAL:
         start = _personal_params(context, node, got, ready)
         result = train_cohort(

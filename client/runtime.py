@@ -34,6 +34,7 @@ import torch
 from flwr.app import Context
 from torch import nn
 
+from client.train import TrainConfig
 from common.config import MetaOrder, Settings, parse_settings
 from common.data.registry import (
     check_data_available,
@@ -48,23 +49,25 @@ from common.models import model_for
 
 @dataclass(frozen=True)
 class ClientRuntime:
-    """One client (data partition): its settings, data and randomness."""
+    """One client (data partition): its data and randomness."""
 
-    settings: Settings
+    seed: int
     partition_id: int
     num_partitions: int
     data: ClientData
 
-    @property
-    def too_small_reason(self) -> str | None:
-        n, b = self.data.num_train, self.settings.batch_size
+    def too_small_reason(self, cfg: TrainConfig) -> str | None:
+        """Why this client cannot train with ``cfg``'s batches, or None."""
+        n, b = self.data.num_train, cfg.batches.batch_size
         if n < b:
             return (
                 f"partition {self.partition_id} has {n} training examples, fewer than "
                 f"batch-size={b}; lower batch-size or give this client more data"
             )
-        s, h = self.settings, self.settings.hessian_batch_size
-        if s.meta_order is MetaOrder.HESSIAN_FREE and not s.episodic and n < h:
+        # D'' larger than D only with hessian-batch-size set (episodes draw shots per class)
+        h = cfg.batches.hessian_size
+        hessian_free = cfg.meta_step is not None and cfg.meta_step.order is MetaOrder.HESSIAN_FREE
+        if hessian_free and cfg.batches.episode is None and n < h:
             return (
                 f"partition {self.partition_id} has {n} training examples, fewer than "
                 f"hessian-batch-size={h} for perfedavg-hf's D''; lower hessian-batch-size"
@@ -75,14 +78,16 @@ class ClientRuntime:
 
     def rng(self, server_round: int, purpose: int) -> np.random.Generator:
         """Randomness from (seed, client, round, purpose) only: runs are reproducible."""
-        return np.random.default_rng([self.settings.seed, self.partition_id, server_round, purpose])
+        return np.random.default_rng([self.seed, self.partition_id, server_round, purpose])
 
 
 @dataclass(frozen=True)
 class NodeRuntime:
-    """One Flower node: which clients it hosts, and the shared model skeleton and device."""
+    """One Flower node: which clients it hosts, the shared model skeleton and device, and
+    what its local training reads."""
 
     settings: Settings
+    train: TrainConfig
     node_partition: int  # the node config's partition-id (OWN_DATA: none, its own data)
     partitions: Sequence[int]  # the clients this node hosts (a range, or its own clients)
     num_partitions: int  # clients in the whole federation (own data: on this node)
@@ -152,6 +157,7 @@ def node_runtime(context: Context) -> NodeRuntime:
     _check_node_memory(settings)
     return NodeRuntime(
         settings=settings,
+        train=TrainConfig.from_settings(settings),
         node_partition=index,
         partitions=range(index * per_node, (index + 1) * per_node),
         num_partitions=nodes * per_node,
@@ -178,6 +184,7 @@ def _own_data_node(settings: Settings, data_path: str) -> NodeRuntime:
     model = _skeleton(settings)
     return NodeRuntime(
         settings=settings,
+        train=TrainConfig.from_settings(settings),
         node_partition=OWN_DATA,
         partitions=hosted,
         num_partitions=len(hosted),
@@ -294,7 +301,7 @@ def _build_client(
         data = load_hosted_client_data(settings, partition_id)
     else:
         data = load_client_data(settings, partition_id, num_partitions)
-    return ClientRuntime(settings, partition_id, num_partitions, data)
+    return ClientRuntime(settings.seed, partition_id, num_partitions, data)
 
 
 # Python objects around a cached client's arrays: the runtime, its ClientData, four array

@@ -158,7 +158,7 @@ def test_rng_purposes_give_different_reproducible_streams():
     np.testing.assert_array_equal(train_draws, client.rng(3, TRAIN_PURPOSE).random(8))
     assert not np.allclose(train_draws, client.rng(3, EVALUATE_PURPOSE).random(8))
     assert not np.allclose(train_draws, client.rng(4, TRAIN_PURPOSE).random(8))
-    assert settings.seed == client.settings.seed
+    assert settings.seed == client.seed
 
 
 def test_training_draws_its_batch_from_the_training_stream():

@@ -3,11 +3,15 @@ clients a node hosts."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 
 from client import runtime
-from client.runtime import RuntimeCache, node_runtime
+from client.runtime import ClientRuntime, RuntimeCache, node_runtime
+from client.train import TrainConfig
+from common.config import parse_settings
+from common.data.types import ClientData
 
 
 def _context(partition: int, nodes: int = 50, **config: object) -> Context:
@@ -60,3 +64,21 @@ def test_a_client_larger_than_the_budget_is_still_served(monkeypatch):
     monkeypatch.setattr(runtime, "_CLIENTS", RuntimeCache(max_bytes=1))
     rt = _client(7)
     assert rt.partition_id == 7 and len(runtime._CLIENTS) == 1
+
+
+def test_a_client_too_small_for_its_batches_says_which_batch():
+    x = np.zeros((8, 1), np.float32)
+    rt = ClientRuntime(0, 3, 10, ClientData(x, x, x[:2], x[:2]))
+
+    def reason(**config: object) -> str | None:
+        return rt.too_small_reason(TrainConfig.from_settings(parse_settings(config)))
+
+    assert reason(**{"batch-size": 8}) is None
+    assert "fewer than batch-size=9" in str(reason(**{"batch-size": 9}))
+    # D'' of 10 only matters to perfedavg-hf, which computes with it
+    hf = {"algorithm": "perfedavg-hf", "batch-size": 5, "hessian-batch-size": 10}
+    assert "fewer than hessian-batch-size=10" in str(reason(**hf))
+    assert reason(**(hf | {"algorithm": "maml"})) is None
+    untestable = ClientRuntime(0, 3, 10, ClientData(x, x, x[:0], x[:0]))
+    default = TrainConfig.from_settings(parse_settings({}))
+    assert "no test examples" in str(untestable.too_small_reason(default))
