@@ -19,6 +19,7 @@ that no client adapts and no server aggregates.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -176,18 +177,33 @@ def _numel(shape: Sequence[int]) -> int:
     return n
 
 
-def _settings_args(settings: Settings) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model keys: which factory, its keyword arguments, and the task and loss its
+    output is checked against."""
+
+    name: str  # a built-in name or a factory "package.module:function"
+    kwargs: tuple[tuple[str, Any], ...]  # model-args over a built-in's own keys
+    task: Task
+    loss: str
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> ModelConfig:
+        kwargs = _built_in_args(s) | s.model_kwargs if s.model in BUILT_IN else s.model_kwargs
+        return cls(s.model, tuple(kwargs.items()), s.task, s.loss)
+
+
+def _built_in_args(s: Settings) -> dict[str, Any]:
     """What a built-in name takes from its own settings keys (model-args may override)."""
-    if settings.model == "mlp":
-        return {"hidden": settings.hidden, "activation": settings.activation}
-    return {} if settings.model == "logreg" else {"hidden": settings.hidden}
+    if s.model == "mlp":
+        return {"hidden": s.hidden, "activation": s.activation}
+    return {} if s.model == "logreg" else {"hidden": s.hidden}
 
 
-def model_factory(settings: Settings) -> tuple[ModelFactory, dict[str, Any]]:
-    """The factory ``model`` names and the keyword arguments it is called with."""
-    if settings.model in BUILT_IN:
-        return BUILT_IN[settings.model], _settings_args(settings) | settings.model_kwargs
-    return load_object(settings.model, "model"), settings.model_kwargs
+def model_factory(cfg: ModelConfig) -> tuple[ModelFactory, dict[str, Any]]:
+    """The factory ``cfg.name`` names and the keyword arguments it is called with."""
+    factory = BUILT_IN[cfg.name] if cfg.name in BUILT_IN else load_object(cfg.name, "model")
+    return factory, dict(cfg.kwargs)
 
 
 class ModelError(ConfigError):
@@ -287,11 +303,11 @@ def _check_loss(loss: str, out: torch.Tensor, task: Task) -> None:
 
 
 def build_model(
-    settings: Settings, input_shape: tuple[int, ...], num_outputs: int, seed: int | None = None
+    cfg: ModelConfig, input_shape: tuple[int, ...], num_outputs: int, seed: int | None = None
 ) -> nn.Module:
     """Build and check the configured model; with ``seed`` its initial weights are
     reproducible."""
-    factory, kwargs = model_factory(settings)
+    factory, kwargs = model_factory(cfg)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
@@ -299,14 +315,12 @@ def build_model(
             model = factory(tuple(input_shape), num_outputs, **kwargs)
         except Exception as err:
             raise ModelError(
-                settings.model,
+                cfg.name,
                 f"factory(input_shape={tuple(input_shape)}, num_outputs={num_outputs}, "
                 f"**{kwargs}) raised {type(err).__name__}: {err} (model-args sets the "
                 "keyword arguments)",
             ) from err  # fmt: skip
-    check_model(
-        model, settings.model, tuple(input_shape), num_outputs, settings.task, settings.loss
-    )
+    check_model(model, cfg.name, tuple(input_shape), num_outputs, cfg.task, cfg.loss)
     return model
 
 
@@ -315,4 +329,5 @@ def model_for(settings: Settings, seed: int | None = None) -> nn.Module:
     from common.data.registry import dataset_info
 
     info = dataset_info(settings)
-    return build_model(settings, info.input_shape, info.num_classes or 1, seed=seed)
+    cfg = ModelConfig.from_settings(settings)
+    return build_model(cfg, info.input_shape, info.num_classes or 1, seed=seed)
