@@ -156,7 +156,8 @@ def _train_secagg(msg: Message, context: Context, node: NodeRuntime) -> Message:
     distributed = read_noise(config)
     if distributed is not None:  # distributed DP: the node samples, rounds and noises
         noise, rate = distributed
-        rng = node_rng(node.settings, got.server_round, got.clients)
+        s = node.settings
+        rng = node_rng(s.dp_reproducible_noise, s.seed, got.server_round, got.clients)
         got = replace(got, clients=node_sample(got.clients, rate, rng))
     cohort, updates, values, within = _train_rows(context, node, got)
     dropped = {p: f"client skipped: {why}" for p, why in cohort.skipped.items()}

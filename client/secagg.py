@@ -33,7 +33,6 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 
-from common.config import Settings
 from common.messages import (
     CLIENTS,
     DP_BOUND,
@@ -115,12 +114,14 @@ def read_noise(config: Mapping) -> tuple[DistributedNoise, float] | None:
     return noise, float(config[DP_SAMPLE_RATE])
 
 
-def node_rng(settings: Settings, server_round: int, partitions: list[int]) -> np.random.Generator:
+def node_rng(
+    reproducible: bool, seed: int, server_round: int, partitions: list[int]
+) -> np.random.Generator:
     """The node's own randomness for sampling, rounding and noise: OS entropy, so that
     neither the server nor anyone who knows the seed can predict or subtract it; from the
-    seed only with the labelled ``dp-reproducible-noise`` (not a private release)."""
-    if settings.dp_reproducible_noise:
-        return np.random.default_rng([settings.seed, server_round, NODE_NOISE_PURPOSE, *partitions])
+    seed only when ``reproducible`` (``dp-reproducible-noise``, not a private release)."""
+    if reproducible:
+        return np.random.default_rng([seed, server_round, NODE_NOISE_PURPOSE, *partitions])
     return np.random.default_rng(np.random.SeedSequence())
 
 
