@@ -112,7 +112,7 @@ def check_data_available(settings: Settings) -> None:
         if settings.new_clients > 0:
             _omniglot(str(_path(settings)), "evaluation")
     elif settings.dataset == "shakespeare":
-        shakespeare.check_available(settings)
+        shakespeare.check_available(shakespeare.ShakespeareConfig.from_settings(settings))
 
 
 def _check_partition_kind(dataset: str, partition: str) -> None:
@@ -177,7 +177,9 @@ def load_client_data(settings: Settings, partition_id: int, num_partitions: int)
     if settings.dataset == "omniglot":
         return _omniglot_client(settings, "background", partition_id, num_partitions)
     if settings.dataset == "shakespeare":
-        return shakespeare.shakespeare_client(settings, partition_id, num_partitions)
+        return shakespeare.shakespeare_client(
+            shakespeare.ShakespeareConfig.from_settings(settings), partition_id, num_partitions
+        )
     if settings.dataset in USER_DATASETS:
         return user_data.load_user_client(settings, partition_id, num_partitions)
     _check_partition_kind(settings.dataset, settings.partition)  # before reading anything
@@ -204,7 +206,9 @@ def load_new_client_data(settings: Settings, index: int) -> ClientData:
     if settings.dataset == "omniglot":
         return _omniglot_client(settings, "evaluation", index, settings.new_clients)
     if settings.dataset == "shakespeare":
-        return shakespeare.shakespeare_new_client(settings, index)
+        return shakespeare.shakespeare_new_client(
+            shakespeare.ShakespeareConfig.from_settings(settings), index
+        )
     if settings.dataset in USER_DATASETS:
         return user_data.load_user_new_client(settings, index)
     _check_partition_kind(settings.dataset, settings.partition)
@@ -219,7 +223,9 @@ def smallest_train_split(settings: Settings) -> int | None:
     if settings.dataset == "sinusoid":
         return settings.sinusoid_train_points
     if settings.dataset == "shakespeare":
-        return shakespeare.smallest_train_split(settings)
+        return shakespeare.smallest_train_split(
+            shakespeare.ShakespeareConfig.from_settings(settings)
+        )
     if settings.dataset in USER_DATASETS:
         return user_data.smallest_user_train_split(settings)
     return None

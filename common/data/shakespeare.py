@@ -201,9 +201,29 @@ def _roles(data_path: str, test_fraction: float, min_chars: int, seed: int) -> R
     return roles
 
 
-def shakespeare_roles(settings: Settings) -> Roles:
-    s = settings
-    return _roles(str(s.data_path), s.test_fraction, s.shakespeare_min_chars, s.seed)
+@dataclass(frozen=True)
+class ShakespeareConfig:
+    """What the Shakespeare clients are made of: the source, which roles qualify and in
+    which order, how a role is cut into windows, and how many roles new clients take."""
+
+    data_path: str
+    test_fraction: float
+    min_chars: int
+    seed: int
+    seq_len: int
+    stride: int
+    new_clients: int
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> ShakespeareConfig:
+        return cls(
+            str(s.data_path), s.test_fraction, s.shakespeare_min_chars, s.seed,
+            s.shakespeare_seq_len, s.shakespeare_stride, s.new_clients,
+        )  # fmt: skip
+
+
+def shakespeare_roles(cfg: ShakespeareConfig) -> Roles:
+    return _roles(cfg.data_path, cfg.test_fraction, cfg.min_chars, cfg.seed)
 
 
 def _windows(role: Role, seq_len: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -222,10 +242,10 @@ def _windows(role: Role, seq_len: int, stride: int) -> tuple[np.ndarray, np.ndar
     return x.astype(np.float32), role.codes[positions].astype(np.int64)
 
 
-def role_client(role: Role, settings: Settings, client_id: str) -> ClientData:
+def role_client(role: Role, cfg: ShakespeareConfig, client_id: str) -> ClientData:
     """A role as a client: windows before ``test_start`` train, the rest test."""
-    x, y = _windows(role, settings.shakespeare_seq_len, settings.shakespeare_stride)
-    n_train = -(-role.test_start // settings.shakespeare_stride)  # targets before test_start
+    x, y = _windows(role, cfg.seq_len, cfg.stride)
+    n_train = -(-role.test_start // cfg.stride)  # targets before test_start
     return ClientData(x[:n_train], y[:n_train], x[n_train:], y[n_train:], client_id)
 
 
@@ -238,30 +258,31 @@ def _check_count(roles: Roles, needed: int, num_partitions: int, new_clients: in
         )
 
 
-def shakespeare_client(settings: Settings, partition_id: int, num_partitions: int) -> ClientData:
+def shakespeare_client(
+    cfg: ShakespeareConfig, partition_id: int, num_partitions: int
+) -> ClientData:
     """Training client ``partition_id``: role ``partition_id`` of the seeded order."""
-    roles = shakespeare_roles(settings)
-    _check_count(roles, num_partitions + settings.new_clients, num_partitions, settings.new_clients)
+    roles = shakespeare_roles(cfg)
+    _check_count(roles, num_partitions + cfg.new_clients, num_partitions, cfg.new_clients)
     role = roles.roles[partition_id]
-    return role_client(role, settings, f"shakespeare-{role.name}")
+    return role_client(role, cfg, f"shakespeare-{role.name}")
 
 
-def shakespeare_new_client(settings: Settings, index: int) -> ClientData:
+def shakespeare_new_client(cfg: ShakespeareConfig, index: int) -> ClientData:
     """New client ``index``: one of the last ``new-clients`` roles, never a training one."""
-    roles = shakespeare_roles(settings)
-    _check_count(roles, settings.new_clients, 0, settings.new_clients)
-    role = roles.roles[len(roles.roles) - settings.new_clients + index]
-    return role_client(role, settings, f"shakespeare-new-{role.name}")
+    roles = shakespeare_roles(cfg)
+    _check_count(roles, cfg.new_clients, 0, cfg.new_clients)
+    role = roles.roles[len(roles.roles) - cfg.new_clients + index]
+    return role_client(role, cfg, f"shakespeare-new-{role.name}")
 
 
-def check_available(settings: Settings) -> None:
+def check_available(cfg: ShakespeareConfig) -> None:
     """Read the roles (once per process) and check there are enough for the new clients."""
-    roles = shakespeare_roles(settings)
-    _check_count(roles, settings.new_clients, 0, settings.new_clients)
+    roles = shakespeare_roles(cfg)
+    _check_count(roles, cfg.new_clients, 0, cfg.new_clients)
 
 
-def smallest_train_split(settings: Settings) -> int | None:
+def smallest_train_split(cfg: ShakespeareConfig) -> int | None:
     """Fewest train windows of any eligible role (for start-up warnings), None if none."""
-    roles = shakespeare_roles(settings)
-    stride = settings.shakespeare_stride
-    return min((-(-r.test_start // stride) for r in roles.roles), default=None)
+    roles = shakespeare_roles(cfg)
+    return min((-(-r.test_start // cfg.stride) for r in roles.roles), default=None)

@@ -48,6 +48,14 @@ def _settings(path: Path, **extra):
     )  # fmt: skip
 
 
+def _config(path: Path, **extra) -> sh.ShakespeareConfig:
+    return sh.ShakespeareConfig.from_settings(_settings(path, **extra))
+
+
+def _roles(settings) -> sh.Roles:
+    return sh.shakespeare_roles(sh.ShakespeareConfig.from_settings(settings))
+
+
 def _text(ids) -> str:
     return "".join(sh.LEAF_LETTERS[int(i)] if i < sh.UNKNOWN else "?" for i in ids)
 
@@ -74,9 +82,8 @@ def test_each_role_is_its_lines_in_order_and_its_last_lines_are_the_test_split(p
 
 
 def test_windows_hold_the_preceding_characters_and_predict_the_next(play):
-    s = _settings(play)
     romeo = sh.read_roles(play, 0.25)["ROMEO"]
-    c = sh.role_client(romeo, s, "romeo")
+    c = sh.role_client(romeo, _config(play), "romeo")
     assert c.x_train.dtype == np.float32 and c.y_train.dtype == np.int64
     assert c.x_train.shape[1] == 6
     assert c.num_train == romeo.test_start and c.num_train + c.num_test == romeo.length
@@ -90,8 +97,8 @@ def test_windows_hold_the_preceding_characters_and_predict_the_next(play):
 
 def test_a_stride_keeps_every_kth_target(play):
     romeo = sh.read_roles(play, 0.25)["ROMEO"]
-    full = sh.role_client(romeo, _settings(play), "r")
-    strided = sh.role_client(romeo, _settings(play, shakespeare_stride=3), "r")
+    full = sh.role_client(romeo, _config(play), "r")
+    strided = sh.role_client(romeo, _config(play, shakespeare_stride=3), "r")
     every = np.concatenate([full.y_train, full.y_test])
     np.testing.assert_array_equal(np.concatenate([strided.y_train, strided.y_test]), every[::3])
     assert strided.num_train == -(-full.num_train // 3)
@@ -100,7 +107,7 @@ def test_a_stride_keeps_every_kth_target(play):
 
 def test_short_roles_are_left_out_and_new_clients_are_other_roles(play):
     s = _settings(play, shakespeare_min_chars=100)  # ROMEO has 93 characters
-    roles = sh.shakespeare_roles(s)
+    roles = _roles(s)
     assert [r.name for r in roles.roles] == ["JULIET"] and roles.left_out == 1
     assert load_client_data(s, 0, 1).client_id == "shakespeare-JULIET"
     with pytest.raises(DataError, match="1 roles with enough text"):
@@ -134,7 +141,7 @@ def test_leaf_json_file_and_folder(tmp_path: Path):
     file = tmp_path / "all_data.json"
     file.write_text(json.dumps(data))
     s = _settings(file, shakespeare_seq_len=5)
-    roles = sh.shakespeare_roles(s)
+    roles = _roles(s)
     assert {r.name for r in roles.roles} == set(users)
     c = load_client_data(s, [r.name for r in roles.roles].index("THE_TEMPEST_ARIEL"), 2)
     text = users["THE_TEMPEST_ARIEL"]
@@ -177,7 +184,7 @@ def test_tinyshakespeare_roles(tiny_shakespeare: Path):
     s = _settings(tiny_shakespeare, shakespeare_min_chars=2000, test_fraction=0.2,
                   shakespeare_seq_len=80, new_clients=10)  # fmt: skip
     check_data_available(s)
-    roles = sh.shakespeare_roles(s)
+    roles = _roles(s)
     assert len(roles.roles) == 99  # as /work/shared/data/README.md counts
     names = [r.name for r in roles.roles]
     assert len(set(names)) == 99
@@ -185,6 +192,5 @@ def test_tinyshakespeare_roles(tiny_shakespeare: Path):
     new = {load_new_client_data(s, j).client_id.removeprefix("shakespeare-new-") for j in range(10)}
     assert not trained & new and len(trained | new) == 99
     assert smallest_train_split(s) >= 1500  # 80% of >= 2,000 characters
-    other_seed = sh.shakespeare_roles(_settings(tiny_shakespeare, shakespeare_min_chars=2000,
-                                                seed=1))  # fmt: skip
+    other_seed = _roles(_settings(tiny_shakespeare, shakespeare_min_chars=2000, seed=1))
     assert [r.name for r in other_seed.roles] != names  # the role order is seeded
