@@ -74,7 +74,7 @@ def measure(path: str) -> dict:
     t0 = time.perf_counter()
     registry.check_data_available(settings)
     t_check = time.perf_counter() - t0
-    table = user_data.read_user_table(user_data.Source.of(settings))
+    table = user_data.read_user_table(user_data.Source.from_settings(settings))
     clients = len(np.unique(table.client))
     held = _rss_mib()
     t0 = time.perf_counter()

@@ -145,7 +145,7 @@ class _Split:
     new_client_fraction: float
 
     @classmethod
-    def of(cls, settings: Settings, num_partitions: int) -> _Split:
+    def from_settings(cls, settings: Settings, num_partitions: int) -> _Split:
         return cls(
             settings.dataset,
             str(_path(settings)),
@@ -183,7 +183,7 @@ def load_client_data(settings: Settings, partition_id: int, num_partitions: int)
     if settings.dataset in USER_DATASETS:
         return user_data.load_user_client(settings, partition_id, num_partitions)
     _check_partition_kind(settings.dataset, settings.partition)  # before reading anything
-    split = _Split.of(settings, num_partitions)
+    split = _Split.from_settings(settings, num_partitions)
     names, indices = _client_indices(split)
     images = _read(split.dataset, split.data_path)  # cached by _client_indices
     return _cut(images, indices[partition_id], f"{split.dataset}-{names[partition_id]}")
@@ -212,7 +212,7 @@ def load_new_client_data(settings: Settings, index: int) -> ClientData:
     if settings.dataset in USER_DATASETS:
         return user_data.load_user_new_client(settings, index)
     _check_partition_kind(settings.dataset, settings.partition)
-    split = _Split.of(settings, num_partitions=0)  # new clients do not depend on it
+    split = _Split.from_settings(settings, num_partitions=0)  # new clients do not depend on it
     names, indices = _new_client_indices(split)
     images = _read(split.dataset, split.data_path)
     return _cut(images, indices[index], f"{split.dataset}-new-{names[index]}")

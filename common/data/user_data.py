@@ -49,7 +49,7 @@ class Source:
     columns: Columns
 
     @classmethod
-    def of(cls, s: Settings) -> Source:
+    def from_settings(cls, s: Settings) -> Source:
         features = tuple(f.strip() for f in s.feature_columns.split(",") if f.strip())
         columns = Columns(s.client_column, s.label_column, features, s.split_column)
         return cls(s.dataset, str(Path(s.data_path).expanduser()), columns)
@@ -88,7 +88,7 @@ def user_dataset_info(s: Settings) -> tuple[tuple[int, ...], int | None]:
     classification = s.task is Task.CLASSIFICATION
     if data_on_nodes(s):
         return _configured_shape(s), (_configured_classes(s) if classification else None)
-    table = read_user_table(Source.of(s))
+    table = read_user_table(Source.from_settings(s))
     shape = tuple(int(d) for d in table.x.shape[1:])
     if s.input_shape and shape != _input_shape_key(s):
         raise DataError(
@@ -106,8 +106,8 @@ def _input_shape_key(s: Settings) -> tuple[int, ...]:
 def _configured_shape(s: Settings) -> tuple[int, ...]:
     if s.input_shape:
         return _input_shape_key(s)
-    if s.dataset == "table" and Source.of(s).columns.features:
-        return (len(Source.of(s).columns.features),)
+    if s.dataset == "table" and Source.from_settings(s).columns.features:
+        return (len(Source.from_settings(s).columns.features),)
     raise DataError(
         f"dataset '{s.dataset}' has no data-path here, so the data lives on the SuperNodes and "
         "the server builds the model without reading it: set "
@@ -140,7 +140,7 @@ def check_user_data(s: Settings) -> None:
                 "set new-clients = 0 or give the server a data-path"
             )
         return
-    table = read_user_table(Source.of(s))
+    table = read_user_table(Source.from_settings(s))
     _, classes = user_dataset_info(s)
     check_table(table, s.task, classes or 0)
     if _natural(s):
@@ -168,7 +168,7 @@ def _check_sizes(table: UserTable, clients: Clients, batch_size: int) -> None:
 def smallest_user_train_split(s: Settings) -> int | None:
     if data_on_nodes(s) or not _natural(s):
         return None
-    table = read_user_table(Source.of(s))
+    table = read_user_table(Source.from_settings(s))
     training, _ = _natural_clients(table, s.seed, s.test_fraction, s.new_clients)
     return min((len(t) for t, _ in training.halves), default=None)
 
@@ -242,9 +242,9 @@ class _Rows:
     task: Task
 
     @classmethod
-    def of(cls, s: Settings, num_partitions: int) -> _Rows:
+    def from_settings(cls, s: Settings, num_partitions: int) -> _Rows:
         return cls(
-            Source.of(s), s.partition, num_partitions, s.seed, s.test_fraction,
+            Source.from_settings(s), s.partition, num_partitions, s.seed, s.test_fraction,
             s.dirichlet_alpha, s.classes_per_client, s.new_clients, s.new_client_fraction,
             s.task,
         )  # fmt: skip
@@ -328,7 +328,7 @@ def load_user_client(s: Settings, partition_id: int, num_partitions: int) -> Cli
     """Client ``partition_id`` of ``num_partitions`` (simulation: the run's data-path)."""
     if data_on_nodes(s):
         raise _no_data_here(s)
-    table = read_user_table(Source.of(s))
+    table = read_user_table(Source.from_settings(s))
     if _natural(s):
         clients, _ = _natural_clients(table, s.seed, s.test_fraction, s.new_clients)
         if num_partitions > len(clients.names):
@@ -338,18 +338,18 @@ def load_user_client(s: Settings, partition_id: int, num_partitions: int) -> Cli
                 f"{s.new_clients} new ones; run fewer clients"
             )
     else:
-        clients = _partitioned(_Rows.of(s, num_partitions), new=False)
+        clients = _partitioned(_Rows.from_settings(s, num_partitions), new=False)
     return _cut(table, clients.halves[partition_id], clients.names[partition_id], s.task)
 
 
 def load_user_new_client(s: Settings, index: int) -> ClientData:
     if data_on_nodes(s):
         raise _no_data_here(s)
-    table = read_user_table(Source.of(s))
+    table = read_user_table(Source.from_settings(s))
     if _natural(s):
         _, clients = _natural_clients(table, s.seed, s.test_fraction, s.new_clients)
     else:
-        clients = _partitioned(_Rows.of(s, 0), new=True)
+        clients = _partitioned(_Rows.from_settings(s, 0), new=True)
     return _cut(table, clients.halves[index], clients.names[index], s.task)
 
 
@@ -365,7 +365,7 @@ def hosted_clients(s: Settings) -> dict[int, str]:
             f"a SuperNode's own data (dataset '{s.dataset}') needs client-column, naming the "
             "client of each row (the node hosts one client per id)"
         )
-    table = read_user_table(Source.of(s))
+    table = read_user_table(Source.from_settings(s))
     clients, _ = _natural_clients(table, s.seed, s.test_fraction, 0)
     numbers = {client_number(n): n for n in clients.names}
     if len(numbers) < len(clients.names):  # 48-bit hashes: practically never
@@ -374,7 +374,7 @@ def hosted_clients(s: Settings) -> dict[int, str]:
 
 
 def load_hosted_client(s: Settings, number: int) -> ClientData:
-    table = read_user_table(Source.of(s))
+    table = read_user_table(Source.from_settings(s))
     clients, _ = _natural_clients(table, s.seed, s.test_fraction, 0)
     name = hosted_clients(s)[number]
     return _cut(table, clients.halves[clients.names.index(name)], name, s.task)

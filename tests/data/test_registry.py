@@ -35,7 +35,7 @@ def test_same_arguments_give_the_same_client_in_any_process() -> None:
 @pytest.mark.parametrize("partition", ["dirichlet", "pathological"])
 def test_clients_splits_are_disjoint_and_cover_the_dataset(partition: str) -> None:
     settings = Settings(dataset="digits", partition=partition, seed=1)
-    _, halves = registry._client_indices(registry._Split.of(settings, 10))
+    _, halves = registry._client_indices(registry._Split.from_settings(settings, 10))
     everything = np.concatenate([np.concatenate(pair) for pair in halves])
     assert np.array_equal(np.sort(everything), np.arange(1_797))
     assert all(len(train) > 0 and len(test) > 0 for train, test in halves)

@@ -176,8 +176,8 @@ def test_hf_disk_dataset_dict_keeps_its_split_and_takes_flower_partitioners(tmp_
 def test_a_table_of_100_rows_is_held_once_and_cut_per_client_on_request(tmp_path: Path):
     s = table_settings(write_csv(tmp_path / "u.csv", user_rows(5, 20)))
     registry.check_data_available(s)
-    table = user_data.read_user_table(user_data.Source.of(s))
-    assert user_data.read_user_table(user_data.Source.of(s)) is table  # read once
+    table = user_data.read_user_table(user_data.Source.from_settings(s))
+    assert user_data.read_user_table(user_data.Source.from_settings(s)) is table  # read once
     c = registry.load_client_data(s, 0, 5)
     assert not np.shares_memory(c.x_train, table.x)  # the client's own copy, made now
 

@@ -37,7 +37,7 @@ def test_digits_new_clients_never_overlap_training_clients(partition):
     s = parse_settings({"dataset": "digits", "partition": partition, "new-clients": 3})
     from common.data import registry
 
-    split = registry._Split.of(s, 8)
+    split = registry._Split.from_settings(s, 8)
     _, train = registry._client_indices(split)
     _, new = registry._new_client_indices(split)
     train_pos = set(np.concatenate([np.concatenate(h) for h in train]).tolist())
