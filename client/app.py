@@ -233,11 +233,10 @@ def _train(
         for rt in ready
     ]
     rngs = [rt.rng(got.server_round, TRAIN_PURPOSE) for rt in ready]
-    cfg = node.train
     if s.algorithm is Algorithm.LOCAL:
         start = _personal_params(context, node, got, ready)
         result = train_cohort(
-            node.model, got.theta, s.inner_lr, clients, rngs, cfg, node.device, meta=False,
+            node.model, got.theta, s.inner_lr, clients, rngs, node.train, node.device,
             start=start,
         )  # fmt: skip
         for j, rt in enumerate(ready):
@@ -246,8 +245,7 @@ def _train(
             )
         return result
     lr = got.alpha if s.learns_inner_lr and got.alpha is not None else s.inner_lr
-    meta = cfg.meta_step is not None
-    return train_cohort(node.model, got.theta, lr, clients, rngs, cfg, node.device, meta=meta)
+    return train_cohort(node.model, got.theta, lr, clients, rngs, node.train, node.device)
 
 
 def _stacked_updates(result: CohortResult, got: Received) -> dict[str, np.ndarray]:

@@ -154,14 +154,13 @@ def train_cohort(
     cfg: TrainConfig,
     device: torch.device,
     *,
-    meta: bool,
     start: Params | None = None,
 ) -> CohortResult:
     """Local steps for every client (train split ``clients[i]``, randomness ``rngs[i]``).
 
     All clients start from ``theta`` or, with ``start``, each from its own row of it (the
-    'local' baseline's personal models). ``meta`` picks meta-steps with the settings'
-    step, else plain SGD. At most ``cohort_size`` clients run in one vmapped call.
+    'local' baseline's personal models). Meta-steps when ``cfg`` has a meta-step (the
+    algorithm's order), else plain SGD. At most ``cohort_size`` clients run in one vmapped call.
     Meta-SGD's alpha starts, and stays after every local step, inside ``alpha_bounds``
     when the config bounds it (the reply's alpha update then includes that projection).
     """
@@ -178,7 +177,6 @@ def train_cohort(
             rngs[i : i + size],
             cfg,
             device,
-            meta=meta,
             start=None if start is None else {n: p[i : i + size] for n, p in start.items()},
         )  # fmt: skip
         for i in range(0, len(clients), size)
@@ -203,7 +201,6 @@ def _train_chunk(
     cfg: TrainConfig,
     device: torch.device,
     *,
-    meta: bool,
     start: Params | None,
 ) -> CohortResult:
     loss_fn = loss_fn_for(cfg.task, cfg.loss)
@@ -211,9 +208,7 @@ def _train_chunk(
     samplers = [task_sampler(x, y, cfg.batches) for x, y in clients]
     params, in_dim = (start, 0) if start is not None else (theta, None)
     steps = cfg.local_steps
-    if meta:
-        if (step := cfg.meta_step) is None:
-            raise ValueError("meta-steps asked for, but the algorithm has no meta-gradient order")
+    if (step := cfg.meta_step) is not None:
         drawn = [sm.meta_batches(rng, steps) for sm, rng in zip(samplers, rngs, strict=True)]
         # Every client draws D'' (one random stream for every order); only Per-FedAvg (HF)
         # computes with it.

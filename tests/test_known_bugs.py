@@ -263,7 +263,7 @@ def test_hessian_free_mode_setting_reaches_the_clients_training_step():
         s = parse_settings(base | extra)
         cfg = TrainConfig.from_settings(s)
         out = train_cohort(model_for(s), theta, s.inner_lr, [client],
-                           [np.random.default_rng(1)], cfg, CPU, meta=True)  # fmt: skip
+                           [np.random.default_rng(1)], cfg, CPU)  # fmt: skip
         return out.params
 
     exact = update()
@@ -313,8 +313,7 @@ def test_a_clients_train_support_loss_is_its_loss_at_the_received_theta():
     y = (2 * np.sin(x)).astype(np.float32)
     model = model_for(s)
     theta = _tensors(split_state(initial_state(s))[0])
-    out = train_cohort(model, theta, s.inner_lr, [(x, y)], [np.random.default_rng(1)], cfg, CPU,
-                       meta=True)  # fmt: skip
+    out = train_cohort(model, theta, s.inner_lr, [(x, y)], [np.random.default_rng(1)], cfg, CPU)
     by_hand = float(_mse_at(model, theta, x, y))
     assert out.metrics["train-support-loss"][0] == pytest.approx(by_hand, rel=1e-5)
 

@@ -134,7 +134,7 @@ def test_cohort_equals_each_client_trained_alone_by_hand(name):
     # eq. 10's finite difference divides float32 rounding by 2 * delta = 2e-3
     atol = 2e-5 if settings.hessian_free_mode == "finite-difference" else 1e-6
     rngs = [np.random.default_rng([9, i]) for i in range(4)]
-    cohort = train_cohort(model_for(settings), theta, lr, clients, rngs, cfg, CPU, meta=meta)
+    cohort = train_cohort(model_for(settings), theta, lr, clients, rngs, cfg, CPU)
     for i, (x, y) in enumerate(clients):
         params, alpha, losses = _reference(settings, theta, lr, x, y, np.random.default_rng([9, i]))
         for n in theta:
@@ -167,7 +167,6 @@ def test_chunked_cohorts_equal_one_cohort(name):
         [np.random.default_rng(i) for i in range(5)],
         cfg,
         CPU,
-        meta=True,
     )
     chunked_settings = dataclasses.replace(settings, cohort_size=2)
     chunked_cfg = TrainConfig.from_settings(chunked_settings)
@@ -179,7 +178,6 @@ def test_chunked_cohorts_equal_one_cohort(name):
         [np.random.default_rng(i) for i in range(5)],
         chunked_cfg,
         CPU,
-        meta=True,
     )
     for n in theta:
         torch.testing.assert_close(chunked.params[n], whole.params[n], rtol=1e-5, atol=1e-6)
@@ -202,7 +200,6 @@ def test_each_client_starts_from_its_own_row_when_given():
         [np.random.default_rng(0), np.random.default_rng(1)],
         cfg,
         CPU,
-        meta=False,
         start=start,
     )
     shifted = {n: p + 0.5 for n, p in theta.items()}
@@ -234,8 +231,8 @@ def test_the_hessian_batch_has_its_own_size_and_leaves_d_and_d_prime_alone():
     # and it changes the meta-gradient (the option is wired through to the cohort)
     theta = _theta(base)
     rngs = lambda: [np.random.default_rng(0)]  # noqa: E731
-    ta = train_cohort(model_for(base), theta, 0.1, [(x, y)], rngs(), base_cfg, CPU, meta=True)
-    tb = train_cohort(model_for(own), theta, 0.1, [(x, y)], rngs(), own_cfg, CPU, meta=True)
+    ta = train_cohort(model_for(base), theta, 0.1, [(x, y)], rngs(), base_cfg, CPU)
+    tb = train_cohort(model_for(own), theta, 0.1, [(x, y)], rngs(), own_cfg, CPU)
     assert any(not torch.allclose(ta.params[n], tb.params[n]) for n in theta)
 
 
@@ -246,7 +243,7 @@ def test_bounded_metasgd_alpha_stays_in_range_however_far_it_is_pushed():
     lr = _alpha(settings, theta)
     out = train_cohort(
         model_for(settings), theta, lr, _clients(3),
-        [np.random.default_rng(i) for i in range(3)], cfg, CPU, meta=True,
+        [np.random.default_rng(i) for i in range(3)], cfg, CPU,
     )  # fmt: skip
     assert out.inner_lr is not None
     values = torch.cat([a.flatten() for a in out.inner_lr.values()])
@@ -256,7 +253,7 @@ def test_bounded_metasgd_alpha_stays_in_range_however_far_it_is_pushed():
     unbounded_cfg = TrainConfig.from_settings(unbounded)
     free = train_cohort(
         model_for(unbounded), theta, lr, _clients(3),
-        [np.random.default_rng(i) for i in range(3)], unbounded_cfg, CPU, meta=True,
+        [np.random.default_rng(i) for i in range(3)], unbounded_cfg, CPU,
     )  # fmt: skip
     assert free.inner_lr is not None
     spread = torch.cat([a.flatten() for a in free.inner_lr.values()])
@@ -283,10 +280,9 @@ def test_char_lstm_cohort_equals_each_client_trained_alone_by_hand(name):
     theta = _theta(settings)
     lr = _alpha(settings, theta)
     clients = _text_clients(3, 4)
-    meta = settings.meta_order is not None
     cohort = train_cohort(
         model_for(settings), theta, lr, clients,
-        [np.random.default_rng([4, i]) for i in range(3)], cfg, CPU, meta=meta,
+        [np.random.default_rng([4, i]) for i in range(3)], cfg, CPU,
     )  # fmt: skip
     for i, (x, y) in enumerate(clients):
         params, alpha, _ = _reference(settings, theta, lr, x, y, np.random.default_rng([4, i]))

@@ -169,8 +169,8 @@ def test_a_users_loss_drives_training_double_loss_is_double_step(user):
     doubled_cfg = TrainConfig.from_settings(doubled)
     model = model_for(base, seed=0)
     theta = _theta(model)
-    a = train_cohort(model, theta, 0.1, clients, _rngs(3), base_cfg, CPU, meta=False)
-    b = train_cohort(model, theta, 0.1, clients, _rngs(3), doubled_cfg, CPU, meta=False)
+    a = train_cohort(model, theta, 0.1, clients, _rngs(3), base_cfg, CPU)
+    b = train_cohort(model, theta, 0.1, clients, _rngs(3), doubled_cfg, CPU)
     for name in theta:
         torch.testing.assert_close(a.params[name], b.params[name], rtol=1e-5, atol=1e-6)
 
@@ -203,8 +203,8 @@ def test_a_regression_output_of_shape_batch_trains_like_batch_by_one(user):
     theta = _theta(flat)
     s = _settings(algorithm="maml")
     cfg = TrainConfig.from_settings(s)
-    a = train_cohort(flat, theta, 0.1, _clients(2), _rngs(2), cfg, CPU, meta=True)
-    b = train_cohort(column, theta, 0.1, _clients(2), _rngs(2), cfg, CPU, meta=True)
+    a = train_cohort(flat, theta, 0.1, _clients(2), _rngs(2), cfg, CPU)
+    b = train_cohort(column, theta, 0.1, _clients(2), _rngs(2), cfg, CPU)
     for name in theta:
         torch.testing.assert_close(a.params[name], b.params[name])
 
@@ -246,8 +246,8 @@ def test_a_model_both_paths_run_gives_equal_theta_on_both(algorithm):
     theta = _theta(batched)
     meta = s.meta_order is not None
     lr = {n: torch.full_like(p, 0.1) for n, p in theta.items()} if s.learns_inner_lr else 0.1
-    a = train_cohort(batched, theta, lr, _clients(4), _rngs(4), cfg, CPU, meta=meta)
-    b = train_cohort(looped, theta, lr, _clients(4), _rngs(4), cfg, CPU, meta=meta)
+    a = train_cohort(batched, theta, lr, _clients(4), _rngs(4), cfg, CPU)
+    b = train_cohort(looped, theta, lr, _clients(4), _rngs(4), cfg, CPU)
     kind = f"train-{s.meta_order.value}" if meta else "train-sgd"
     assert vmap_problem(probe_key(kind, batched, "")) is None
     assert vmap_problem(probe_key(kind, looped, "")) is not None
@@ -280,7 +280,7 @@ def test_the_fallback_warns_once_naming_the_reason(caplog):
     cfg = TrainConfig.from_settings(s)
     with caplog.at_level(logging.WARNING, logger="flwr"):
         for _ in range(3):
-            train_cohort(model, _theta(model), 0.1, _clients(2), _rngs(2), cfg, CPU, meta=True)
+            train_cohort(model, _theta(model), 0.1, _clients(2), _rngs(2), cfg, CPU)
     said = [r.getMessage() for r in caplog.records if "torch.func.vmap" in r.getMessage()]
     assert len(said) == 1 and "item" in said[0] and "one after another" in said[0]
 
@@ -290,12 +290,12 @@ def test_a_gru_trains_client_by_client_and_each_client_as_if_alone(user):
     cfg = TrainConfig.from_settings(s)
     model = model_for(s, seed=0)
     theta = _theta(model)
-    cohort = train_cohort(model, theta, 0.05, _clients(3), _rngs(3), cfg, CPU, meta=True)
+    cohort = train_cohort(model, theta, 0.05, _clients(3), _rngs(3), cfg, CPU)
     assert "GRU" in type(model).__name__
     assert vmap_problem(probe_key("train-second-order", model, "")) is not None
     for j in range(3):
         alone = train_cohort(
-            model, theta, 0.05, _clients(3)[j : j + 1], _rngs(3)[j : j + 1], cfg, CPU, meta=True
+            model, theta, 0.05, _clients(3)[j : j + 1], _rngs(3)[j : j + 1], cfg, CPU
         )
         for name in theta:
             assert torch.equal(cohort.params[name][j], alone.params[name][0])
@@ -312,10 +312,10 @@ def test_dropout_draws_from_the_clients_seeds_and_leaves_torchs_generator_alone(
     s = _settings(algorithm="fedavg")
     cfg = TrainConfig.from_settings(s)
     state = torch.get_rng_state()
-    a = train_cohort(model, theta, 0.1, _clients(3), _rngs(3), cfg, CPU, meta=False)
-    b = train_cohort(model, theta, 0.1, _clients(3), _rngs(3), cfg, CPU, meta=False)
+    a = train_cohort(model, theta, 0.1, _clients(3), _rngs(3), cfg, CPU)
+    b = train_cohort(model, theta, 0.1, _clients(3), _rngs(3), cfg, CPU)
     assert torch.equal(torch.get_rng_state(), state)
-    other = train_cohort(model, theta, 0.1, _clients(3), _rngs(3, offset=50), cfg, CPU, meta=False)
+    other = train_cohort(model, theta, 0.1, _clients(3), _rngs(3, offset=50), cfg, CPU)
     for name in theta:
         assert torch.equal(a.params[name], b.params[name])  # reproducible
         assert not torch.equal(a.params[name][0], a.params[name][1])
@@ -330,11 +330,9 @@ def test_in_the_loop_a_clients_dropout_does_not_depend_on_its_cohort():
     s = _settings(algorithm="fedavg")
     cfg = TrainConfig.from_settings(s)
     clients, rngs = _clients(3), _rngs(3)
-    with_b = train_cohort(model, theta, 0.1, clients[:2], rngs[:2], cfg, CPU, meta=False)
+    with_b = train_cohort(model, theta, 0.1, clients[:2], rngs[:2], cfg, CPU)
     rngs = _rngs(3)
-    with_c = train_cohort(
-        model, theta, 0.1, [clients[0], clients[2]], [rngs[0], rngs[2]], cfg, CPU, meta=False
-    )
+    with_c = train_cohort(model, theta, 0.1, [clients[0], clients[2]], [rngs[0], rngs[2]], cfg, CPU)
     for name in theta:
         assert torch.equal(with_b.params[name][0], with_c.params[name][0])
 
