@@ -45,6 +45,15 @@ impossible combination (e.g. `perfedavg-hf` with `inner-steps = 2`, `dirichlet` 
 `femnist` without `data-path`) stops the run before round 1 with a message naming the key,
 the value and what is allowed; an experiment YAML is checked the same way before anything
 runs. A missing or unreadable data path stops the run before round 1, naming the path.
+
+In the code, a choice among named values (`algorithm`, `metasgd-order`, `aggregation`,
+`weighting`, `attack`) is stored as its enum, which reads and is written as the string above.
+The handlers hold the `Settings`; the code below them takes the small frozen config it reads,
+built once by `X.from_settings(settings)`: `TrainConfig` (with `MetaStepConfig` and
+`BatchConfig`, client/train.py, common/tasks.py), `AttackConfig` (client/attacks.py),
+`ModelConfig` (common/models.py), `ShakespeareConfig` (common/data/shakespeare.py),
+`EpisodeSpec` (common/data/episodes.py), `RobustConfig` (server/robust.py) and `DPConfig`
+(server/privacy.py).
 """
 
 
