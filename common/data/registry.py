@@ -73,7 +73,7 @@ _PARTITIONS = {
 
 def dataset_info(settings: Settings) -> DatasetInfo:
     if settings.dataset in USER_DATASETS:  # from the data, or the config on a data-less server
-        return DatasetInfo(*user_data.user_dataset_info(settings))
+        return DatasetInfo(*user_data.user_dataset_info(_user(settings)))
     if settings.dataset == "omniglot":  # an episode's N classes, relabelled 0..N-1
         return DatasetInfo((1, OMNIGLOT_SIZE, OMNIGLOT_SIZE), settings.n_way)
     if settings.dataset == "shakespeare":  # a window of character ids -> the next one
@@ -99,7 +99,7 @@ def check_data_available(settings: Settings) -> None:
     """
     _check_partition_kind(settings.dataset, settings.partition)
     if settings.dataset in USER_DATASETS:
-        user_data.check_user_data(settings)
+        user_data.check_user_data(_user(settings))
     elif settings.dataset in ("mnist", "fashion-mnist", "femnist"):
         images = _read(settings.dataset, str(_path(settings)))
         if images.x.shape[1:] != input_shape(settings):
@@ -123,6 +123,10 @@ def _check_partition_kind(dataset: str, partition: str) -> None:
             f"allowed: {', '.join(allowed)}"
             + (" (it has no writer ids for 'natural')" if partition == "natural" else "")
         )
+
+
+def _user(settings: Settings) -> user_data.UserDataConfig:
+    return user_data.UserDataConfig.from_settings(settings)
 
 
 def _path(settings: Settings) -> Path:
@@ -181,7 +185,7 @@ def load_client_data(settings: Settings, partition_id: int, num_partitions: int)
             shakespeare.ShakespeareConfig.from_settings(settings), partition_id, num_partitions
         )
     if settings.dataset in USER_DATASETS:
-        return user_data.load_user_client(settings, partition_id, num_partitions)
+        return user_data.load_user_client(_user(settings), partition_id, num_partitions)
     _check_partition_kind(settings.dataset, settings.partition)  # before reading anything
     split = _Split.from_settings(settings, num_partitions)
     names, indices = _client_indices(split)
@@ -210,7 +214,7 @@ def load_new_client_data(settings: Settings, index: int) -> ClientData:
             shakespeare.ShakespeareConfig.from_settings(settings), index
         )
     if settings.dataset in USER_DATASETS:
-        return user_data.load_user_new_client(settings, index)
+        return user_data.load_user_new_client(_user(settings), index)
     _check_partition_kind(settings.dataset, settings.partition)
     split = _Split.from_settings(settings, num_partitions=0)  # new clients do not depend on it
     names, indices = _new_client_indices(split)
@@ -227,7 +231,7 @@ def smallest_train_split(settings: Settings) -> int | None:
             shakespeare.ShakespeareConfig.from_settings(settings)
         )
     if settings.dataset in USER_DATASETS:
-        return user_data.smallest_user_train_split(settings)
+        return user_data.smallest_user_train_split(_user(settings))
     return None
 
 
@@ -243,12 +247,12 @@ def hosted_client_numbers(settings: Settings) -> tuple[int, ...]:
             f"{', '.join(repr(d) for d in USER_DATASETS)}; dataset '{settings.dataset}' is "
             "split by partition-id and num-partitions in the node config"
         )
-    return tuple(sorted(user_data.hosted_clients(settings)))
+    return tuple(sorted(user_data.hosted_clients(_user(settings))))
 
 
 def load_hosted_client_data(settings: Settings, number: int) -> ClientData:
     """The node's own client with this number (from :func:`hosted_client_numbers`)."""
-    return user_data.load_hosted_client(settings, number)
+    return user_data.load_hosted_client(_user(settings), number)
 
 
 def _cut(

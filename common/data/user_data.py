@@ -70,6 +70,43 @@ def read_user_table(source: Source) -> UserTable:
     return read_hf_disk(source.data_path, source.columns)
 
 
+@dataclass(frozen=True)
+class UserDataConfig:
+    """What a user's own data is read, checked and split by (its data keys, the task and
+    the seed); also the cache key of :func:`_partitioned`."""
+
+    source: Source
+    on_nodes: bool  # no data-path in this process: the data lives on the SuperNodes
+    task: Task
+    input_shape: str  # the input-shape key: '' or sizes, e.g. '1,28,28'
+    num_classes: int  # 0: the largest label + 1
+    batch_size: int
+    partition: str
+    seed: int
+    test_fraction: float
+    dirichlet_alpha: float
+    classes_per_client: int
+    new_clients: int
+    new_client_fraction: float
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> UserDataConfig:
+        return cls(
+            Source.from_settings(s), not s.data_path, s.task, s.input_shape, s.num_classes,
+            s.batch_size, s.partition, s.seed, s.test_fraction, s.dirichlet_alpha,
+            s.classes_per_client, s.new_clients, s.new_client_fraction,
+        )  # fmt: skip
+
+    @property
+    def dataset(self) -> str:
+        return self.source.dataset
+
+    @property
+    def natural(self) -> bool:
+        """One client per id: a client column, or one file per client."""
+        return self.dataset == "client-folders" or bool(self.source.columns.client)
+
+
 def client_number(name: object) -> int:
     """A client's stable number from its id: 48 bits of BLAKE2b (exact in int64 and float64)."""
     return int.from_bytes(hashlib.blake2b(str(name).encode(), digest_size=6).digest(), "big")
@@ -78,17 +115,13 @@ def client_number(name: object) -> int:
 # ---------------------------------------------------------------- what the model needs
 
 
-def data_on_nodes(s: Settings) -> bool:
-    """No data-path in the run: the data lives on the SuperNodes and the server reads none."""
-    return not s.data_path
-
-
-def user_dataset_info(s: Settings) -> tuple[tuple[int, ...], int | None]:
-    """(input shape, classes or None for regression), from the data or, without it, the config."""
+def user_dataset_info(s: UserDataConfig) -> tuple[tuple[int, ...], int | None]:
+    """(input shape, classes or None for regression), from the data or, without it, the config.
+    Without data here (``on_nodes``) the server reads none."""
     classification = s.task is Task.CLASSIFICATION
-    if data_on_nodes(s):
+    if s.on_nodes:
         return _configured_shape(s), (_configured_classes(s) if classification else None)
-    table = read_user_table(Source.from_settings(s))
+    table = read_user_table(s.source)
     shape = tuple(int(d) for d in table.x.shape[1:])
     if s.input_shape and shape != _input_shape_key(s):
         raise DataError(
@@ -98,16 +131,16 @@ def user_dataset_info(s: Settings) -> tuple[tuple[int, ...], int | None]:
     return shape, (num_classes_of(table, s.num_classes) if classification else None)
 
 
-def _input_shape_key(s: Settings) -> tuple[int, ...]:
+def _input_shape_key(s: UserDataConfig) -> tuple[int, ...]:
     """The ``input-shape`` key as sizes."""
     return tuple(int(d) for d in s.input_shape.split(","))
 
 
-def _configured_shape(s: Settings) -> tuple[int, ...]:
+def _configured_shape(s: UserDataConfig) -> tuple[int, ...]:
     if s.input_shape:
         return _input_shape_key(s)
-    if s.dataset == "table" and Source.from_settings(s).columns.features:
-        return (len(Source.from_settings(s).columns.features),)
+    if s.dataset == "table" and s.source.columns.features:
+        return (len(s.source.columns.features),)
     raise DataError(
         f"dataset '{s.dataset}' has no data-path here, so the data lives on the SuperNodes and "
         "the server builds the model without reading it: set "
@@ -116,7 +149,7 @@ def _configured_shape(s: Settings) -> tuple[int, ...]:
     )
 
 
-def _configured_classes(s: Settings) -> int:
+def _configured_classes(s: UserDataConfig) -> int:
     if s.num_classes:
         return s.num_classes
     raise DataError(
@@ -129,9 +162,9 @@ def _configured_classes(s: Settings) -> int:
 # ---------------------------------------------------------------- the start-up check
 
 
-def check_user_data(s: Settings) -> None:
+def check_user_data(s: UserDataConfig) -> None:
     """One DataError line for the first problem, before round 1 (server or node)."""
-    if data_on_nodes(s):
+    if s.on_nodes:
         user_dataset_info(s)  # the server can build the model from the config alone
         if s.new_clients:
             raise DataError(
@@ -140,10 +173,10 @@ def check_user_data(s: Settings) -> None:
                 "set new-clients = 0 or give the server a data-path"
             )
         return
-    table = read_user_table(Source.from_settings(s))
+    table = read_user_table(s.source)
     _, classes = user_dataset_info(s)
     check_table(table, s.task, classes or 0)
-    if _natural(s):
+    if s.natural:
         training, new = _natural_clients(table, s.seed, s.test_fraction, s.new_clients)
         for clients in (training, new):
             _check_sizes(table, clients, s.batch_size)
@@ -165,10 +198,10 @@ def _check_sizes(table: UserTable, clients: Clients, batch_size: int) -> None:
             )
 
 
-def smallest_user_train_split(s: Settings) -> int | None:
-    if data_on_nodes(s) or not _natural(s):
+def smallest_user_train_split(s: UserDataConfig) -> int | None:
+    if s.on_nodes or not s.natural:
         return None
-    table = read_user_table(Source.from_settings(s))
+    table = read_user_table(s.source)
     training, _ = _natural_clients(table, s.seed, s.test_fraction, s.new_clients)
     return min((len(t) for t, _ in training.halves), default=None)
 
@@ -180,10 +213,6 @@ def smallest_user_train_split(s: Settings) -> int | None:
 class Clients:
     names: tuple[str, ...]
     halves: tuple[tuple[np.ndarray, np.ndarray], ...]  # per client: (train rows, test rows)
-
-
-def _natural(s: Settings) -> bool:
-    return s.dataset == "client-folders" or bool(s.client_column)
 
 
 @functools.lru_cache(maxsize=4)
@@ -226,33 +255,10 @@ def _split(
     return part.split_train_test(rows, test_fraction, seed, key)
 
 
-@dataclass(frozen=True)
-class _Rows:
-    """The settings that decide a partition of rows: the cache key of :func:`_partitioned`."""
-
-    source: Source
-    partition: str
-    num_partitions: int
-    seed: int
-    test_fraction: float
-    dirichlet_alpha: float
-    classes_per_client: int
-    new_clients: int
-    new_client_fraction: float
-    task: Task
-
-    @classmethod
-    def from_settings(cls, s: Settings, num_partitions: int) -> _Rows:
-        return cls(
-            Source.from_settings(s), s.partition, num_partitions, s.seed, s.test_fraction,
-            s.dirichlet_alpha, s.classes_per_client, s.new_clients, s.new_client_fraction,
-            s.task,
-        )  # fmt: skip
-
-
 @functools.lru_cache(maxsize=4)
-def _partitioned(rows: _Rows, new: bool) -> Clients:
-    """The rows split by a Flower Datasets partitioner, each part with its seeded split."""
+def _partitioned(rows: UserDataConfig, num_partitions: int, new: bool) -> Clients:
+    """The rows split by a Flower Datasets partitioner, each part with its seeded split
+    (``num_partitions`` training clients, or the ``new_clients`` held-out ones)."""
     table = read_user_table(rows.source)
     n = len(table)
     pool = np.arange(n)
@@ -260,7 +266,7 @@ def _partitioned(rows: _Rows, new: bool) -> Clients:
         order = np.random.default_rng([rows.seed, NEW_CLIENT_POOL]).permutation(n)
         held = round(n * rows.new_client_fraction)
         pool = np.sort(order[:held] if new else order[held:])
-    count = rows.new_clients if new else rows.num_partitions
+    count = rows.new_clients if new else num_partitions
     parts = [pool[p] for p in _flower_partition(table.y[pool], rows, count)]
     first = NEW_CLIENT_IDS if new else 0
     return Clients(
@@ -271,7 +277,7 @@ def _partitioned(rows: _Rows, new: bool) -> Clients:
     )
 
 
-def _flower_partition(labels: np.ndarray, rows: _Rows, count: int) -> list[np.ndarray]:
+def _flower_partition(labels: np.ndarray, rows: UserDataConfig, count: int) -> list[np.ndarray]:
     if rows.partition in ("dirichlet", "pathological", "shard") and rows.task is Task.REGRESSION:
         raise DataError(
             f"partition '{rows.partition}' splits by class, but task is regression; use iid, "
@@ -317,19 +323,19 @@ def _cut(
     )
 
 
-def _no_data_here(s: Settings) -> DataError:
+def _no_data_here(s: UserDataConfig) -> DataError:
     return DataError(
         f"dataset '{s.dataset}' has no data-path in this process: a SuperNode needs its own "
         "data-path in its node config (--node-config 'data-path=...')"
     )
 
 
-def load_user_client(s: Settings, partition_id: int, num_partitions: int) -> ClientData:
+def load_user_client(s: UserDataConfig, partition_id: int, num_partitions: int) -> ClientData:
     """Client ``partition_id`` of ``num_partitions`` (simulation: the run's data-path)."""
-    if data_on_nodes(s):
+    if s.on_nodes:
         raise _no_data_here(s)
-    table = read_user_table(Source.from_settings(s))
-    if _natural(s):
+    table = read_user_table(s.source)
+    if s.natural:
         clients, _ = _natural_clients(table, s.seed, s.test_fraction, s.new_clients)
         if num_partitions > len(clients.names):
             raise DataError(
@@ -338,34 +344,34 @@ def load_user_client(s: Settings, partition_id: int, num_partitions: int) -> Cli
                 f"{s.new_clients} new ones; run fewer clients"
             )
     else:
-        clients = _partitioned(_Rows.from_settings(s, num_partitions), new=False)
+        clients = _partitioned(s, num_partitions, new=False)
     return _cut(table, clients.halves[partition_id], clients.names[partition_id], s.task)
 
 
-def load_user_new_client(s: Settings, index: int) -> ClientData:
-    if data_on_nodes(s):
+def load_user_new_client(s: UserDataConfig, index: int) -> ClientData:
+    if s.on_nodes:
         raise _no_data_here(s)
-    table = read_user_table(Source.from_settings(s))
-    if _natural(s):
+    table = read_user_table(s.source)
+    if s.natural:
         _, clients = _natural_clients(table, s.seed, s.test_fraction, s.new_clients)
     else:
-        clients = _partitioned(_Rows.from_settings(s, 0), new=True)
+        clients = _partitioned(s, 0, new=True)
     return _cut(table, clients.halves[index], clients.names[index], s.task)
 
 
 # ---------------------------------------------------------------- a device's own clients
 
 
-def hosted_clients(s: Settings) -> dict[int, str]:
+def hosted_clients(s: UserDataConfig) -> dict[int, str]:
     """Every client of this node's own data: client number -> id (natural clients only)."""
-    if data_on_nodes(s):
+    if s.on_nodes:
         raise _no_data_here(s)
-    if not _natural(s):
+    if not s.natural:
         raise DataError(
             f"a SuperNode's own data (dataset '{s.dataset}') needs client-column, naming the "
             "client of each row (the node hosts one client per id)"
         )
-    table = read_user_table(Source.from_settings(s))
+    table = read_user_table(s.source)
     clients, _ = _natural_clients(table, s.seed, s.test_fraction, 0)
     numbers = {client_number(n): n for n in clients.names}
     if len(numbers) < len(clients.names):  # 48-bit hashes: practically never
@@ -373,8 +379,8 @@ def hosted_clients(s: Settings) -> dict[int, str]:
     return numbers
 
 
-def load_hosted_client(s: Settings, number: int) -> ClientData:
-    table = read_user_table(Source.from_settings(s))
+def load_hosted_client(s: UserDataConfig, number: int) -> ClientData:
+    table = read_user_table(s.source)
     clients, _ = _natural_clients(table, s.seed, s.test_fraction, 0)
     name = hosted_clients(s)[number]
     return _cut(table, clients.halves[clients.names.index(name)], name, s.task)
