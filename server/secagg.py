@@ -46,6 +46,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
+from common.arrays import NamedArrays
 from common.config import Settings
 from common.messages import (
     CLIENTS,
@@ -60,7 +61,6 @@ from common.messages import (
     STATE_KEYS,
 )
 from common.privacy import DistributedNoise, centered
-from server.aggregate import NamedArrays
 
 MODULUS = 2**32  # Flower's default modulus_range (the largest it allows)
 
