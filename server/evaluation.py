@@ -82,7 +82,7 @@ def summarise_evaluation(rows: list[dict[str, float]], task: Task) -> MetricReco
         "acc": ("acc", True), "loss": ("loss", False)
     }  # fmt: skip
     out: dict[str, float] = {"clients": len(rows)}
-    # A client whose personalisation diverged (server/aggregate.diverged_clients: loss
+    # A client whose personalisation diverged (diverged_clients: loss
     # non-finite or over 10x its loss before) is counted here and left out of the "after"
     # statistics, which would otherwise read NaN or 1e31 as if measured.
     bad = diverged_clients([r[LOSS_BEFORE] for r in rows], [r[LOSS_AFTER] for r in rows])

@@ -7,7 +7,7 @@ DP-FedAvg (McMahan et al. 2018, Alg. 1) as this server runs it, per round t:
   2. the server adds Gaussian noise N(0, (z_D C_t)^2) to the sum S of the clipped updates
      and divides by the *fixed* expected cohort size k = q N (not by the number that
      answered, which would itself depend on who took part):  Delta = (S + noise) / k;
-  3. the server optimizer (SGD or Adam, server/aggregate.py) steps with Delta, so the noise
+  3. the server optimizer (SGD or Adam, server/optimizer.py) steps with Delta, so the noise
      enters the meta-update Delta, never the optimizer's own step.
 
 Adaptive clipping (Andrew et al. 2021, Alg. 1): clients also report b_i = 1[||u_i|| <= C_t];

@@ -1,9 +1,9 @@
 """Byzantine-robust aggregation of one round's client updates, as pure functions.
 
-It replaces the weighted mean between screening and the server optimizer step
-(server/strategy.py): the strategy hands over the accepted updates Delta_i (in partition
-order) with the num-examples each client claims; :func:`robust_aggregate` returns the one
-Delta the optimizer steps on, and what it did to each client, for the run log.
+It is the combine stage of a round without DP (server/combine.py, server/round.py): the
+collect stage hands over the accepted updates Delta_i (in partition order) with the
+num-examples each client claims; :func:`robust_aggregate` returns the one Delta the
+optimizer steps on, and what it did to each client, for the run log.
 
 Order of operations, all optional except the rule:
   1. weights: claimed examples, uniform, or claims capped (:func:`client_weights`);

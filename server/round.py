@@ -17,9 +17,10 @@ between rounds.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from flwr.app import MetricRecord
+from flwr.app import Message, MetricRecord
 from flwr.serverapp import Grid
 
 from common.arrays import NamedArrays, to_record
@@ -104,19 +105,33 @@ class ReplyRound:
     fraction: float
 
     def train_round(self, server_round: int, state: ServerState, grid: Grid) -> RoundOutcome:
+        cohort = self.sample(server_round, state)
+        private = _private(self.dp, state)
+        clip = private.clip if private else 0.0
+        messages = self.strategy.train_messages(server_round, to_record(state.theta), cohort, clip)
+        replies = send_and_receive(grid, messages, timeout=self.timeout)
+        return self.after_replies(server_round, state, cohort, replies)
+
+    def sample(self, server_round: int, state: ServerState) -> Cohort:
+        """The round's clients: DP's Poisson sample from its secret key, else the seeded
+        draw; a robust rule the cohort is too small for stops here, before anything is sent
+        (a start-up error in round 1)."""
         private = _private(self.dp, state)
         key = private.noise_key if private else None
         cohort = self.strategy.sample_train(server_round, key, poisson=private is not None)
-        if self.robust is not None:  # before anything is sent: a start-up error in round 1
+        if self.robust is not None:
             check_round_size(self.robust, cohort.size)
-        clip = private.clip if private else 0.0
-        messages = self.strategy.train_messages(server_round, to_record(state.theta), cohort, clip)
-        replies = list(send_and_receive(grid, messages, timeout=self.timeout))
+        return cohort
+
+    def after_replies(
+        self, server_round: int, state: ServerState, cohort: Cohort, replies: Iterable[Message]
+    ) -> RoundOutcome:
+        """Collect the replies into rows, combine them, step."""
         rows = collect_rows(replies, cohort.asked, state.theta)
         if self.robust is not None:
             combined = combine_rows(server_round, rows, self.robust)
         else:
-            dp_round = _dp_round(self.dp, private, cohort, self.fraction)
+            dp_round = _dp_round(self.dp, _private(self.dp, state), cohort, self.fraction)
             combined = combine_private_rows(server_round, rows, dp_round, state.theta)
         return step(state, combined, self.optimizer, _report(rows))
 
