@@ -31,11 +31,10 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from common.arrays import NamedArrays, UpdateRejected, check_stacked, from_record, nonfinite_rows
-from common.config import Settings
 from common.messages import NUM_EXAMPLES, read_reply, reply_updates
 from common.privacy import DistributedNoise
 from server.divergence import federation_failed
-from server.secagg import SecureSum, node_drops, secure_sum
+from server.secagg import SecAggConfig, SecureSum, node_drops, secure_sum
 
 # The largest example count a client may claim: every integer up to 2**53 is exact in the
 # float64 weights, and no client holds more. A claim above it is a lie or a bug, dropped.
@@ -177,14 +176,14 @@ class Secured:
 
 
 def collect_secure_sum(
-    grid: Grid, settings: Settings, server_round: int, theta: NamedArrays,
+    grid: Grid, cfg: SecAggConfig, server_round: int, theta: NamedArrays,
     asked: Mapping[int, list[int]], clip: float, noise: DistributedNoise | None = None,
     sample_rate: float = 1.0,
 ) -> Secured:  # fmt: skip
     """One SecAgg+ run over every node in ``asked``. With ``noise`` (distributed DP) each
     node samples its own clients and noises its sum, so drops are named per node."""
     drops = Drops(asked, "train")
-    result = secure_sum(grid, settings, server_round, theta, dict(asked), clip, noise, sample_rate)
+    result = secure_sum(grid, cfg, server_round, theta, dict(asked), clip, noise, sample_rate)
     n_asked = sum(len(p) for p in asked.values())
     if result is None:
         halted = "SecAgg+ halted: too few nodes completed a stage"

@@ -40,7 +40,7 @@ from server.delivery import send_and_receive
 from server.optimizer import OptimizerConfig, OptimizerState, server_step
 from server.privacy import DPConfig, PrivacyState
 from server.robust import RobustConfig, check_round_size
-from server.secagg import quantization_range
+from server.secagg import SecAggConfig, quantization_range
 from server.strategy import Cohort, MetaStrategy
 
 
@@ -143,46 +143,52 @@ class SecureRound:
 
     strategy: MetaStrategy
     optimizer: OptimizerConfig
-    settings: Settings  # what the SecAgg+ protocol reads (shares, threshold, timeout)
+    protocol: SecAggConfig
     dp: DPConfig | None
     distributed: bool  # distributed DP: the nodes sample and noise, the server adds nothing
+    fraction: float
+    clip: float  # C the clients clip to without DP (dp-clip); DP's own C otherwise
+    tolerated_drops: int  # distributed DP: nodes that may drop before the noise falls short
 
     def train_round(self, server_round: int, state: ServerState, grid: Grid) -> RoundOutcome:
-        s, private = self.settings, _private(self.dp, state)
+        private = _private(self.dp, state)
         key = private.noise_key if private else None
         cohort = self.strategy.sample_train(
             server_round, key, poisson=private is not None and not self.distributed,
             everyone=self.distributed, every_node=True,
         )  # fmt: skip
-        clip = private.clip if private else s.dp_clip
+        clip = private.clip if private else self.clip
         if self.distributed:
             return self._distributed(server_round, state, grid, cohort)
-        secured = collect_secure_sum(grid, s, server_round, state.theta, cohort.asked, clip)
+        secured = collect_secure_sum(
+            grid, self.protocol, server_round, state.theta, cohort.asked, clip
+        )
         report = RoundReport(asked=secured.asked, dropped=secured.dropped)
         if secured.result is None:
             return RoundOutcome(None, state.optimizer, state.privacy, report)
         if private is None:
             combined = combine_secure_sum(server_round, secured.result, clip)
         else:
-            dp_round = _dp_round(self.dp, private, cohort, s.fraction_train)
+            dp_round = _dp_round(self.dp, private, cohort, self.fraction)
             combined = combine_private_sum(server_round, secured.result, dp_round)
         return step(state, combined, self.optimizer, report)
 
     def _distributed(
         self, server_round: int, state: ServerState, grid: Grid, cohort: Cohort
     ) -> RoundOutcome:
-        s, private = self.settings, state.privacy
+        private = state.privacy
         assert private is not None
-        dp_round = _dp_round(self.dp, private, cohort, s.fraction_train)
+        dp_round = _dp_round(self.dp, private, cohort, self.fraction)
         dim = sum(int(v.size) for v in state.theta.values())
         nodes = len(cohort.asked)
         noise = distributed_noise(
             private.clip, private.noise_multiplier, dim, cohort.population, nodes,
-            nodes - s.dp_tolerated_drops, quantization_range(nodes),
+            nodes - self.tolerated_drops, quantization_range(nodes),
         )  # fmt: skip
         secured = collect_secure_sum(
-            grid, s, server_round, state.theta, cohort.asked, private.clip, noise, dp_round.q
-        )
+            grid, self.protocol, server_round, state.theta, cohort.asked, private.clip, noise,
+            dp_round.q,
+        )  # fmt: skip
         report = RoundReport(asked=secured.asked, dropped=secured.dropped)
         if secured.result is None:
             return RoundOutcome(None, state.optimizer, state.privacy, report)
@@ -197,7 +203,10 @@ def pipeline_for(
     dp = DPConfig.from_settings(settings) if settings.dp else None
     if settings.secagg:
         distributed = dp is not None and settings.dp_mechanism == "distributed"
-        return SecureRound(strategy, optimizer, settings, dp, distributed)
+        return SecureRound(
+            strategy, optimizer, SecAggConfig.from_settings(settings), dp, distributed,
+            settings.fraction_train, settings.dp_clip, settings.dp_tolerated_drops,
+        )  # fmt: skip
     robust = None if dp is not None else RobustConfig.from_settings(settings)
     return ReplyRound(
         strategy, optimizer, settings.round_timeout, robust, dp, settings.fraction_train
