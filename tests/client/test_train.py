@@ -208,6 +208,21 @@ def test_each_client_starts_from_its_own_row_when_given():
         torch.testing.assert_close(out.params[n][1], params[n], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("algorithm", "order"),
+    [("maml", MetaOrder.SECOND), ("perfedavg-fo", MetaOrder.FIRST),
+     ("perfedavg-hf", MetaOrder.HESSIAN_FREE), ("metasgd", MetaOrder.SECOND),
+     ("fedavg", None), ("fedavg-ft", None), ("local", None)],
+)  # fmt: skip
+def test_the_train_config_carries_a_meta_step_exactly_for_the_meta_learners(algorithm, order):
+    bounds = {"metasgd-alpha-min": 1e-4, "metasgd-alpha-max": 0.5}
+    cfg = TrainConfig.from_settings(parse_settings({"algorithm": algorithm, **bounds}))
+    assert (cfg.meta_step.order if cfg.meta_step else None) is order
+    # only Meta-SGD learns alpha, so only its config bounds it
+    assert cfg.alpha_bounds == ((1e-4, 0.5) if algorithm == "metasgd" else None)
+    assert cfg.outer_lr == 0.001 and cfg.batches.batch_size == 5 and cfg.batches.episode is None
+
+
 def test_the_one_by_one_reference_is_itself_exact_second_order():
     """Guard against a reference that silently went first-order: FO and SO must differ."""
     s_so, s_fo = _settings("maml"), _settings("perfedavg-fo")
