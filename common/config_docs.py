@@ -51,9 +51,9 @@ In the code, a choice among named values (`algorithm`, `metasgd-order`, `aggrega
 The handlers hold the `Settings`; the code below them takes the small frozen config it reads,
 built once by `X.from_settings(settings)`: `TrainConfig` (with `MetaStepConfig` and
 `BatchConfig`, client/train.py, common/tasks.py), `AttackConfig` (client/attacks.py),
-`ModelConfig` (common/models.py), `UserDataConfig` (common/data/user_data.py),
-`ShakespeareConfig` (common/data/shakespeare.py), `EpisodeSpec` (common/data/episodes.py),
-`RobustConfig` (server/robust.py) and `DPConfig` (server/privacy.py).
+`ModelConfig` (common/models.py), `UserDataConfig`, `ShakespeareConfig`, `OmniglotConfig` and
+`EpisodeSpec` (common/data/), `RobustConfig` (server/robust.py), `DPConfig`
+(server/privacy.py) and `SecAggConfig` (server/secagg.py).
 """
 
 

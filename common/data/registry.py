@@ -179,7 +179,8 @@ def load_client_data(settings: Settings, partition_id: int, num_partitions: int)
         alpha, beta = settings.synthetic_alpha, settings.synthetic_beta
         return synthetic_client(settings.seed, partition_id, alpha, beta, settings.test_fraction)
     if settings.dataset == "omniglot":
-        return _omniglot_client(settings, "background", partition_id, num_partitions)
+        omniglot = OmniglotConfig.from_settings(settings)
+        return _omniglot_client(omniglot, "background", partition_id, num_partitions)
     if settings.dataset == "shakespeare":
         return shakespeare.shakespeare_client(
             shakespeare.ShakespeareConfig.from_settings(settings), partition_id, num_partitions
@@ -208,7 +209,8 @@ def load_new_client_data(settings: Settings, index: int) -> ClientData:
             settings.seed, index, alpha, beta, settings.test_fraction, stream=SYNTHETIC_NEW
         )
     if settings.dataset == "omniglot":
-        return _omniglot_client(settings, "evaluation", index, settings.new_clients)
+        omniglot = OmniglotConfig.from_settings(settings)
+        return _omniglot_client(omniglot, "evaluation", index, settings.new_clients)
     if settings.dataset == "shakespeare":
         return shakespeare.shakespeare_new_client(
             shakespeare.ShakespeareConfig.from_settings(settings), index
@@ -394,21 +396,37 @@ def _omniglot(folder: str, which: str) -> np.ndarray:
     return chars
 
 
-def _omniglot_client(settings: Settings, which: str, index: int, num_clients: int) -> EpisodicData:
+@dataclass(frozen=True)
+class OmniglotConfig:
+    """What an Omniglot client is cut by: the folder, the test drawings, MAML's rotations
+    and the episodes it is trained and scored on."""
+
+    folder: str
+    test_fraction: float
+    rotations: bool
+    spec: EpisodeSpec
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> OmniglotConfig:
+        spec = EpisodeSpec.from_settings(s)
+        return cls(str(_path(s)), s.test_fraction, s.omniglot_rotations, spec)
+
+
+def _omniglot_client(cfg: OmniglotConfig, which: str, index: int, num_clients: int) -> EpisodicData:
     """Block ``index`` of ``num_clients`` blocks of consecutive characters of a set.
 
     Each character keeps its last ``test-fraction`` drawings for scoring.
     """
-    chars = _omniglot(str(_path(settings)), which)
+    chars = _omniglot(cfg.folder, which)
     block = np.array_split(np.arange(len(chars)), num_clients)[index]
-    if len(block) < settings.n_way:
+    if len(block) < cfg.spec.n_way:
         raise DataError(
             f"Omniglot client {index} of {num_clients} ({which} set) owns {len(block)} "
-            f"characters, fewer than n-way={settings.n_way}; use fewer clients"
+            f"characters, fewer than n-way={cfg.spec.n_way}; use fewer clients"
         )
-    n_train = OMNIGLOT_DRAWERS - omniglot_test_drawers(settings.test_fraction)
+    n_train = OMNIGLOT_DRAWERS - omniglot_test_drawers(cfg.test_fraction)
     classes = chars[block]  # (characters, drawers, size, size)
-    if settings.omniglot_rotations and which == "background":
+    if cfg.rotations and which == "background":
         # class 4c + r is character c turned r x 90 degrees (MAML's augmentation)
         turned = [np.rot90(classes, r, axes=(2, 3)) for r in range(4)]
         classes = np.stack(turned, axis=1).reshape(-1, *classes.shape[1:])
@@ -422,5 +440,5 @@ def _omniglot_client(settings: Settings, which: str, index: int, num_clients: in
     return EpisodicData(
         x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
         client_id=f"omniglot-{which}-{block[0]}-{block[-1]}",
-        spec=EpisodeSpec.from_settings(settings),
+        spec=cfg.spec,
     )  # fmt: skip
