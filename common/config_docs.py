@@ -49,7 +49,7 @@ runs. A missing or unreadable data path stops the run before round 1, naming the
 In the code, a choice among named values (`algorithm`, `metasgd-order`, `aggregation`,
 `weighting`, `attack`) is stored as its enum, which reads and is written as the string above.
 The handlers hold the `Settings`; the code below them takes the small frozen config it reads,
-built once by `X.from_settings(settings)`: `TrainConfig` (with `MetaStepConfig` and
+built by `X.from_settings(settings)`: `TrainConfig` (with `MetaStepConfig` and
 `BatchConfig`, client/train.py, common/tasks.py), `AttackConfig` (client/attacks.py),
 `ModelConfig` (common/models.py), `UserDataConfig`, `ShakespeareConfig`, `OmniglotConfig` and
 `EpisodeSpec` (common/data/), `RobustConfig` (server/robust.py), `DPConfig`
