@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from common.config import ConfigError, Settings, Task
-from common.personalize import loss_fn_for
+from common.evaluation import loss_fn_for
 from common.plugins import PluginError, load_object
 
 ModelFactory = Callable[..., nn.Module]  # (input_shape, num_outputs, **model_args) -> Module

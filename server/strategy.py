@@ -36,6 +36,12 @@ from flwr.supercore import log
 
 from common.arrays import UpdateRejected, check_stacked, from_record, nonfinite_rows, to_record
 from common.config import Settings, Task
+from common.dp_mechanism import (
+    WITHIN_CLIP,
+    clip_rows,
+    distributed_noise,
+    effective_noise_multiplier,
+)
 from common.messages import (
     FINAL,
     LOSS_AFTER,
@@ -47,12 +53,6 @@ from common.messages import (
     read_reply,
     reply_updates,
     write_instruction,
-)
-from common.privacy import (
-    WITHIN_CLIP,
-    clip_rows,
-    distributed_noise,
-    effective_noise_multiplier,
 )
 from server.aggregate import (
     NamedArrays,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.measure import NodeSampler
+from deploy.measure.node_footprint import NodeSampler
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
 

@@ -67,7 +67,7 @@ GROUPS = {
         ),
     ),
     "personalize": Group(
-        ("common/personalize.py",),
+        ("common/evaluation.py",),
         (
             "tests/common/test_personalize.py",
             "tests/common/test_tensors_of.py",
@@ -88,7 +88,7 @@ GROUPS = {
         ("tests/server/test_robust.py", "tests/server/test_robust_edges.py"),
     ),
     "privacy": Group(
-        ("server/privacy.py", "common/privacy.py"),
+        ("server/privacy.py", "common/dp_mechanism.py"),
         ("tests/server/test_privacy.py", "tests/common/test_privacy.py"),
     ),
 }

@@ -1,4 +1,4 @@
-"""simulations.curvature: alpha * lambda_max along an adaptation path, and explosions."""
+"""simulations.analysis.curvature: alpha * lambda_max along an adaptation path, and explosions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from simulations.curvature import AdaptationPath, adaptation_path
+from simulations.analysis.curvature import AdaptationPath, adaptation_path
 
 
 def _quadratic(curvatures):
@@ -33,7 +33,7 @@ def test_a_non_finite_path_stops_tracking_and_counts_as_exploded():
 
 
 def test_the_command_reads_a_runs_model_and_reports(tmp_path, capsys):
-    from simulations.curvature import main
+    from simulations.analysis.curvature import main
     from simulations.run import main as run
 
     (tmp_path / "tiny.yaml").write_text(

@@ -1,11 +1,11 @@
-"""simulations.pick_best chooses each group's best row and never a diverged one."""
+"""simulations.analysis.pick_best chooses each group's best row and never a diverged one."""
 
 from __future__ import annotations
 
 import csv
 import json
 
-from simulations.pick_best import main, pick
+from simulations.analysis.pick_best import main, pick
 
 
 def _rows(values: dict[str, tuple[str, str]]) -> list[dict[str, str]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from simulations.privacy_table import cells, main, mechanism_table, new_client_key, table
+from simulations.analysis.privacy_table import cells, main, mechanism_table, new_client_key, table
 
 ROWS = [
     {"algorithm": "maml", "mse-after-mean": "0.3", "mse-after-mean_std": "0.03",

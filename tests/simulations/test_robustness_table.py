@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from simulations.robustness_table import read_rows, table
+from simulations.analysis.robustness_table import read_rows, table
 
 CSV = """algorithm,seeds,mse-after-mean,diverged,overrides
 clean,3,0.5,,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.processes import descendants, process_id, start_process
+from deploy.managed_process import descendants, process_id, start_process
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
 

@@ -1,7 +1,7 @@
 """Seconds per training round with SecAgg+ beside plain aggregation, in one invocation.
 
-    python -m simulations.bench_secagg            # about 4 min here
-    python -m simulations.bench_secagg --quick    # loop engine only, about 1 min
+    python -m simulations.bench.bench_secagg            # about 4 min here
+    python -m simulations.bench.bench_secagg --quick    # loop engine only, about 1 min
 
 Sinusoid MAML (the quickstart's model and steps), every node hosting 10 clients of which 2
 train per round. Each pair of runs differs only in how the sum is formed: 'plain' is the

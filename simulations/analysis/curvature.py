@@ -1,6 +1,6 @@
 """Curvature along new clients' adaptation paths: why an initialisation's adaptation explodes.
 
-    python -m simulations.curvature results/bench/sinusoid/perfedavg-hf/seed0/model.pt
+    python -m simulations.analysis.curvature results/bench/sinusoid/perfedavg-hf/seed0/model.pt
 
 Gradient descent with step size alpha on a loss whose Hessian has largest eigenvalue
 lambda_max is stable along that direction only while alpha * lambda_max < 2. For each of a
@@ -64,8 +64,8 @@ def client_paths(
     from client.personalize import load_global_model
     from common.config import Task
     from common.data.registry import load_new_client_data
+    from common.evaluation import loss_fn_for, tensors_of
     from common.models import model_for
-    from common.personalize import loss_fn_for, tensors_of
 
     g = load_global_model(model_path)
     s = g.settings

@@ -11,12 +11,13 @@ overstate what the tree takes from the machine; they are comparable between runs
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from common.background_sampler import BackgroundSampler
 
 ROLES = ("superlink", "superexec", "simulation", "ray-workers", "ray-daemons", "loop", "other")
 
@@ -57,7 +58,7 @@ class Sample:
 
 
 @dataclass
-class TreeSampler:
+class TreeSampler(BackgroundSampler):
     """Samples ``root`` and its descendants in a background thread until stopped."""
 
     root: int
@@ -66,17 +67,7 @@ class TreeSampler:
     samples: list[Sample] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
         self._t0 = time.monotonic()
-
-    def __enter__(self) -> TreeSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _rounds_done(self) -> int:
         if self.metrics_file is None or not self.metrics_file.exists():
@@ -98,11 +89,10 @@ class TreeSampler:
                 continue
         return Sample(time.monotonic() - self._t0, self._rounds_done(), rss)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if (s := self.sample_once()) is not None:
-                self.samples.append(s)
-            self._stop.wait(self.interval)
+    def tick(self) -> bool:
+        if (s := self.sample_once()) is not None:
+            self.samples.append(s)
+        return True
 
     @property
     def peak(self) -> int:

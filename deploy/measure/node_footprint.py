@@ -14,12 +14,12 @@ long per-message ClientApp processes ran. Linux only.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.processes import PROC, ProcessId, descendants, process_id
+from common.background_sampler import BackgroundSampler
+from deploy.managed_process import PROC, ProcessId, descendants, process_id
 
 KIB = 1024
 
@@ -42,8 +42,10 @@ class NodeFootprint:
     clientapp_seconds: float = 0.0  # summed lifetimes: the node's busy time
 
 
-class NodeSampler:
+class NodeSampler(BackgroundSampler):
     """Poll the process trees under ``pids`` every ``interval`` seconds until stopped."""
+
+    thread_name = "node-sampler"
 
     def __init__(self, *pids: int, interval: float = 0.1) -> None:
         if not pids:
@@ -52,22 +54,15 @@ class NodeSampler:
         self.interval = interval
         self._seen: dict[ProcessId, _Seen] = {}
         self._peak_tree_kib = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="node-sampler", daemon=True)
+        self._roots: list[ProcessId] | None = None
 
-    def __enter__(self) -> NodeSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        roots = [r for r in map(process_id, self.pids) if r is not None]
-        while not self._stop.is_set() and any(r.alive() for r in roots):
-            self.sample(roots)
-            self._stop.wait(self.interval)
+    def tick(self) -> bool:
+        if self._roots is None:  # read once, when sampling starts
+            self._roots = [r for r in map(process_id, self.pids) if r is not None]
+        if not any(r.alive() for r in self._roots):
+            return False  # the node is gone: nothing left to sample
+        self.sample(self._roots)
+        return True
 
     def sample(self, roots: list[ProcessId]) -> None:
         now = time.monotonic()

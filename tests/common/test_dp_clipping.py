@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.privacy import clip_rows, row_norms
+from common.dp_mechanism import clip_rows, row_norms
 
 
 def test_each_row_is_scaled_to_the_bound_and_no_further():

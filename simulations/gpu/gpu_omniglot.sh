@@ -12,11 +12,11 @@
 #      summary.json. The rounds a run reached are in its summary ("rounds").
 # Results: $OUT/omniglot-gpu.tar.gz (run folders, logs, nvidia-smi samples) and
 # $OUT/summary.txt. On the GPU machine, with .whl/ and .gpu-data/ copied beside the checkout:
-#     bash simulations/gpu_omniglot.sh
-# Here, once: bash simulations/gpu_prepare.sh omniglot. A CPU dry run of the whole script:
+#     bash simulations/gpu/gpu_omniglot.sh
+# Here, once: bash simulations/gpu/gpu_prepare.sh omniglot. A CPU dry run of the whole script:
 #     TRAIN_UNTIL=75 FINISH_LIMIT=200 RUNS="maml:0 fedavg-ft:0" OUT=/tmp/og-dry \
 #       EXTRA_SETS="hidden-sizes='8,8,8,8' eval-episodes=2 new-clients=6" \
-#       bash simulations/gpu_omniglot.sh
+#       bash simulations/gpu/gpu_omniglot.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 t_start=$SECONDS
@@ -31,7 +31,7 @@ for kv in ${EXTRA_SETS:-}; do sets+=(--set "${kv//\'/}"); done
 log() { echo "[$((SECONDS - t_start))s] $*" | tee -a "$work/script.log"; }
 
 if ! python3 -c 'import flwr' 2>/dev/null; then
-  [ -d .whl ] || { echo "no .whl/ here: run simulations/gpu_prepare.sh here first, carry .whl"; exit 2; }
+  [ -d .whl ] || { echo "no .whl/ here: run simulations/gpu/gpu_prepare.sh here first, carry .whl"; exit 2; }
   timeout 90 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --upgrade --target /tmp/site .whl/*.whl || exit 2
 fi

@@ -1,7 +1,7 @@
 """Throughput: seconds per round on Flower's Simulation Engine beside the same work in a loop.
 
-    nice -n 5 python -m simulations.bench_throughput            # 10, 100, 1000 per round
-    python -m simulations.bench_throughput --sizes 10,100 --rounds 8 --engines engine,loop
+    nice -n 5 python -m simulations.bench.bench_throughput            # 10, 100, 1000 per round
+    python -m simulations.bench.bench_throughput --sizes 10,100 --rounds 8 --engines engine,loop
 
 For each size C, ``--registered`` nodes (default 1000) serve one sinusoid task each and
 a fraction C/N of them trains and is scored every round (the default app settings:
@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.delivery import FLOWER_DELIVERY_ENV
+from simulations.bench.proc_memory import TreeSampler
 from simulations.engine import SuperLink, simulation_superlink
-from simulations.proc_memory import TreeSampler
 
 GIB = 1024**3
 ENGINES = ("engine", "engine-flower", "loop")
@@ -106,7 +106,7 @@ def time_engine(name: str, link: SuperLink, config: dict, registered: int, cpus:
 def time_loop(config: dict, registered: int, threads: int) -> Timing:
     """The loop in its own process (its memory alone), torch threads as in one actor."""
     run_dir = Path(config["run-dir"])
-    cmd = [sys.executable, "-m", "simulations.bench_throughput", "--loop-worker",
+    cmd = [sys.executable, "-m", "simulations.bench.bench_throughput", "--loop-worker",
            json.dumps(config), str(registered), str(threads)]  # fmt: skip
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -1,7 +1,7 @@
 """The plug-in path costs nothing: a built-in model by import path beside the same model by name.
 
-    nice -n 10 python -m simulations.bench_plugin_model            # 10 pairs of 12 rounds
-    python -m simulations.bench_plugin_model --pairs 20 --rounds 20 --model cnn
+    nice -n 10 python -m simulations.bench.bench_plugin_model            # 10 pairs of 12 rounds
+    python -m simulations.bench.bench_plugin_model --pairs 20 --rounds 20 --model cnn
 
 Each variant is a run of the federation in the loop engine (simulations/loop.py):
 ``model = "mlp"`` (by name) and ``model = "common.models:mlp"`` with ``model-args =

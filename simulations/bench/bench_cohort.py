@@ -1,8 +1,8 @@
 """Cohorts: seconds per round when a node trains its sampled clients in one vmap.
 
-    python -m simulations.bench_cohort --quick     # 10 and 100 clients per round (~3 min here)
-    nice -n 5 python -m simulations.bench_cohort   # 10, 100 and 1,000 per round (~25 min here)
-    python -m simulations.bench_cohort --gpu --omniglot ../shared/data/omniglot  # CUDA only
+    python -m simulations.bench.bench_cohort --quick   # 10 and 100 clients per round (~3 min here)
+    nice -n 5 python -m simulations.bench.bench_cohort # 10, 100 and 1,000 per round (~25 min here)
+    python -m simulations.bench.bench_cohort --gpu --omniglot ../shared/data/omniglot  # CUDA only
 
 Sinusoid second-order MAML (Finn et al. 2017) at C clients per round, out of N = 10 C
 clients (fraction-train and fraction-evaluate 0.1, 5 local steps, batches of 5, 10
@@ -39,7 +39,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +46,11 @@ from typing import Any
 
 import torch
 
+from common.background_sampler import BackgroundSampler
 from simulations.reference_maml import BareConfig, BareRound, run_bare
 
 GIB = 1024**3
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # ============================================================================ the project
 LAYOUTS = ("one-by-one", "cohort")
@@ -149,10 +149,10 @@ def read_rounds(run_dir: Path) -> tuple[list[float], int]:
 
 def run_loop(config: dict[str, Any], nodes: int, timeout: float) -> tuple[float, int]:
     """The loop engine in a subprocess of its own (its memory alone), torch at one thread."""
-    from simulations.proc_memory import TreeSampler
+    from simulations.bench.proc_memory import TreeSampler
 
     run_dir = Path(config["run-dir"])
-    cmd = [sys.executable, "-m", "simulations.bench_cohort", "--loop-worker",
+    cmd = [sys.executable, "-m", "simulations.bench.bench_cohort", "--loop-worker",
            json.dumps(config), str(nodes)]  # fmt: skip
     log_path = run_dir.parent / f"{run_dir.name}.log"
     t0 = time.monotonic()
@@ -173,7 +173,7 @@ def run_loop(config: dict[str, Any], nodes: int, timeout: float) -> tuple[float,
 
 def run_engine(link: Any, config: dict[str, Any], nodes: int, timeout: float) -> tuple[float, int]:
     """One ``flwr run`` on the Simulation Engine; peak RSS of the SuperLink's whole tree."""
-    from simulations.proc_memory import TreeSampler
+    from simulations.bench.proc_memory import TreeSampler
 
     run_dir = Path(config["run-dir"])
     t0 = time.monotonic()
@@ -321,7 +321,7 @@ def memory_lines(results: list[Result]) -> list[str]:
 
 
 def machine_line() -> str:
-    from simulations.bench_throughput import machine
+    from simulations.bench.bench_throughput import machine
 
     return f"{machine()}; torch threads {torch.get_num_threads()} by default, 1 in every run here"
 
@@ -332,35 +332,22 @@ GPU_DEVICE = "cuda"
 
 
 @dataclass
-class GpuSampler:
+class GpuSampler(BackgroundSampler):
     """nvidia-smi's utilisation (%) every ``interval`` s, tagged with the rounds completed."""
 
     metrics_file: Path
     interval: float = 0.25
     samples: list[tuple[int, float, float]] = field(default_factory=list)  # rounds, %, MiB
 
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> GpuSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
+    def tick(self) -> bool:
         query = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
                  "--format=csv,noheader,nounits", "--id=0"]  # fmt: skip
-        while not self._stop.is_set():
-            proc = subprocess.run(query, capture_output=True, text=True, check=False)
-            if proc.returncode == 0 and proc.stdout.strip():
-                util, mem = (float(v) for v in proc.stdout.split(",")[:2])
-                done = read_rounds(self.metrics_file.parent)[0]
-                self.samples.append((len(done), util, mem))
-            self._stop.wait(self.interval)
+        proc = subprocess.run(query, capture_output=True, text=True, check=False)
+        if proc.returncode == 0 and proc.stdout.strip():
+            util, mem = (float(v) for v in proc.stdout.split(",")[:2])
+            done = read_rounds(self.metrics_file.parent)[0]
+            self.samples.append((len(done), util, mem))
+        return True
 
     def utilization(self, first: int, last: int) -> tuple[float | None, int]:
         """Mean utilisation while rounds ``first``..``last`` (1-based) ran, and sample count."""

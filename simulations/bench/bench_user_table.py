@@ -1,6 +1,6 @@
 """How long a user's table takes to load, and how much memory: CSV and Parquet, N clients.
 
-    python -m simulations.bench_user_table [--rows 100000] [--clients 1000] [--features 20]
+    python -m simulations.bench.bench_user_table [--rows 100000] [--clients 1000] [--features 20]
 
 Writes a seeded table with a client column (``user``), ``--features`` float columns and an
 integer label, as CSV and as Parquet, then, for each, in a fresh process (so the memory
@@ -98,7 +98,7 @@ def measure(path: str) -> dict:
 
 def _in_fresh_process(path: str) -> dict:
     code = (
-        "import json; from simulations.bench_user_table import measure; "
+        "import json; from simulations.bench.bench_user_table import measure; "
         f"print(json.dumps(measure({path!r})))"
     )
     out = subprocess.run(
@@ -108,7 +108,7 @@ def _in_fresh_process(path: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulations.bench_user_table")
+    parser = argparse.ArgumentParser(prog="python -m simulations.bench.bench_user_table")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--features", type=int, default=20)

@@ -1,6 +1,6 @@
 """The privacy-utility experiment's summary as algorithm x epsilon tables.
 
-    python -m simulations.privacy_table results/privacy-sinusoid
+    python -m simulations.analysis.privacy_table results/privacy-sinusoid
 
 Reads ``summary.csv`` of an experiment whose rows are named ``<algorithm>`` (no DP,
 epsilon = infinity) and ``<algorithm>@eps<E>`` (simulations/experiments/privacy-*.yaml).

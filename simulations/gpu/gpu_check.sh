@@ -2,7 +2,7 @@
 # The GPU check, one script for a lent GPU machine (torch + CUDA there; no Flower, no network):
 #   1. installs the carried wheels (Flower & co.) unless Flower is already importable (60 s);
 #   2. runs the whole test suite with CUDA present and the default `device: auto`: its fast
-#      part, `python -m simulations.bench_cohort --gpu` (Omniglot conv4-64, one-by-one vs
+#      part, `python -m simulations.bench.bench_cohort --gpu` (Omniglot conv4-64, one-by-one vs
 #      cohort; when that file exists), then the slow part (tests/e2e needs Ray, which is not
 #      carried, and is left out where `import ray` fails).
 # Logs and results go to $OUT (at most 8 files, for a machine that returns only a few): setup.log,
@@ -11,9 +11,9 @@
 # the next; the script exits 1 if any failed.
 #
 # Here, once, from the project root (fills the git-ignored .whl/ and .gpu-data/, ~33 MiB):
-#     bash simulations/gpu_prepare.sh omniglot femnist
+#     bash simulations/gpu/gpu_prepare.sh omniglot femnist
 # On the GPU machine, with .whl/ and .gpu-data/ copied beside the checkout, within 10 minutes:
-#     bash simulations/gpu_check.sh
+#     bash simulations/gpu/gpu_check.sh
 # On a CPU machine with the project installed the same steps run as a dry run of the script:
 # tests marked cuda are skipped and the benchmark refuses (it needs CUDA).
 set -euo pipefail
@@ -39,7 +39,7 @@ step() {
 
 {
   if ! python3 -c 'import flwr' 2>/dev/null; then
-    [ -d .whl ] || { echo "no .whl/ here: run simulations/gpu_prepare.sh here first, carry .whl"; exit 2; }
+    [ -d .whl ] || { echo "no .whl/ here: run simulations/gpu/gpu_prepare.sh here first, carry .whl"; exit 2; }
     timeout 60 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
       --upgrade --target /tmp/site .whl/*.whl
   fi
@@ -63,8 +63,8 @@ pytest=(python3 -m pytest -q -rfEs -p no:cacheprovider)
 # Most needed first: the suite's fast part (35 s on 2 CPU cores), the GPU figures, then the
 # slow part (real SuperLinks and SuperNodes, about 3 minutes without Ray on 2 CPU cores).
 step tests-fast 140 "${pytest[@]}" -m "not slow"
-if [ -f simulations/bench_cohort.py ]; then
-  step bench-cohort 120 python3 -m simulations.bench_cohort --gpu --omniglot "$data/omniglot" \
+if [ -f simulations/bench/bench_cohort.py ]; then
+  step bench-cohort 120 python3 -m simulations.bench.bench_cohort --gpu --omniglot "$data/omniglot" \
     --out "$out/bench-cohort.json" --runs /tmp/bench-cohort-runs
 fi
 step tests-slow 200 "${pytest[@]}" -m slow "${no_ray[@]}"

@@ -1,7 +1,7 @@
 """What a node pays to start its ClientApp: import time, data loading, memory, per dataset.
 
-    python -m deploy.clientapp_cost                     # every dataset whose data is here
-    python -m deploy.clientapp_cost --repeat 5 --data-dir ../shared/data
+    python -m deploy.measure.clientapp_cost             # every dataset whose data is here
+    python -m deploy.measure.clientapp_cost --repeat 5 --data-dir ../shared/data
 
 Each probe is a fresh interpreter that imports ``client.app`` (timed: torch, Flower and the
 app), then loads one client's data as a SuperNode does on its first message (timed:
@@ -98,9 +98,11 @@ def cases(data_dir: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.clientapp_cost", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.measure.clientapp_cost", description=__doc__
+    )
     parser.add_argument("--repeat", type=int, default=3, help="probes per dataset (medians)")
-    default_data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    default_data = Path(__file__).resolve().parents[3] / "shared" / "data"
     parser.add_argument("--data-dir", type=Path, default=default_data)
     args = parser.parse_args(argv)
     if args.repeat < 1:

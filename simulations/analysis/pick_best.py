@@ -1,6 +1,6 @@
 """Pick each algorithm's best setting from a tuning sweep's ``summary.csv``.
 
-    python -m simulations.pick_best results/bench/sinusoid-tuning-paper \\
+    python -m simulations.analysis.pick_best results/bench/sinusoid-tuning-paper \\
         --by new-mse-k1-mean,new-mse-k5-mean,new-mse-k10-mean
 
 A tuning YAML names its rows ``<group>@<setting>`` (``maml@s0.003b0.001``); the rows of one

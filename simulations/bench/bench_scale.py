@@ -1,7 +1,7 @@
 """A million sinusoid clients on one machine, 1,000 per round: seconds, CPU and memory.
 
-    nice -n 10 python -m simulations.bench_scale                      # 1,000,000 and 1,000
-    python -m simulations.bench_scale --clients 1000000 --engines loop --rounds 8
+    nice -n 10 python -m simulations.bench.bench_scale                      # 1,000,000 and 1,000
+    python -m simulations.bench.bench_scale --clients 1000000 --engines loop --rounds 8
 
 For each population (default: 1,000,000, and 1,000 as the baseline with the same work per
 round) and each engine (the one-process loop; the Simulation Engine with ``--nodes`` Flower
@@ -25,39 +25,32 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import psutil
 
-from simulations.bench_throughput import machine
+from common.background_sampler import BackgroundSampler
+from simulations.bench.bench_throughput import machine
 
 GIB = 1024**3
 ACCOUNTANTS = ("pld", "rdp")  # server/privacy.py: the default, and the one it replaced
 
 
-class TreeMeter(threading.Thread):
+class TreeMeter(BackgroundSampler):
     """Peak RSS of a process tree, and its CPU seconds when each round's row appears."""
 
     def __init__(self, pid: int, metrics: Path, interval: float = 0.2) -> None:
-        super().__init__(daemon=True)
         self.root, self.metrics, self.interval = psutil.Process(pid), metrics, interval
         self.peak = 0
         self.cpu_at_round: dict[int, float] = {}
         self.cpu_total = 0.0
-        self._done = threading.Event()
         self._cpu_of: dict[int, float] = {}  # pid -> last CPU seconds seen (exited ones kept)
 
-    def run(self) -> None:
-        while not self._done.is_set():
-            self._sample()
-            self._done.wait(self.interval)
-
-    def _sample(self) -> None:
+    def tick(self) -> bool:
         try:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            return
+            return True
         rss = 0
         for p in procs:
             try:
@@ -71,10 +64,7 @@ class TreeMeter(threading.Thread):
         rows = self.metrics.read_text().count("\n") if self.metrics.exists() else 0
         for rnd in range(1, rows + 1):
             self.cpu_at_round.setdefault(rnd, self.cpu_total)
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
+        return True
 
 
 def config(clients: int, nodes: int, per_round: int, rounds: int, run_dir: Path) -> dict:

@@ -1,6 +1,6 @@
 """The robustness benchmark's summary as one attack x defence table.
 
-    python -m simulations.robustness_table results/robustness-sinusoid
+    python -m simulations.analysis.robustness_table results/robustness-sinusoid
 
 Reads ``summary.csv`` of a robustness experiment (simulations/experiments/robustness-*.yaml)
 whose rows are named ``<attack><percent>[+<defence>]``: ``clean``, ``clean+median``,

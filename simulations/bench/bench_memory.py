@@ -1,7 +1,7 @@
 """Memory over rounds: 1,000 registered clients on Flower's Simulation Engine.
 
-    nice -n 5 python -m simulations.bench_memory                      # 1000 nodes, 10% per round
-    python -m simulations.bench_memory --registered 1000 --fraction 0.1 --rounds 40
+    nice -n 5 python -m simulations.bench.bench_memory                # 1000 nodes, 10% per round
+    python -m simulations.bench.bench_memory --registered 1000 --fraction 0.1 --rounds 40
 
 Runs the app (sinusoid, default settings) and samples the RSS of every process the
 SuperLink started, once a second, grouped by role (SuperLink, SuperExec, the
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from simulations.bench_throughput import machine
+from simulations.bench.bench_throughput import machine
+from simulations.bench.proc_memory import ROLES, TreeSampler
 from simulations.engine import simulation_superlink
-from simulations.proc_memory import ROLES, TreeSampler
 
 MIB = 1024**2
 
