@@ -71,11 +71,11 @@ from common.messages import (
     write_reply,
 )
 from common.meta import bounded_step_sizes
+from common.streams import EVALUATE_PURPOSE, TRAIN_PURPOSE
 
 app = ClientApp(mods=[secagg_when_asked])  # SecAgg+ rounds only (client/secagg.py)
 
 PERSONAL_STATE_PREFIX = "personal-model/"  # context.state slot of the 'local' baseline
-TRAIN_PURPOSE, EVALUATE_PURPOSE = 0, 1  # rng streams of a round
 
 
 @dataclass(frozen=True)

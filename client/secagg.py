@@ -46,8 +46,8 @@ from common.messages import (
     STATE_KEYS,
     SUM_PREFIX,
 )
+from common.streams import NODE_NOISE_PURPOSE
 
-NODE_NOISE_PURPOSE = 3  # rng stream (seed, round, purpose, partitions), reproducible mode only
 COUNTS_KEY = "secagg/counts"  # the extra array: [C m / M, 2C/M sum_i (b_i - 1/2)]
 FITINS_CONFIG = "fitins.config"
 

@@ -30,11 +30,10 @@ import torch
 from torch.func import vmap
 from torch.utils._pytree import tree_flatten, tree_map
 
+from common.streams import TORCH_STREAM
+
 log = logging.getLogger("flwr")
 
-# Spawn key of the torch-seed child of a client's numpy SeedSequence: far above the
-# children the project spawns, so the child is a stream of its own.
-TORCH_STREAM = 2**31 - 1
 
 _VMAP_PROBLEM: dict[Hashable, str | None] = {}  # per process: key -> why vmap failed, or None
 

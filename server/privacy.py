@@ -49,6 +49,7 @@ import numpy as np
 from flwr.supercore.differential_privacy import compute_adaptive_noise_params
 
 from common.config import ConfigError, Settings
+from common.streams import NOISE_PURPOSE as NOISE_PURPOSE  # server/strategy.py reads it here
 
 # dp-accounting (and SciPy under it) is imported by the functions that account, so a run
 # without DP never loads it: a server starts faster, and a machine without it (the lent GPU
@@ -57,8 +58,6 @@ if TYPE_CHECKING:
     from dp_accounting import dp_event
 
 NamedArrays = dict[str, np.ndarray]
-NOISE_PURPOSE = 2  # rng stream (noise key, round, purpose) of the server's DP noise
-SAMPLE_PURPOSE = 0  # rng stream (noise key, round, purpose) of DP's Poisson sample
 NOISE_KEY_BITS = 128
 # PLD's grid step on the privacy loss: 10x faster than the library's 1e-4 and, on the runs
 # of docs/privacy.md, within 0.05% of it (the discretisation is pessimistic either way).

@@ -12,9 +12,10 @@ from torch.func import functional_call
 
 from common.arrays import to_tensors
 from common.config import parse_settings
-from common.data.sinusoid import NEW_CLIENT_STREAM, X_RANGE, sinusoid_client, sinusoid_task
+from common.data.sinusoid import X_RANGE, sinusoid_client, sinusoid_task
 from common.evaluation import personalize_and_score
 from common.models import model_for
+from common.streams import NEW_CLIENT_STREAM
 
 PREFERRED = ("maml", "fedavg-ft", "perfedavg-fo", "perfedavg-hf", "metasgd", "fedavg", "local")
 
