@@ -422,7 +422,8 @@ def _result_json(r: Result) -> dict[str, Any]:
 
 
 # ============================================================================ main
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
+    """The options; those left at None get a default that depends on --quick (parse_args)."""
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -464,6 +465,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="skip engine runs of more nodes (default 1000; quick 100)",
     )
     p.add_argument("--run-timeout", type=float, default=900, help="seconds one run may take")
+    _add_gpu_and_output_options(p)
+    return p
+
+
+def _add_gpu_and_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", action="store_true", help="run the Omniglot GPU part instead")
     p.add_argument("--omniglot", type=Path, help="Omniglot folder (images_background.npz)")
     p.add_argument("--gpu-rounds", type=int, default=6, help="rounds per Omniglot run")
@@ -472,6 +478,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--runs", type=Path, help="keep run folders here (default: a temp folder)")
     p.add_argument("--loop-worker", nargs=2, help=argparse.SUPPRESS)  # CONFIG NODES
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = _parser()
     args = p.parse_args(argv)
     sizes = args.sizes or ("10,100" if args.quick else "10,100,1000")
     args.sizes = [int(s) for s in sizes.split(",")]
