@@ -48,7 +48,7 @@ BUGS = (
         "common/evaluation.py",
         "        correct = (out.argmax(dim=1) == y).to(per_row.dtype)",
         "        correct = (out.argmin(dim=1) == y).to(per_row.dtype)",
-        (KNOWN_BUGS_TESTS, "tests/common/test_personalize.py"),
+        (KNOWN_BUGS_TESTS, "tests/common/test_evaluation.py"),
     ),
     Bug(
         "weights-by-test-size",

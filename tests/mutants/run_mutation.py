@@ -69,9 +69,9 @@ GROUPS = {
     "personalize": Group(
         ("common/evaluation.py",),
         (
-            "tests/common/test_personalize.py",
+            "tests/common/test_evaluation.py",
             "tests/common/test_tensors_of.py",
-            "tests/common/test_personalize_guards.py",
+            "tests/common/test_evaluation_guards.py",
             KNOWN_BUGS,
         ),
     ),
@@ -89,7 +89,7 @@ GROUPS = {
     ),
     "privacy": Group(
         ("server/privacy.py", "common/dp_mechanism.py"),
-        ("tests/server/test_privacy.py", "tests/common/test_privacy.py"),
+        ("tests/server/test_privacy.py", "tests/common/test_dp_clipping.py"),
     ),
 }
 
