@@ -84,3 +84,16 @@ def test_every_sampler_in_the_project_is_this_one():
 
     for sampler in (TreeSampler, TreeMeter, NodeSampler, GpuSampler):
         assert issubclass(sampler, BackgroundSampler), sampler
+
+
+def test_tree_meter_reads_cpu_seconds_at_each_round_row(tmp_path):
+    from simulations.bench.bench_scale import TreeMeter
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"round": 1}\n{"round": 2}\n')
+    meter = TreeMeter(os.getpid(), metrics, interval=0.01)
+    meter.start()
+    sum(i * i for i in range(200_000))  # spend some CPU while it samples
+    meter.stop()
+    assert sorted(meter.cpu_at_round) == [1, 2]
+    assert meter.cpu_total > 0 and meter.peak > 10 * 2**20
