@@ -11,7 +11,7 @@ contract, keys and layout, is common/messages.py):
              ``num-examples``, ``skipped`` flag and training losses as lists.
 ``evaluate`` personalises a functional copy of the received theta with k steps on each
              client's train split and scores it, before and after, on its held-out test
-             split (common/evaluation.py). A node whose node config has ``model-dir``
+             split (common/scoring.py). A node whose node config has ``model-dir``
              also keeps each personalised model on its own disk (client/model_store.py).
 
 A client too small for the configured batches is reported as skipped, with the reason,
@@ -55,7 +55,6 @@ from common.arrays import (
 )
 from common.config import Algorithm, AttackKind, settings_to_run_config
 from common.dp_mechanism import WITHIN_CLIP, clip_rows
-from common.evaluation import evaluate_cohort, tensors_of
 from common.fingerprint import check_code
 from common.messages import (
     ACC_AFTER,
@@ -71,6 +70,7 @@ from common.messages import (
     write_reply,
 )
 from common.meta import bounded_step_sizes
+from common.scoring import evaluate_cohort, tensors_of
 from common.streams import EVALUATE_PURPOSE, TRAIN_PURPOSE
 
 app = ClientApp(mods=[secagg_when_asked])  # SecAgg+ rounds only (client/secagg.py)

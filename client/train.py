@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from common.batching import map_clients, probe_key, torch_seed
 from common.config import MetaOrder, Settings
-from common.evaluation import loss_fn_for, stack_to_device
 from common.meta import (
     Batch,
     LossFn,
@@ -37,6 +36,7 @@ from common.meta import (
     meta_gradient,
     sgd_step,
 )
+from common.scoring import loss_fn_for, stack_to_device
 from common.tasks import task_sampler
 
 

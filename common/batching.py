@@ -1,6 +1,6 @@
 """One per-client function over a cohort: vmapped when the model allows it, else client by client.
 
-Local training (client/train.py) and personalisation (common/evaluation.py) each write
+Local training (client/train.py) and personalisation (common/scoring.py) each write
 the work of one client as a pure function and run a cohort of clients through
 :func:`map_clients`. Most models batch under ``torch.func.vmap``; some cannot: ``nn.GRU``
 and ``nn.LSTM`` (their fused kernels have no batching rule), a Python branch on a

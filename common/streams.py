@@ -88,5 +88,5 @@ POINTS_DRAW = 1  # sinusoid: the task's x points (synthetic draws both from one 
 # ---- derived streams --------------------------------------------------------------------
 # A client's torch seed: a child of its numpy generator's SeedSequence with this spawn key,
 # far above any child the project spawns (common/batching.py). Evaluation splits it per
-# episode with [torch seed, episode] (common/evaluation.py), keyed by the episode only.
+# episode with [torch seed, episode] (common/scoring.py), keyed by the episode only.
 TORCH_STREAM = 2**31 - 1

@@ -18,8 +18,8 @@ from torch import nn
 
 from common.config import Settings, Task
 from common.data.registry import load_new_client_data
-from common.evaluation import evaluate_cohort
 from common.meta import Params, StepSize, bounded_step_sizes
+from common.scoring import evaluate_cohort
 from common.streams import NEW_CLIENT_PURPOSE
 from server.evaluation import client_stats, diverged_clients
 

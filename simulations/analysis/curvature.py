@@ -64,8 +64,8 @@ def client_paths(
     from client.personalize import load_global_model
     from common.config import Task
     from common.data.registry import load_new_client_data
-    from common.evaluation import loss_fn_for, tensors_of
     from common.models import model_for
+    from common.scoring import loss_fn_for, tensors_of
 
     g = load_global_model(model_path)
     s = g.settings

@@ -13,8 +13,8 @@ from torch.func import functional_call
 from common.arrays import to_tensors
 from common.config import parse_settings
 from common.data.sinusoid import X_RANGE, sinusoid_client, sinusoid_task
-from common.evaluation import personalize_and_score
 from common.models import model_for
+from common.scoring import personalize_and_score
 from common.streams import NEW_CLIENT_STREAM
 
 PREFERRED = ("maml", "fedavg-ft", "perfedavg-fo", "perfedavg-hf", "metasgd", "fedavg", "local")

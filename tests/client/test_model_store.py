@@ -13,8 +13,8 @@ from client.app import app as client_app
 from client.model_store import INFO_FILE, STATE_FILE, ModelStoreError, save_personalized
 from common.config import parse_settings
 from common.data.registry import load_client_data
-from common.evaluation import personalize_and_score
 from common.models import model_for
+from common.scoring import personalize_and_score
 from server.app import run_federation
 from simulations.loop import LoopGrid
 from tests.torch_files import storage_locations

@@ -11,9 +11,9 @@ import torch
 
 from client.train import train_cohort
 from common.config import MetaOrder, parse_settings
-from common.evaluation import loss_fn_for
 from common.meta import loss_and_gradients, meta_gradient, sgd_step
 from common.models import model_for
+from common.scoring import loss_fn_for
 from common.tasks import task_sampler
 
 CPU = torch.device("cpu")

@@ -67,11 +67,11 @@ GROUPS = {
         ),
     ),
     "personalize": Group(
-        ("common/evaluation.py",),
+        ("common/scoring.py",),
         (
-            "tests/common/test_evaluation.py",
+            "tests/common/test_scoring.py",
             "tests/common/test_tensors_of.py",
-            "tests/common/test_evaluation_guards.py",
+            "tests/common/test_scoring_guards.py",
             KNOWN_BUGS,
         ),
     ),

@@ -13,7 +13,7 @@ from torch import nn
 from common.config import Task
 from common.data.episodes import EpisodeSpec, EpisodicData, evaluation_episodes
 from common.data.types import ClientData
-from common.evaluation import evaluate_cohort, personalize_and_score
+from common.scoring import evaluate_cohort, personalize_and_score
 
 CPU = torch.device("cpu")
 

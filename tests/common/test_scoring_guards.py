@@ -10,7 +10,7 @@ from torch import nn
 
 from common.config import Task
 from common.data.types import ClientData
-from common.evaluation import evaluate_cohort
+from common.scoring import evaluate_cohort
 
 
 def test_evaluate_cohort_needs_one_rng_per_client():
