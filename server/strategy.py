@@ -24,7 +24,6 @@ from common.streams import SAMPLE_EVALUATE_PURPOSE, SAMPLE_TRAIN_PURPOSE
 from server.nodes import NodeDirectory, cohort_size
 
 
-
 @dataclass(frozen=True)
 class Cohort:
     """The clients a round asks: node id -> partitions, and the population drawn from."""
