@@ -67,11 +67,11 @@ GROUPS = {
         ),
     ),
     "personalize": Group(
-        ("common/personalize.py",),
+        ("common/scoring.py",),
         (
-            "tests/common/test_personalize.py",
+            "tests/common/test_scoring.py",
             "tests/common/test_tensors_of.py",
-            "tests/common/test_personalize_guards.py",
+            "tests/common/test_scoring_guards.py",
             KNOWN_BUGS,
         ),
     ),
@@ -88,8 +88,8 @@ GROUPS = {
         ("tests/server/test_robust.py", "tests/server/test_robust_edges.py"),
     ),
     "privacy": Group(
-        ("server/privacy.py", "common/privacy.py"),
-        ("tests/server/test_privacy.py", "tests/common/test_privacy.py"),
+        ("server/privacy.py", "common/dp_mechanism.py"),
+        ("tests/server/test_privacy.py", "tests/common/test_dp_clipping.py"),
     ),
 }
 
