@@ -89,7 +89,11 @@ GROUPS = {
     ),
     "privacy": Group(
         ("server/privacy.py", "common/privacy.py"),
-        ("tests/server/test_privacy.py", "tests/common/test_privacy.py"),
+        (
+            "tests/server/test_privacy.py",
+            "tests/common/test_privacy.py",
+            "tests/common/test_distributed_dp.py",
+        ),
     ),
 }
 
