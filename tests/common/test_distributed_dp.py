@@ -119,3 +119,52 @@ def test_effective_noise_counts_only_the_shares_that_survived():
     # tiny shares: KLS21's tau (the sum of discrete Gaussians is not one) costs privacy
     small = DistributedNoise(1.0, bound=1.0, node_std=0.3, modulus=2**20)
     assert effective_noise_multiplier(small, 3, 1000) < 0.3 * math.sqrt(3)
+
+
+@pytest.mark.parametrize(
+    ("dim", "branch"),
+    [(1, "first"), (400, "second")],  # d = 1: the square-root bound wins; d = 400: the other
+)
+def test_effective_noise_equals_kls21_theorem_1_by_hand(dim, branch):
+    """Three shares of std s = 0.8 and sensitivity 1.5, where KLS21's tau is large enough to
+    matter: tau = 10 (exp(-2 pi^2 s^2 / 2) + exp(-2 pi^2 s^2 2/3)), then
+    eps = min(sqrt(D^2 / (n s^2) + tau d / 2), D / (sqrt(n) s) + tau sqrt(d)), z = 1 / eps."""
+    s, bound, n = 0.8, 1.5, 3
+    tau = 10 * (math.exp(-(math.pi**2) * 0.64) + math.exp(-(math.pi**2) * 0.64 * 4 / 3))
+    first = math.sqrt(2.25 / (3 * 0.64) + tau * dim / 2)
+    second = 1.5 / (math.sqrt(3) * 0.8) + tau * math.sqrt(dim)
+    assert (first < second) == (branch == "first")
+    noise = DistributedNoise(1.0, bound=bound, node_std=s, modulus=2**20)
+    assert effective_noise_multiplier(noise, n, dim) == pytest.approx(
+        1 / min(first, second), rel=1e-12
+    )
+    # without tau (one share) the guarantee is the Gaussian's: z = s / D
+    assert effective_noise_multiplier(noise, 1, dim) == pytest.approx(0.8 / 1.5, rel=1e-12)
+    assert effective_noise_multiplier(noise, 0, dim) == 0.0
+    silent = DistributedNoise(1.0, bound=bound, node_std=0.0, modulus=2**20)
+    assert effective_noise_multiplier(silent, n, dim) == 0.0
+
+
+def test_the_grid_step_and_noise_share_by_hand():
+    """gamma from the no-wraparound rule written out: z = 1 with 8 nodes of which 2 are
+    designed to survive (all-node noise std per Delta_2: 1 * sqrt(8 / 2) = 2), 1,000 clients,
+    d = 100, m = 2^32: room = 2^31 - 1000 - 8 * 2 * 10 = 2147482488 and
+    c / gamma = 0.5 * room / (1000 + 8 * 2) = 1073741244 / 1016."""
+    noise = distributed_noise(0.25, 1.0, 100, 1000, 8, 2, 2**32)
+    scaled_clip = 1073741244 / 1016
+    assert noise.granularity == pytest.approx(0.25 / scaled_clip, rel=1e-12)
+    # Delta_2 of KLS21: min((a + sqrt(d))^2, a^2 + d/4 + sqrt(2 ln(1/beta)) (a + sqrt(d)/2)),
+    # with beta = exp(-1/2): sqrt(2 ln(1/beta)) = 1
+    a = scaled_clip
+    assert noise.bound == pytest.approx(math.sqrt(min((a + 10) ** 2, a * a + 25 + a + 5)))
+    assert noise.node_std == pytest.approx(noise.bound / math.sqrt(2), rel=1e-12)
+    assert noise.modulus == 2**32
+
+
+def test_a_modulus_too_small_for_the_clients_is_refused_at_the_threshold():
+    """Without noise, 10 clients in d = 100: c / gamma = (m / 2 - 10) / 20, which must be at
+    least 10 sqrt(d) = 100, so m = 4020 is the smallest modulus allowed."""
+    assert distributed_noise(1.0, 0.0, 100, 10, 1, 1, 4020).granularity == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="modulus 4018 leaves too little room for 10 clients "
+                                         "of dimension 100"):  # fmt: skip
+        distributed_noise(1.0, 0.0, 100, 10, 1, 1, 4018)

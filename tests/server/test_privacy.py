@@ -246,3 +246,47 @@ def test_a_fresh_run_draws_its_key_from_os_entropy_unless_reproducible():
     assert state.noise_key == 5
     first = noise_rng(state.noise_key, 1, NOISE_PURPOSE).normal(size=4)
     np.testing.assert_array_equal(first, np.random.default_rng([5, 1, 2]).normal(size=4))
+
+
+def test_delta_of_one_over_n_or_more_is_refused_with_the_population():
+    from server.privacy import check_delta
+
+    check_delta(0.0099, 100)  # just below 1/N
+    with pytest.raises(ValueError, match=r"'dp-delta' has value 0.01; allowed: below 1/N = 0.01, "
+                                         r"N = 100 clients"):  # fmt: skip
+        check_delta(0.01, 100)
+    with pytest.raises(ValueError, match="below 1/N = 0.00025, N = 4000"):
+        check_delta(1e-3, 4000)
+
+
+def test_distributed_dp_must_leave_at_least_one_node_to_add_noise():
+    from server.privacy import check_tolerated_drops
+
+    base = DP | {"secagg": True, "dp-mechanism": "distributed"}
+    two_drops = parse_settings(base | {"dp-tolerated-drops": 2})
+    check_tolerated_drops(two_drops, 3)
+    with pytest.raises(ValueError, match=r"'dp-tolerated-drops' has value 2; allowed: below the "
+                                         r"2 nodes connected"):  # fmt: skip
+        check_tolerated_drops(two_drops, 2)
+    check_tolerated_drops(parse_settings(DP | {"dp-noise-multiplier": 1.0}), 1)  # central DP
+
+
+def test_the_clipped_count_gets_noise_of_std_s_b_and_mean_zero():
+    """Adaptive clipping's released fraction b~ = (sum_i (b_i - 1/2) + N(0, s_b^2)) / k + 1/2:
+    over 4,000 releases with k = 100 (s_b = k / 20 = 5, so b~ has std 0.05) its mean is the
+    true fraction 0.7 and its std 0.05; the round reports C_t and the update's std z_D C_t."""
+    cfg = _cfg(**{"dp-noise-multiplier": 1.0, "dp-adaptive": True, "dp-clip-lr": 0.2})
+    z_update, count_std = noise_split(cfg, 1.0, expected=100)
+    state = PrivacyState(clip=0.8, noise_multiplier=1.0)
+    rng = np.random.default_rng(11)
+    total, within = {"w": np.zeros(1)}, 100 * (0.7 - 0.5)  # 70 of 100 clients within C
+    rounds = [private_mean(total, within, state, cfg, 100, rng) for _ in range(4000)]
+    fractions = np.array([r.unclipped_fraction for r in rounds])
+    sd = count_std / 100
+    assert abs(fractions.mean() - 0.7) < 5 * sd / math.sqrt(4000)
+    assert fractions.std() == pytest.approx(sd, rel=0.06)  # 5 standard errors of the std
+    first = rounds[0]
+    assert first.clip == 0.8 and first.noise_std == pytest.approx(z_update * 0.8)
+    assert first.next_clip == pytest.approx(0.8 * math.exp(-0.2 * (fractions[0] - 0.5)))
+    fixed = private_mean(total, 0.0, state, _cfg(**{"dp-noise-multiplier": 1.0}), 100, rng)
+    assert fixed.clip == 0.8 and fixed.next_clip == 0.8 and fixed.noise_std == 0.8
