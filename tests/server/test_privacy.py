@@ -290,3 +290,24 @@ def test_the_clipped_count_gets_noise_of_std_s_b_and_mean_zero():
     assert first.next_clip == pytest.approx(0.8 * math.exp(-0.2 * (fractions[0] - 0.5)))
     fixed = private_mean(total, 0.0, state, _cfg(**{"dp-noise-multiplier": 1.0}), 100, rng)
     assert fixed.clip == 0.8 and fixed.next_clip == 0.8 and fixed.noise_std == 0.8
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+def test_rounds_within_is_the_largest_count_that_fits(accountant):
+    """rounds_within's bisection against the definition: r more rounds fit the target and
+    r + 1 do not (epsilon grows with the rounds), by the configured accountant (PLD allows
+    about 14 here and RDP about 9, so the other accountant's count fails the check), and 0
+    when not even one more round fits."""
+    from server.privacy import rounds_within
+
+    cfg = _cfg(**{"dp-noise-multiplier": 1.0, "target-epsilon": 6.0, "dp-accountant": accountant})
+    spent = PrivacyLedger().add(0.2, 1.0, 3)
+
+    def fits(n: int) -> bool:
+        return spent.add(0.2, 1.0, n).epsilon(cfg.delta, accountant) <= 6.0
+
+    r = rounds_within(spent, 0.2, 1.0, cfg, 20)
+    assert 5 < r < 20 and fits(r) and not fits(r + 1)
+    assert rounds_within(spent, 0.2, 1.0, cfg, r - 2) == r - 2  # capped by ``most``
+    over = PrivacyLedger().add(0.2, 1.0, 200)  # already past the target
+    assert rounds_within(over, 0.2, 1.0, cfg, 20) == 0
