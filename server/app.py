@@ -20,28 +20,22 @@ from __future__ import annotations
 
 import json
 import time
-from logging import DEBUG, INFO, WARNING
+from dataclasses import replace
+from logging import INFO, WARNING
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from common.arrays import from_record, join_state, split_state, to_record, to_tensors
-from common.config import (
-    Algorithm,
-    ConfigError,
-    Settings,
-    parse_settings,
-    settings_to_run_config,
-)  # fmt: skip
+from common.arrays import join_state, split_state, to_record, to_tensors
+from common.config import Algorithm, ConfigError, Settings, parse_settings, settings_to_run_config
 from common.data.registry import check_data_available, smallest_train_split
 from common.device import select_device
 from common.messages import FINAL
 from common.models import model_for
 from common.tasks import batch_warnings
-from server.aggregate import OptimizerConfig, OptimizerState
 from server.delivery import send_and_receive
 from server.divergence import (
     ROLLBACK_FILE,
@@ -51,23 +45,30 @@ from server.divergence import (
     RunDiverged,
     Snapshot,
     StallCounter,
-    federation_failed,
     nonfinite_key,
 )  # fmt: skip
+from server.evaluation import Evaluation, collect_evaluation
 from server.new_clients import evaluate_new_clients
 from server.nodes import NodeDirectory, cohort_size
+from server.optimizer import OptimizerConfig
 from server.privacy import (
-    NOT_PRIVATE,
     DPConfig,
-    PrivacyBudgetExceeded,
     PrivacyState,
-    check_budget,
-    check_delta,
-    check_tolerated_drops,
-    start_state,
+    privacy_summary,
+    round_within_budget,
+    start_privacy,
 )  # fmt: skip
+from server.progress import Progress
+from server.round import (
+    ReplyRound,
+    RoundOutcome,
+    RoundReport,
+    SecureRound,
+    ServerState,
+    pipeline_for,
+)
 from server.run_folder import Checkpoint, RunFolder, check_matches
-from server.strategy import MetaStrategy
+from server.strategy import MetaStrategy, SamplingConfig
 
 app = ServerApp()
 
@@ -98,81 +99,90 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
 
 
 def _run_rounds(settings: Settings, grid: Grid, folder: RunFolder) -> dict[str, float]:
-    state = initial_state(settings)
-    optimizer_state, start = OptimizerState(), 1
-    ckpt = resume_point(settings, folder, state)
-    if ckpt is None:
-        folder.start_over()
-    else:
-        state, optimizer_state, start = ckpt.state, ckpt.optimizer, ckpt.server_round + 1
-        for name in ("metrics.jsonl", "clients.jsonl"):
-            folder.truncate_jsonl_after(name, ckpt.server_round)
-        log(INFO, "resuming from %s at round %d", folder.path, start)
-    folder.record_config(settings_to_run_config(settings))  # its hash goes with theta
-
+    """Start (or resume), train and evaluate every round, finish: the whole run."""
+    ckpt = start_or_resume(settings, folder)
     nodes = NodeDirectory(
         grid, settings.min_available_nodes, settings.node_wait_timeout, settings.round_timeout
     )
-    strategy = MetaStrategy(settings, nodes, optimizer_config(settings), optimizer_state)
-    if strategy.dp is not None:  # refuses, before round 1, rounds beyond target-epsilon
-        saved = PrivacyState.from_json(ckpt.privacy) if ckpt and ckpt.privacy else None
-        strategy.privacy = _start_privacy(settings, strategy.dp, nodes, saved)
+    strategy = MetaStrategy(SamplingConfig.from_settings(settings), nodes)
+    state = start_state(settings, ckpt, nodes)
+    pipeline = pipeline_for(settings, strategy, OptimizerConfig.from_settings(settings))
     t_run = time.monotonic()
-    loop = _RoundLoop(settings, folder, strategy, grid, to_record(state), ckpt is not None)
+    loop = _RoundLoop(settings, folder, pipeline, strategy, grid, state, ckpt is not None)
     loop.resume(ckpt)
+    start = ckpt.server_round + 1 if ckpt else 1
     stopped = loop.run(start, nodes, t_run)  # the last round run when target-epsilon stopped
-    state, trained, last_eval = from_record(loop.record), loop.trained, loop.last_eval
+    if not loop.trained:
+        raise TrainingFailed(
+            f"no client update was accepted in rounds {start}..{settings.num_rounds} "
+            f"({loop.first_drop()}), so there is no trained model: no model.pt or "
+            f"summary.json written. Every dropped client and why: {folder.file('metrics.jsonl')}"
+        )
     # Score every client on the last model: the one DP allowed, or, resumed after the last
     # round (a crash between its checkpoint and summary.json), the final one again.
     scored = stopped or (settings.num_rounds if start > settings.num_rounds else 0)
-    if scored and trained:
-        replies = send_and_receive(
-            grid,
-            strategy.configure_evaluate(scored, loop.record, ConfigRecord({FINAL: True}), grid),
-            timeout=settings.round_timeout,
-        )
-        last_eval = dict(strategy.aggregate_evaluate(scored, replies) or {})  # type: ignore[arg-type]
-        if stopped:
-            last_eval["stopped-after-round"] = stopped
-    if strategy.privacy is not None and strategy.dp is not None:
-        last_eval |= {
-            "epsilon": strategy.privacy.ledger.epsilon(strategy.dp.delta, strategy.dp.accountant),
-            "delta": strategy.dp.delta,
-            "noise-multiplier": strategy.privacy.noise_multiplier,
-            "final-clip": strategy.privacy.clip,
-        }
-        if strategy.dp.reproducible:  # loudly: this run's epsilon protects no one
-            last_eval["not-a-private-release"] = 1.0
-    if not trained:
-        raise TrainingFailed(
-            f"no client update was accepted in rounds {start}..{settings.num_rounds} "
-            f"({_first_drop(strategy)}), so there is no trained model: no model.pt or "
-            f"summary.json written. Every dropped client and why: {folder.file('metrics.jsonl')}"
-        )
-    return finish(settings, folder, state, last_eval, time.monotonic() - t_run)
+    last_eval = loop.final_evaluation(scored, stopped) if scored else loop.last_eval
+    if loop.state.privacy is not None and loop.dp is not None:
+        last_eval |= privacy_summary(loop.dp, loop.state.privacy)
+    return finish(settings, folder, loop.state.theta, last_eval, time.monotonic() - t_run)
+
+
+def start_or_resume(settings: Settings, folder: RunFolder) -> Checkpoint | None:
+    """The checkpoint to continue from (its logs cut back to it), or None: a fresh start."""
+    ckpt = resume_point(settings, folder, initial_state(settings))
+    if ckpt is None:
+        folder.start_over()
+    else:
+        for name in ("metrics.jsonl", "clients.jsonl"):
+            folder.truncate_jsonl_after(name, ckpt.server_round)
+        log(INFO, "resuming from %s at round %d", folder.path, ckpt.server_round + 1)
+    folder.record_config(settings_to_run_config(settings))  # its hash goes with theta
+    return ckpt
+
+
+def start_state(settings: Settings, ckpt: Checkpoint | None, nodes: NodeDirectory) -> ServerState:
+    """theta, the optimizer's and DP's state of the first round to run. DP refuses, before
+    round 1, rounds beyond target-epsilon."""
+    if ckpt is None:
+        state = ServerState(initial_state(settings))
+    else:
+        state = ServerState(ckpt.state, ckpt.optimizer)
+    if not settings.dp:
+        return state
+    saved = PrivacyState.from_json(ckpt.privacy) if ckpt and ckpt.privacy else None
+    clients = nodes.wait()
+    expected = cohort_size(len(clients), settings.fraction_train)
+    node_count = len({node for _, node in clients})
+    privacy = start_privacy(
+        settings, DPConfig.from_settings(settings), len(clients), node_count, expected, saved
+    )
+    return replace(state, privacy=privacy)
 
 
 class _RoundLoop:
     """The rounds of one run: train, guard against divergence (server/divergence.py),
-    evaluate, log and checkpoint. The caller reads ``record``, ``trained`` and
-    ``last_eval`` once :meth:`run` returns."""
+    evaluate, log and checkpoint. It owns the server's state between rounds: the caller
+    reads ``state``, ``trained`` and ``last_eval`` once :meth:`run` returns."""
 
     def __init__(
-        self, settings: Settings, folder: RunFolder, strategy: MetaStrategy, grid: Grid,
-        record: ArrayRecord, trained: bool,
+        self, settings: Settings, folder: RunFolder, pipeline: ReplyRound | SecureRound,
+        strategy: MetaStrategy, grid: Grid, state: ServerState, trained: bool,
     ) -> None:  # fmt: skip
-        self.settings, self.folder, self.strategy, self.grid = settings, folder, strategy, grid
-        self.record = record  # theta as sent; replaced only when a round aggregates
+        self.settings, self.folder, self.grid = settings, folder, grid
+        self.pipeline, self.strategy = pipeline, strategy
+        self.dp = DPConfig.from_settings(settings) if settings.dp else None
+        self.state = state  # replaced only when a round steps
         self.trained = trained  # a checkpoint is written only once an update was accepted
         self.last_eval: dict[str, float] = {}
-        self.train_metrics: MetricRecord | None = None
+        self.outcome: RoundOutcome | None = None  # the last training round's
+        self.evaluation = Evaluation(None)  # the last round's evaluation
         self.rollbacks = Rollbacks()
         self.stall = StallCounter(settings.max_stalled_rounds)
         self.base: Snapshot | None = None  # the state before the last step applied
         self.undo: Snapshot | None = None  # what a rollback of this round restores
         self.watch = LossWatch()  # the shared model's loss before adapting, vs its first
-        self.last_good: Snapshot | None = Snapshot(0, record, strategy.optimizer_state)
-        self.round_eval: dict[str, float] = {}
+        self.last_good: Snapshot | None = Snapshot(0, state.theta, state.optimizer)
+        self.progress = Progress(settings)
 
     def resume(self, ckpt: Checkpoint | None) -> None:
         """Carry the guard's state over a resume: the step size earlier rollbacks left, the
@@ -183,128 +193,163 @@ class _RoundLoop:
             return
         if path.exists():
             self.rollbacks = Rollbacks.from_json(json.loads(path.read_text()))
-            self.strategy.optimizer = self.rollbacks.optimizer(self.strategy.optimizer)
+            optimizer = self.rollbacks.optimizer(self.pipeline.optimizer)
+            self.pipeline = replace(self.pipeline, optimizer=optimizer)
         self.watch = LossWatch.from_rows(_jsonl_rows(self.folder.file("metrics.jsonl")))
-        self.last_good = Snapshot(ckpt.server_round, self.record, ckpt.optimizer)
+        self.last_good = Snapshot(ckpt.server_round, self.state.theta, ckpt.optimizer)
 
     def run(self, start: int, nodes: NodeDirectory, t_run: float) -> int:
         """Rounds ``start``.. to the end; the last round run if target-epsilon stopped the
         run early, else 0. Raises :class:`RunDiverged` if the run diverged for good."""
         rnd = start
-        while rnd <= self.settings.num_rounds:
-            t0 = time.monotonic()
-            if not _within_budget(self.strategy, nodes, rnd):
-                return rnd - 1
-            divergence = self._train(rnd, t0) or self._evaluate_and_log(rnd, t0)
-            if divergence is None:
-                rnd += 1
-            else:
-                rnd = self._diverged(divergence, t0, t_run)
+        with self.progress:
+            while rnd <= self.settings.num_rounds:
+                t0 = time.monotonic()
+                if not self._within_budget(nodes, rnd):
+                    return rnd - 1
+                divergence = self._train(rnd, t0) or self._evaluate_and_log(rnd, t0)
+                rnd = rnd + 1 if divergence is None else self._diverged(divergence, t0, t_run)
         return 0
+
+    def _within_budget(self, nodes: NodeDirectory, rnd: int) -> bool:
+        if self.dp is None or self.state.privacy is None:
+            return True
+        population = len(nodes.wait())
+        q = cohort_size(population, self.settings.fraction_train) / population
+        return round_within_budget(self.dp, self.state.privacy, q, rnd)
 
     def _train(self, rnd: int, t0: float) -> Divergence | None:
         """Train round ``rnd``; how the run diverged, if this round shows it did."""
-        s, strategy, grid = self.settings, self.strategy, self.grid
-        before = Snapshot(rnd - 1, self.record, strategy.optimizer_state)
-        self.round_eval = {}
-        if s.secagg:
-            replies: list[Message] = []
-            new_record, self.train_metrics = strategy.train_secure(rnd, self.record, grid)
-        else:
-            messages = strategy.configure_train(rnd, self.record, ConfigRecord(), grid)
-            replies = list(send_and_receive(grid, messages, timeout=s.round_timeout))
-            new_record, self.train_metrics = strategy.aggregate_train(rnd, replies)
-        if new_record is not None:
-            bad = nonfinite_key(from_record(new_record))
-            if bad is not None:
+        before = Snapshot(rnd - 1, self.state.theta, self.state.optimizer)
+        self.evaluation = Evaluation(None)
+        outcome = self.outcome = self.pipeline.train_round(rnd, self.state, self.grid)
+        report = outcome.report
+        if outcome.theta is not None:
+            bad = nonfinite_key(outcome.theta)
+            if bad is not None:  # DP's ledger still counts the round's release
+                self.state = replace(self.state, privacy=outcome.privacy_state)
                 self.undo = before
                 why = f"'{bad}' holds NaN or infinite values after the server step"
                 return Divergence(rnd, rnd, why)
-            self.record, self.trained, self.base = new_record, True, before
-        elif not self.trained and replies and all(m.has_error() for m in replies):
-            self.folder.append_jsonl("metrics.jsonl", _round_row(rnd, strategy, None, {}, t0))
+            self.trained, self.base = True, before
+        self.state = outcome.state(self.state)
+        if outcome.theta is None and not self.trained and report.every_reply_failed:
+            self.folder.append_jsonl("metrics.jsonl", self._row(rnd, {}, t0))
             raise TrainingFailed(
                 f"round {rnd}: every client failed and no update was ever accepted, so the "
-                f"run stops ({_first_drop(strategy)}); nothing was saved as trained. Every "
+                f"run stops ({self.first_drop()}); nothing was saved as trained. Every "
                 f"dropped client and why: {self.folder.file('metrics.jsonl')}"
             )
-        asked = sum(len(p) for p in strategy.asked.values())
-        failed = not s.secagg and federation_failed(replies, asked)
-        accepted = None if failed else strategy.report.accepted
-        self.stall = self.stall.after(accepted, self.trained, asked)
+        accepted = None if report.failed else report.accepted
+        self.stall = self.stall.after(accepted, self.trained, report.asked)
         self.undo = self.base  # a stall: undo the step that led to it
-        return self.stall.divergence(rnd, _first_drop(strategy))
+        return self.stall.divergence(rnd, self.first_drop())
+
+    def evaluate(self, rnd: int, final: bool) -> Evaluation:
+        """Score the shared model (adapted per client) on a sample of clients."""
+        cohort = self.strategy.sample_evaluate(rnd, final)
+        config = ConfigRecord({FINAL: final})
+        messages = self.strategy.evaluate_messages(rnd, to_record(self.state.theta), cohort, config)
+        replies = send_and_receive(self.grid, messages, timeout=self.settings.round_timeout)
+        return collect_evaluation(replies, cohort.asked, self.settings.task)
+
+    def final_evaluation(self, scored: int, stopped: int) -> dict[str, float]:
+        """Every client scored on the last model, after target-epsilon or a resume."""
+        last_eval = dict(self.evaluate(scored, final=True).metrics or {})
+        if stopped:
+            last_eval["stopped-after-round"] = stopped
+        return last_eval
 
     def _evaluate_and_log(self, rnd: int, t0: float) -> Divergence | None:
         """Evaluate (on evaluation rounds), log and checkpoint round ``rnd``; the divergence
         its evaluation shows (the loss watch), if any, before anything is written."""
-        s, strategy, folder = self.settings, self.strategy, self.folder
-        final = rnd == s.num_rounds
-        eval_metrics = None
-        if final or rnd % s.evaluate_every == 0:
-            messages = strategy.configure_evaluate(
-                rnd, self.record, ConfigRecord({FINAL: final}), self.grid
-            )
-            replies = send_and_receive(self.grid, messages, timeout=s.round_timeout)
-            eval_metrics = strategy.aggregate_evaluate(rnd, replies)
-        else:
-            strategy.report.eval_clients = []
-        self.round_eval = dict(eval_metrics or {})  # type: ignore[arg-type]
-        self.watch, divergence = self.watch.after(rnd, self.round_eval)
+        s, folder = self.settings, self.folder
+        if rnd == s.num_rounds or rnd % s.evaluate_every == 0:
+            self.evaluation = self.evaluate(rnd, final=rnd == s.num_rounds)
+        round_eval = dict(self.evaluation.metrics or {})
+        self.watch, divergence = self.watch.after(rnd, round_eval)
         if divergence is not None:
             self.undo = self.last_good  # the last state whose evaluation was sound
             return divergence
-        self.last_eval = self.round_eval
-        if eval_metrics is not None:
-            self.last_good = Snapshot(rnd, self.record, strategy.optimizer_state)
-        row = _round_row(rnd, strategy, self.train_metrics, self.last_eval, t0)
+        self.last_eval = round_eval
+        if self.evaluation.metrics is not None:
+            self.last_good = Snapshot(rnd, self.state.theta, self.state.optimizer)
+        row = self._row(rnd, self.last_eval, t0)
         folder.append_jsonl("metrics.jsonl", row)
-        clients = strategy.report.eval_clients
-        folder.append_jsonl("clients.jsonl", {"round": rnd, "clients": clients})
+        folder.append_jsonl("clients.jsonl", {"round": rnd, "clients": self.evaluation.clients})
         if self.trained:  # before that, theta is the seeded initial one: nothing to keep
-            self._checkpoint(rnd, self.record, strategy.optimizer_state)
-        log(INFO if says_progress(s, row) else DEBUG, "%s", progress_line(s, row))
+            self._checkpoint(rnd, self.state)
+        self.progress.after(row)
         return None
 
-    def _checkpoint(self, rnd: int, record: ArrayRecord, optimizer: OptimizerState) -> None:
-        privacy = self.strategy.privacy.to_json() if self.strategy.privacy else None
-        self.folder.save_checkpoint(Checkpoint(rnd, from_record(record), optimizer, privacy))
+    def _checkpoint(self, rnd: int, state: ServerState) -> None:
+        privacy = state.privacy.to_json() if state.privacy else None
+        self.folder.save_checkpoint(Checkpoint(rnd, state.theta, state.optimizer, privacy))
+
+    def _row(self, rnd: int, eval_metrics: dict[str, float], t0: float) -> dict:
+        report = self.outcome.report if self.outcome else RoundReport()
+        train = self.outcome.metrics if self.outcome else None
+        return {
+            "round": rnd,
+            "train": dict(train or {}),
+            "eval": eval_metrics,
+            "accepted": report.accepted,
+            "dropped": report.dropped + self.evaluation.dropped,
+            "robust": report.robust,
+            "privacy": report.privacy,
+            "seconds": round(time.monotonic() - t0, 3),
+        }
+
+    def first_drop(self) -> str:
+        """The round's first dropped client and why, on one line, for an error message."""
+        dropped = self.outcome.report.dropped if self.outcome else []
+        if not dropped:
+            return "no client replied"
+        first = " ".join(dropped[0].split())
+        return f"first: {first[:300]}{'...' if len(first) > 300 else ''}"
 
     def _diverged(self, divergence: Divergence, t0: float, t_run: float) -> int:
         """Stop the run as diverged, or roll back: the round to run next."""
-        s, folder, undo = self.settings, self.folder, self.undo
-        rnd, reason = divergence.stopped_at, divergence.reason
-        log(WARNING, "round %d: the run diverged: %s", rnd, reason)
+        s, undo = self.settings, self.undo
+        log(WARNING, "round %d: the run diverged: %s", divergence.stopped_at, divergence.reason)
         if s.on_divergence != "rollback" or self.rollbacks.done >= s.max_rollbacks or not undo:
-            row = _round_row(rnd, self.strategy, self.train_metrics, self.round_eval, t0)
-            folder.append_jsonl("metrics.jsonl", row | {"diverged": reason})
-            summary = {
-                "diverged-at-round": divergence.server_round, "stopped-at-round": rnd,
-                "diverged-reason": reason, "rounds": s.num_rounds,
-                "seconds": time.monotonic() - t_run, **self.rollbacks.to_json(),
-            }  # fmt: skip
-            folder.write_json("summary.json", summary)
-            raise RunDiverged(divergence.server_round, reason, str(folder.file("summary.json")))
+            self._record_divergence(divergence, t0, t_run)
         # Back to the state before the step that caused it, with a smaller server step. The
         # logs lose the undone rounds (rollback.json keeps why); DP's ledger keeps them.
         self.rollbacks = self.rollbacks.next(s.rollback_lr_factor)
-        self.strategy.optimizer = self.rollbacks.optimizer(optimizer_config(s))
-        self.strategy.optimizer_state = undo.optimizer
-        self.record, self.base = undo.record, undo
-        self.stall = StallCounter(s.max_stalled_rounds)
+        optimizer = self.rollbacks.optimizer(OptimizerConfig.from_settings(s))
+        self.pipeline = replace(self.pipeline, optimizer=optimizer)
+        self.state = replace(self.state, theta=undo.theta, optimizer=undo.optimizer)
+        self.base, self.stall = undo, StallCounter(s.max_stalled_rounds)
         for name in ("metrics.jsonl", "clients.jsonl"):
-            folder.truncate_jsonl_after(name, undo.server_round)
-        events = _rollback_events(folder) + [
-            {"round": divergence.server_round, "reason": reason, "to-round": undo.server_round}
-        ]
-        folder.write_json(ROLLBACK_FILE, self.rollbacks.to_json() | {"events": events})
+            self.folder.truncate_jsonl_after(name, undo.server_round)
+        events = _rollback_events(self.folder) + [
+            {"round": divergence.server_round, "reason": divergence.reason,
+             "to-round": undo.server_round}
+        ]  # fmt: skip
+        self.folder.write_json(ROLLBACK_FILE, self.rollbacks.to_json() | {"events": events})
         if undo.server_round > 0:  # a resume from here must not find the undone rounds
-            self._checkpoint(undo.server_round, undo.record, undo.optimizer)
+            self._checkpoint(undo.server_round, self.state)
         log(
             WARNING, "rollback %d/%d: back to the end of round %d, server-lr now %.4g",
-            self.rollbacks.done, s.max_rollbacks, undo.server_round, self.strategy.optimizer.lr,
+            self.rollbacks.done, s.max_rollbacks, undo.server_round, optimizer.lr,
         )  # fmt: skip
         return undo.server_round + 1
+
+    def _record_divergence(self, divergence: Divergence, t0: float, t_run: float) -> None:
+        """Log the round, write summary.json as diverged, and stop the run."""
+        rnd, reason, s = divergence.stopped_at, divergence.reason, self.settings
+        round_eval = dict(self.evaluation.metrics or {})
+        self.folder.append_jsonl(
+            "metrics.jsonl", self._row(rnd, round_eval, t0) | {"diverged": reason}
+        )
+        summary = {
+            "diverged-at-round": divergence.server_round, "stopped-at-round": rnd,
+            "diverged-reason": reason, "rounds": s.num_rounds,
+            "seconds": time.monotonic() - t_run, **self.rollbacks.to_json(),
+        }  # fmt: skip
+        self.folder.write_json("summary.json", summary)
+        raise RunDiverged(divergence.server_round, reason, str(self.folder.file("summary.json")))
 
 
 def _jsonl_rows(path: Path) -> list[dict]:
@@ -315,50 +360,6 @@ def _jsonl_rows(path: Path) -> list[dict]:
 def _rollback_events(folder: RunFolder) -> list[dict]:
     path = folder.file(ROLLBACK_FILE)
     return list(json.loads(path.read_text()).get("events", [])) if path.exists() else []
-
-
-def _start_privacy(
-    settings: Settings, dp: DPConfig, nodes: NodeDirectory, saved: PrivacyState | None
-) -> PrivacyState:
-    """DP's state for the first round to run: resumed, or with z configured or calibrated.
-
-    The sampling rate q = k / N needs N, the clients on the nodes connected now."""
-    clients = nodes.wait()
-    population = len(clients)
-    check_delta(dp.delta, population)
-    if settings.dp_mechanism == "distributed":  # (the node count is only needed there)
-        check_tolerated_drops(settings, len({node for _, node in clients}))
-    expected = cohort_size(population, settings.fraction_train)
-    q = expected / population
-    state, planned = start_state(settings, dp, q, expected, saved)
-    log(
-        INFO,
-        "DP: noise multiplier %.4g, clip %.4g, Poisson sampling q = %d/%d = %.4g; epsilon "
-        "after round %d: %.4g at delta %g",
-        state.noise_multiplier, state.clip, expected, population, q, settings.num_rounds,
-        planned, dp.delta,
-    )  # fmt: skip
-    if dp.reproducible:
-        log(WARNING, "DP: %s; epsilon does not hold against anyone who knows the seed", NOT_PRIVATE)
-    return state
-
-
-def _within_budget(strategy: MetaStrategy, nodes: NodeDirectory, rnd: int) -> bool:
-    """Whether round ``rnd`` may run without exceeding target-epsilon at today's q.
-
-    The plan is checked before round 1; q grows when nodes leave (k / N with fewer N),
-    so each round is checked again and the run stops before the round that would exceed."""
-    dp, privacy = strategy.dp, strategy.privacy
-    if dp is None or privacy is None or not dp.target_epsilon:
-        return True
-    population = len(nodes.wait())
-    q = cohort_size(population, strategy.settings.fraction_train) / population
-    try:
-        check_budget(privacy.ledger, q, privacy.noise_multiplier, 1, dp)
-    except PrivacyBudgetExceeded as err:
-        log(WARNING, "round %d not run, the run stops here: %s", rnd, err)
-        return False
-    return True
 
 
 def resume_point(
@@ -391,69 +392,6 @@ def resume_point(
         log(level, "resuming with %s = %r (was %r)", key, new, was)
     check_matches(ckpt, folder.file("checkpoint.npz"), state)
     return ckpt
-
-
-def _round_row(
-    rnd: int, strategy: MetaStrategy, train_metrics: MetricRecord | None,
-    eval_metrics: dict[str, float], t0: float,
-) -> dict:  # fmt: skip
-    return {
-        "round": rnd,
-        "train": dict(train_metrics or {}),
-        "eval": eval_metrics,
-        "accepted": strategy.report.accepted,
-        "dropped": strategy.report.dropped,
-        "robust": strategy.report.robust,
-        "privacy": strategy.report.privacy,
-        "seconds": round(time.monotonic() - t0, 3),
-    }
-
-
-def _first_drop(strategy: MetaStrategy) -> str:
-    """The round's first dropped client and why, on one line, for an error message."""
-    if not strategy.report.dropped:
-        return "no client replied"
-    first = " ".join(strategy.report.dropped[0].split())
-    return f"first: {first[:300]}{'...' if len(first) > 300 else ''}"
-
-
-def optimizer_config(s: Settings) -> OptimizerConfig:
-    return OptimizerConfig(
-        s.server_optimizer, s.server_lr, s.server_beta1, s.server_beta2, s.server_eps
-    )
-
-
-PROGRESS_LINES = 20  # a run logs about this many progress lines, whatever its length
-
-
-def says_progress(s: Settings, row: dict) -> bool:
-    """Whether a round's progress line is logged at INFO: the first and final rounds, about
-    every num-rounds / PROGRESS_LINES rounds, and any round that dropped a client (the rest
-    go to the debug log; every round is in metrics.jsonl)."""
-    rnd = row["round"]
-    every = max(1, s.num_rounds // PROGRESS_LINES)
-    return rnd in (1, s.num_rounds) or rnd % every == 0 or bool(row["dropped"])
-
-
-def progress_line(s: Settings, row: dict) -> str:
-    ev = row["eval"]
-    metric = "mse" if s.task.value == "regression" else "acc"
-    if f"{metric}-after-mean" not in ev:
-        dropped = len(row["dropped"])
-        if row["round"] % s.evaluate_every and row["round"] != s.num_rounds:
-            # distributed DP: the nodes sample their clients, the count is not released
-            accepted = "hidden" if row["accepted"] is None else row["accepted"]
-            return (
-                f"round {row['round']}/{s.num_rounds} [{s.algorithm}] trained "
-                f"{accepted} clients, dropped {dropped} {row['seconds']:.2f}s"
-            )
-        return f"round {row['round']}/{s.num_rounds}: no evaluation results ({dropped} dropped)"
-    return (
-        f"round {row['round']}/{s.num_rounds} [{s.algorithm}] "
-        f"{metric} before {ev[f'{metric}-before-mean']:.4f} -> personalised "
-        f"{ev[f'{metric}-after-mean']:.4f} (worst10 {ev[f'{metric}-after-worst10']:.4f}) "
-        f"clients {int(ev['clients'])} dropped {len(row['dropped'])} {row['seconds']:.1f}s"
-    )
 
 
 def finish(

@@ -32,11 +32,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, Message
+from flwr.app import Message
 
-from server.aggregate import DIVERGED_LOSS_FACTOR, OptimizerConfig, OptimizerState
+from common.arrays import NamedArrays
+from server.optimizer import OptimizerConfig, OptimizerState
 
 ROLLBACK_FILE = "rollback.json"
+
+# A client's personalisation diverged when its loss after adapting is not finite or above
+# this many times its loss before adapting. Adapting on a client's own data may overfit,
+# but a healthy step never multiplies the held-out loss tenfold (the plots' EXPLODED rule);
+# the 1e31 means this guards against came from a few clients at 1e30+.
+DIVERGED_LOSS_FACTOR = 10.0
 
 
 class RunDiverged(RuntimeError):
@@ -58,7 +65,7 @@ class Snapshot:
     """The server's state at the end of ``server_round``: what a rollback restores."""
 
     server_round: int
-    record: ArrayRecord
+    theta: NamedArrays
     optimizer: OptimizerState
 
 

@@ -20,7 +20,7 @@ from common.config import Settings, Task
 from common.data.registry import load_new_client_data
 from common.meta import Params, StepSize, bounded_step_sizes
 from common.personalize import evaluate_cohort
-from server.aggregate import client_stats, diverged_clients
+from server.evaluation import client_stats, diverged_clients
 
 NEW_CLIENT_PURPOSE = 3  # rng stream of new-client evaluation (0, 1: a round's train/evaluate)
 
@@ -49,7 +49,7 @@ def evaluate_new_clients(
     out: dict[str, float] = {"new-clients": settings.new_clients}
     start = [r.by_steps[0].loss for r in results]
     for k in sorted(set(steps)):
-        # A client whose adaptation diverged (server/aggregate.diverged_clients) is counted
+        # A client whose adaptation diverged (server/evaluation.diverged_clients) is counted
         # and left out of the statistics, as for the training clients.
         bad = diverged_clients(start, [r.by_steps[k].loss for r in results])
         scores = [r.by_steps[k] for r, b in zip(results, bad, strict=True) if not b]

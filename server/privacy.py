@@ -7,7 +7,7 @@ DP-FedAvg (McMahan et al. 2018, Alg. 1) as this server runs it, per round t:
   2. the server adds Gaussian noise N(0, (z_D C_t)^2) to the sum S of the clipped updates
      and divides by the *fixed* expected cohort size k = q N (not by the number that
      answered, which would itself depend on who took part):  Delta = (S + noise) / k;
-  3. the server optimizer (SGD or Adam, server/aggregate.py) steps with Delta, so the noise
+  3. the server optimizer (SGD or Adam, server/optimizer.py) steps with Delta, so the noise
      enters the meta-update Delta, never the optimizer's own step.
 
 Adaptive clipping (Andrew et al. 2021, Alg. 1): clients also report b_i = 1[||u_i|| <= C_t];
@@ -43,9 +43,11 @@ import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from logging import INFO, WARNING
 from typing import TYPE_CHECKING
 
 import numpy as np
+from flwr.supercore import log
 from flwr.supercore.differential_privacy import compute_adaptive_noise_params
 
 from common.config import ConfigError, Settings
@@ -371,3 +373,54 @@ def start_state(
     remaining = max(settings.num_rounds - state.ledger.rounds, 0)
     planned = check_budget(state.ledger, q, state.noise_multiplier, remaining, cfg)
     return state, planned
+
+
+def start_privacy(
+    settings: Settings, cfg: DPConfig, population: int, nodes: int, expected: int,
+    saved: PrivacyState | None,
+) -> PrivacyState:  # fmt: skip
+    """DP's state for the first round to run: resumed, or with z configured or calibrated.
+
+    The sampling rate q = k / N needs N, the clients on the nodes connected now."""
+    check_delta(cfg.delta, population)
+    check_tolerated_drops(settings, nodes)
+    q = expected / population
+    state, planned = start_state(settings, cfg, q, expected, saved)
+    log(
+        INFO,
+        "DP: noise multiplier %.4g, clip %.4g, Poisson sampling q = %d/%d = %.4g; epsilon "
+        "after round %d: %.4g at delta %g",
+        state.noise_multiplier, state.clip, expected, population, q, settings.num_rounds,
+        planned, cfg.delta,
+    )  # fmt: skip
+    if cfg.reproducible:
+        log(WARNING, "DP: %s; epsilon does not hold against anyone who knows the seed", NOT_PRIVATE)
+    return state
+
+
+def round_within_budget(cfg: DPConfig, state: PrivacyState, q: float, server_round: int) -> bool:
+    """Whether round ``server_round`` may run without exceeding target-epsilon at today's q.
+
+    The plan is checked before round 1; q grows when nodes leave (k / N with fewer N), so
+    each round is checked again and the run stops before the round that would exceed."""
+    if not cfg.target_epsilon:
+        return True
+    try:
+        check_budget(state.ledger, q, state.noise_multiplier, 1, cfg)
+    except PrivacyBudgetExceeded as err:
+        log(WARNING, "round %d not run, the run stops here: %s", server_round, err)
+        return False
+    return True
+
+
+def privacy_summary(cfg: DPConfig, state: PrivacyState) -> dict[str, float]:
+    """What summary.json says of the run's DP: epsilon spent, delta, z, the final C."""
+    out = {
+        "epsilon": state.ledger.epsilon(cfg.delta, cfg.accountant),
+        "delta": cfg.delta,
+        "noise-multiplier": state.noise_multiplier,
+        "final-clip": state.clip,
+    }
+    if cfg.reproducible:  # loudly: this run's epsilon protects no one
+        out["not-a-private-release"] = 1.0
+    return out

@@ -1,9 +1,9 @@
 """Byzantine-robust aggregation of one round's client updates, as pure functions.
 
-It replaces the weighted mean between screening and the server optimizer step
-(server/strategy.py): the strategy hands over the accepted updates Delta_i (in partition
-order) with the num-examples each client claims; :func:`robust_aggregate` returns the one
-Delta the optimizer steps on, and what it did to each client, for the run log.
+It is the combine stage of a round without DP (server/combine.py, server/round.py): the
+collect stage hands over the accepted updates Delta_i (in partition order) with the
+num-examples each client claims; :func:`robust_aggregate` returns the one Delta the
+optimizer steps on, and what it did to each client, for the run log.
 
 Order of operations, all optional except the rule:
   1. weights: claimed examples, uniform, or claims capped (:func:`client_weights`);
@@ -30,11 +30,27 @@ from flwr.serverapp.strategy.bulyan import aggregate_n_closest_weights
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 from flwr.serverapp.strategy.multikrum import select_multikrum
 
-from common.arrays import to_record
+from common.arrays import NamedArrays, to_record
 from common.config import Aggregation, ConfigError, Settings, Weighting
-from server.aggregate import NamedArrays, weighted_mean
 
 FALLBACK = Aggregation.MEDIAN
+
+
+def weighted_mean(
+    updates: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]
+) -> NamedArrays:
+    """sum_i w_i u_i / sum_i w_i per key, in float64, summed in the order given."""
+    if not updates or len(updates) != len(weights):
+        raise ValueError(f"need one weight per update, got {len(updates)} and {len(weights)}")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError(f"weights must sum to a positive number, got {total}")
+    w = np.asarray(weights, np.float64) / total
+    # einsum without optimize runs its own loops (no BLAS threads): the same sum every run.
+    return {
+        k: np.einsum("i,i...->...", w, np.stack([np.asarray(u[k], np.float64) for u in updates]))
+        for k in updates[0]
+    }
 
 
 @dataclass(frozen=True)

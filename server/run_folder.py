@@ -41,7 +41,7 @@ from common.arrays import split_state
 from common.config import ConfigError
 from common.folders import FolderLock, claim, temporary_name
 from common.settings_hash import RESUMABLE, settings_hash
-from server.aggregate import OptimizerState
+from server.optimizer import OptimizerState
 
 CHECKPOINT_FORMAT = 1
 

@@ -46,6 +46,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
+from common.arrays import NamedArrays
 from common.config import Settings
 from common.messages import (
     CLIENTS,
@@ -60,7 +61,6 @@ from common.messages import (
     STATE_KEYS,
 )
 from common.privacy import DistributedNoise, centered
-from server.aggregate import NamedArrays
 
 MODULUS = 2**32  # Flower's default modulus_range (the largest it allows)
 
@@ -68,6 +68,20 @@ MODULUS = 2**32  # Flower's default modulus_range (the largest it allows)
 def quantization_range(nodes: int) -> int:
     """Q for ``nodes`` masked vectors: (nodes + 1) Q <= 2^32, Q <= 2^30, a power of two."""
     return 2 ** min(30, 32 - math.ceil(math.log2(nodes + 1)))
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """What the SecAgg+ protocol reads of the settings."""
+
+    num_shares: int | float  # shares of each node's secret (a fraction: of the nodes)
+    threshold: int | float  # shares that reconstruct it
+    clients_per_node: int  # M: a node's most clients, the weight of its vector
+    timeout: float  # seconds each stage waits
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> SecAggConfig:
+        return cls(s.secagg_num_shares, s.secagg_threshold, s.clients_per_node, s.round_timeout)
 
 
 @dataclass(frozen=True)
@@ -107,7 +121,7 @@ def noise_config(noise: DistributedNoise, sample_rate: float) -> dict[str, float
 
 
 def secure_sum(
-    grid: Grid, settings: Settings, server_round: int, state: NamedArrays,
+    grid: Grid, cfg: SecAggConfig, server_round: int, state: NamedArrays,
     asked: dict[int, list[int]], clip: float, noise: DistributedNoise | None = None,
     sample_rate: float = 1.0,
 ) -> SecureSum | None:  # fmt: skip
@@ -127,13 +141,13 @@ def secure_sum(
     if noise is not None and noise.modulus != q_range:
         raise ValueError(f"distributed DP's modulus {noise.modulus} must be Q = {q_range}")
     workflow = SecAggPlusWorkflow(
-        num_shares=settings.secagg_num_shares,
-        reconstruction_threshold=settings.secagg_threshold,
-        max_weight=float(settings.clients_per_node),
+        num_shares=cfg.num_shares,
+        reconstruction_threshold=cfg.threshold,
+        max_weight=float(cfg.clients_per_node),
         clipping_range=clip if noise is None else 1.0,
         quantization_range=q_range,
         modulus_range=MODULUS,
-        timeout=settings.round_timeout,
+        timeout=cfg.timeout,
     )
     strategy = _NodeSums(grid, fitins)
     context = LegacyContext(
@@ -149,7 +163,7 @@ def secure_sum(
         return None
     if noise is not None:
         return _decoded(strategy.results, keys, state, noise)
-    return _unscaled(strategy.results, keys, state, clip, settings.clients_per_node, q_range)
+    return _unscaled(strategy.results, keys, state, clip, cfg.clients_per_node, q_range)
 
 
 def _decoded(

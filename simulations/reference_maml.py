@@ -116,7 +116,7 @@ def draw_batches(
 
 @dataclass
 class Adam:
-    """Adam with bias correction on the pseudo-gradient -Delta (as server/aggregate.py)."""
+    """Adam with bias correction on the pseudo-gradient -Delta (as server/optimizer.py)."""
 
     lr: float
     betas: tuple[float, float]

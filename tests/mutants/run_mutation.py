@@ -59,7 +59,7 @@ GROUPS = {
         ),
     ),  # fmt: skip
     "aggregate": Group(
-        ("server/aggregate.py",),  # the weighted mean and the server optimizer (SGD, Adam)
+        ("server/optimizer.py", "server/evaluation.py"),  # server SGD/Adam; client statistics
         (
             "tests/server/test_aggregate.py",
             "tests/server/test_server_optimizer.py",

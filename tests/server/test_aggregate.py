@@ -5,13 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.aggregate import (
-    OptimizerConfig,
-    OptimizerState,
-    client_stats,
-    server_step,
-    weighted_mean,
-)
+from server.evaluation import client_stats
+from server.optimizer import OptimizerConfig, OptimizerState, server_step
+from server.robust import weighted_mean
 
 
 def test_weighted_mean_matches_hand_computation():

@@ -10,8 +10,8 @@ import pytest
 
 from common.config import ConfigError, parse_settings, settings_to_run_config
 from common.data.types import DataError
-from server.aggregate import OptimizerState
 from server.app import TrainingFailed, initial_state, resume_point, run_federation
+from server.optimizer import OptimizerState
 from server.run_folder import Checkpoint, RunFolder, RunFolderError
 from simulations.loop import run_in_loop
 
@@ -103,7 +103,7 @@ def test_a_checkpoint_without_a_server_step_is_started_over(tmp_path):
 
 
 def test_a_long_run_logs_about_twenty_progress_lines_and_every_round_that_dropped():
-    from server.app import says_progress
+    from server.progress import says_progress
 
     s = parse_settings({"num-rounds": 3000})
     said = [r for r in range(1, 3001) if says_progress(s, {"round": r, "dropped": []})]

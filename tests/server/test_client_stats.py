@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.aggregate import client_stats
+from server.evaluation import client_stats
 
 
 def test_worst10_of_few_clients_is_the_single_worst_one():

@@ -6,29 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from common.arrays import to_record
-from common.config import Task, parse_settings
-from server.aggregate import OptimizerConfig
-from server.strategy import (
-    MAX_CLAIMED_EXAMPLES,
-    MetaStrategy,
-    claimed_examples,
-    summarise_evaluation,
-)
+from common.config import Task
+from server.collect import MAX_CLAIMED_EXAMPLES, claimed_examples
+from server.evaluation import summarise_evaluation
+from tests.server.rounds import FixedNodes, round_on_replies
 
 N = 20  # clients per round, as in the quickstart
 THETA = {"w": np.zeros(8, np.float32)}
 OLD_DEFAULTS = {"weighting": "examples", "norm-bound-median-factor": 0.0}
-
-
-class _OneNode:
-    population = N
-
-    def sample(self, fraction, seed, server_round, purpose, poisson=False):
-        return {1: list(range(N))}
 
 
 def _honest_updates() -> list[np.ndarray]:
@@ -42,11 +31,8 @@ def _honest_updates() -> list[np.ndarray]:
 
 
 def _aggregate(updates, claims, losses=None, **config):
-    """(Delta the server steps on, train metrics, strategy) for one node's reply."""
+    """(Delta the server steps on, train metrics, the round's report) for one node's reply."""
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
-    settings = parse_settings({"fraction-train": 1.0, **config})
-    strategy = MetaStrategy(settings, _OneNode(), OptimizerConfig("sgd", 1.0))  # type: ignore[arg-type]
-    strategy.configure_train(1, to_record(THETA), ConfigRecord(), grid=None)  # type: ignore[arg-type]
     metrics = MetricRecord(
         {
             "partition-id": list(range(N)),
@@ -57,9 +43,11 @@ def _aggregate(updates, claims, losses=None, **config):
     )
     content = RecordDict({"updates": to_record({"w": np.stack(updates)}), "metrics": metrics})
     asked = Message(RecordDict(), dst_node_id=1, message_type=MessageType.TRAIN)
-    record, train = strategy.aggregate_train(1, [Message(content, reply_to=asked)])
-    assert record is not None
-    return record["w"].numpy().astype(np.float64), train, strategy
+    config = {"fraction-train": 1.0, **config}
+    reply = Message(content, reply_to=asked)
+    out = round_on_replies(config, FixedNodes({1: range(N)}), [reply], THETA)
+    assert out.theta is not None
+    return out.theta["w"].astype(np.float64), out.metrics, out.report
 
 
 def _shift(attacked, honest_updates, claims=None, **config) -> float:
@@ -87,9 +75,9 @@ def test_a_1e9_claim_counts_like_a_typical_client_and_does_not_set_the_train_los
     assert _shift(liar, honest, claims) <= 2 * largest
     assert _shift(liar, honest, claims, **OLD_DEFAULTS) > 10 * largest
     losses = [1000.0] + [1.0] * (N - 1)  # the liar reports an absurd training loss
-    _, train, strategy = _aggregate([liar, *honest[1:]], claims, losses)
+    _, train, report = _aggregate([liar, *honest[1:]], claims, losses)
     assert train["train-loss"] == pytest.approx((1000.0 + N - 1) / N)  # same weights as Delta
-    logged = strategy.report.robust["per-client"]
+    logged = report.robust["per-client"]
     assert logged[0] == {"partition": 0, "norm": pytest.approx(np.linalg.norm(liar)), "weight": 20}
     _, train, _ = _aggregate([liar, *honest[1:]], claims, losses, **OLD_DEFAULTS)
     assert train["train-loss"] > 999  # what the liar got before: its own loss
@@ -97,8 +85,8 @@ def test_a_1e9_claim_counts_like_a_typical_client_and_does_not_set_the_train_los
 
 def test_every_client_norm_and_weight_is_logged_even_when_no_rule_acts():
     honest = _honest_updates()
-    _, _, strategy = _aggregate(honest, [20] * N, **OLD_DEFAULTS)  # plain mean: no actions
-    log = strategy.report.robust
+    _, _, report = _aggregate(honest, [20] * N, **OLD_DEFAULTS)  # plain mean: no actions
+    log = report.robust
     assert log["clients"] == []  # nothing was clipped, capped or excluded ...
     assert [u["partition"] for u in log["per-client"]] == list(range(N))  # ... all are logged
     for u, update in zip(log["per-client"], honest, strict=True):
@@ -108,9 +96,9 @@ def test_every_client_norm_and_weight_is_logged_even_when_no_rule_acts():
 def test_a_claim_of_1e20_examples_is_dropped_with_a_reason_not_a_crash():
     honest = _honest_updates()
     claims = [10**20] + [20] * (N - 1)
-    _, _, strategy = _aggregate(honest, claims)
-    assert strategy.report.accepted == N - 1
-    (reason,) = strategy.report.dropped
+    _, _, report = _aggregate(honest, claims)
+    assert report.accepted == N - 1
+    (reason,) = report.dropped
     assert reason.startswith("partition 0 (node 1): 'num-examples' must be a whole number")
     assert "100000000000000000000" in reason
 

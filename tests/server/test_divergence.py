@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from server.aggregate import OptimizerConfig
 from server.divergence import Rollbacks, RunDiverged, StallCounter, nonfinite_key
+from server.optimizer import OptimizerConfig
 from simulations.loop import run_in_loop
 
 # The pyproject defaults on 100 sinusoid clients (10 per round) with Adam at server-lr 1.0:

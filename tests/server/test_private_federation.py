@@ -9,17 +9,17 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from common.arrays import to_record
 from common.config import ConfigError, parse_settings
-from server.aggregate import OptimizerConfig
-from server.privacy import PrivacyBudgetExceeded, PrivacyState, fresh_noise_key
+from server.privacy import DPConfig, PrivacyBudgetExceeded, PrivacyState, fresh_noise_key
+from server.round import ServerState
 from server.run_folder import RunFolder
 from server.secagg import quantization_range
-from server.strategy import MetaStrategy
 from simulations.loop import run_in_loop
+from tests.server.rounds import FixedNodes, round_on_replies, strategy_for
 
 CLIP = 0.01
 FAST = {
@@ -184,26 +184,29 @@ def test_a_resume_with_unpredictable_noise_continues_with_the_same_key(tmp_path)
     assert [r | {"seconds": 0} for r in one] == [r | {"seconds": 0} for r in two]
 
 
-class _KeyRecorder:
-    population = 10
-
+class _KeyRecorder(FixedNodes):
     def __init__(self) -> None:
-        self.seeds: list[int] = []
+        super().__init__({1: [0]}, population=10)
+        self.seeds: list[tuple[int, bool]] = []
 
     def sample(self, fraction, seed, server_round, purpose, poisson=False):
-        self.seeds.append(seed)
+        self.seeds.append((seed, poisson))
         return {1: [0]}
 
 
 def test_dp_samples_from_the_secret_key_and_evaluation_from_the_seed():
+    from server.optimizer import OptimizerConfig
+    from server.round import ServerState, pipeline_for
+
     settings = parse_settings(DP_NOISE | {"seed": 3})
     nodes = _KeyRecorder()
-    strategy = MetaStrategy(settings, nodes, OptimizerConfig("sgd", 1.0))  # type: ignore[arg-type]
-    strategy.privacy = PrivacyState(CLIP, 1.0, noise_key=fresh_noise_key())
-    strategy.sample_clients(1, 0.5, train=True)
-    strategy.sample_clients(1, 0.5, train=False)
-    assert nodes.seeds == [strategy.privacy.noise_key, 3]
-    assert strategy.privacy.noise_key.bit_length() > 64  # 128 random bits, not the seed
+    strategy = strategy_for(DP_NOISE | {"seed": 3}, nodes)
+    privacy = PrivacyState(CLIP, 1.0, noise_key=fresh_noise_key())
+    pipeline = pipeline_for(settings, strategy, OptimizerConfig("sgd", 1.0))
+    pipeline.sample(1, ServerState({}, privacy=privacy))  # type: ignore[union-attr]
+    strategy.sample_evaluate(1, final=False)
+    assert nodes.seeds == [(privacy.noise_key, True), (3, False)]  # Poisson: the accountant's
+    assert privacy.noise_key.bit_length() > 64  # 128 random bits, not the seed
 
 
 def test_robust_aggregation_with_secagg_is_refused_saying_why():
@@ -219,22 +222,14 @@ def test_robust_aggregation_with_secagg_is_refused_saying_why():
 
 
 # ---- the server checks the clients' clipping --------------------------------------------
-class _TenClients:
-    population = 10
-
-    def sample(self, fraction, seed, server_round, purpose, poisson=False):
-        return {1: list(range(2))}
+TWO_OF_TEN = FixedNodes({1: [0, 1]}, population=10)
 
 
 def test_an_unclipped_update_is_clipped_by_the_server_and_the_mean_has_a_fixed_denominator():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     theta = {"w": np.zeros(2, np.float32)}
-    settings = parse_settings(
-        {"dp": True, "dp-clip": 1.0, "weighting": "uniform", "fraction-train": 0.5}
-    )
-    strategy = MetaStrategy(settings, _TenClients(), OptimizerConfig("sgd", 1.0))  # type: ignore[arg-type]
-    strategy.privacy = PrivacyState(clip=1.0, noise_multiplier=0.0)  # no noise: exact check
-    strategy.configure_train(1, to_record(theta), ConfigRecord(), grid=None)  # type: ignore[arg-type]
+    config = {"dp": True, "dp-clip": 1.0, "weighting": "uniform", "fraction-train": 0.5}
+    privacy = PrivacyState(clip=1.0, noise_multiplier=0.0)  # no noise: an exact check
     updates = {"w": np.array([[3.0, 4.0], [0.3, 0.4]], np.float32)}  # norms 5 and 0.5
     content = RecordDict({
         "updates": to_record(updates),
@@ -243,11 +238,11 @@ def test_an_unclipped_update_is_clipped_by_the_server_and_the_mean_has_a_fixed_d
     })  # fmt: skip
     reply = Message(content, reply_to=Message(RecordDict(), dst_node_id=1,
                                               message_type=MessageType.TRAIN))  # fmt: skip
-    new, _ = strategy.aggregate_train(1, [reply])
-    assert new is not None
+    out = round_on_replies(config, TWO_OF_TEN, [reply], theta, privacy=privacy)
+    assert out.theta is not None
     # k = 10 * 0.5 = 5; (clip([3, 4]) + [0.3, 0.4]) / 5, whatever the example counts
-    np.testing.assert_allclose(new["w"].numpy(), [(0.6 + 0.3) / 5, (0.8 + 0.4) / 5], rtol=1e-6)
-    assert strategy.report.privacy["server-clipped"] == [0]
+    np.testing.assert_allclose(out.theta["w"], [(0.6 + 0.3) / 5, (0.8 + 0.4) / 5], rtol=1e-6)
+    assert out.report.privacy["server-clipped"] == [0]
 
 
 def test_a_node_with_no_sampled_client_takes_part_in_secagg_with_zeros(tmp_path):
@@ -272,7 +267,7 @@ class _Nodes:
 
 
 def test_the_next_round_is_refused_when_q_grows_beyond_the_plan():
-    from server.app import _within_budget
+    from server.app import _RoundLoop
     from server.privacy import PrivacyLedger
 
     ledger = PrivacyLedger().add(0.1, 1.0, 20)
@@ -280,18 +275,21 @@ def test_the_next_round_is_refused_when_q_grows_beyond_the_plan():
     settings = parse_settings({"dp": True, "dp-clip": 1.0, "weighting": "uniform",
                                "fraction-train": 0.1, "dp-noise-multiplier": 1.0,
                                "target-epsilon": target})  # fmt: skip
-    strategy = MetaStrategy(settings, None, OptimizerConfig("sgd", 1.0))  # type: ignore[arg-type]
-    strategy.privacy = PrivacyState(1.0, 1.0, ledger)
-    assert _within_budget(strategy, _Nodes(100), 21)  # type: ignore[arg-type]  # q = 10/100
+    loop = _RoundLoop.__new__(_RoundLoop)  # only the budget check, no federation
+    loop.settings, loop.dp = settings, DPConfig.from_settings(settings)
+    loop.state = ServerState({}, privacy=PrivacyState(1.0, 1.0, ledger))
+    assert loop._within_budget(_Nodes(100), 21)  # type: ignore[arg-type]  # q = 10/100
     # most nodes left: 5 clients, k = max(1, 0.5) = 1, q = 1/5: the round would exceed
-    assert not _within_budget(strategy, _Nodes(5), 21)  # type: ignore[arg-type]
+    assert not loop._within_budget(_Nodes(5), 21)  # type: ignore[arg-type]
 
 
 def test_a_stopped_run_keeps_its_model_and_scores_every_client(tmp_path, monkeypatch):
     import server.app as server_app
 
-    real = server_app._within_budget
-    monkeypatch.setattr(server_app, "_within_budget", lambda s, n, rnd: rnd < 3 and real(s, n, rnd))
+    real = server_app._RoundLoop._within_budget
+    monkeypatch.setattr(
+        server_app._RoundLoop, "_within_budget", lambda s, n, rnd: rnd < 3 and real(s, n, rnd)
+    )
     config = FAST | {"dp": True, "dp-clip": CLIP, "dp-noise-multiplier": 1.0, "num-rounds": 5,
                      "run-dir": str(tmp_path / "run")}  # fmt: skip
     summary = run_in_loop(config, NODES)
@@ -308,14 +306,12 @@ def test_dp_steps_unless_every_node_failed():
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     theta = {"w": np.zeros(2, np.float32)}
-    settings = parse_settings({"dp": True, "dp-clip": 1.0, "weighting": "uniform",
-                               "fraction-train": 0.5, "dp-noise-multiplier": 1.0})  # fmt: skip
+    config = {"dp": True, "dp-clip": 1.0, "weighting": "uniform", "fraction-train": 0.5,
+              "dp-noise-multiplier": 1.0}  # fmt: skip
+    privacy = PrivacyState(clip=1.0, noise_multiplier=1.0)
 
-    def fresh() -> MetaStrategy:
-        strategy = MetaStrategy(settings, _TenClients(), OptimizerConfig("sgd", 1.0))  # type: ignore[arg-type]
-        strategy.privacy = PrivacyState(clip=1.0, noise_multiplier=1.0)
-        strategy.configure_train(1, to_record(theta), ConfigRecord(), grid=None)  # type: ignore[arg-type]
-        return strategy
+    def outcome(replies):
+        return round_on_replies(config, TWO_OF_TEN, replies, theta, privacy=privacy)
 
     asked = Message(RecordDict(), dst_node_id=1, message_type=MessageType.TRAIN)
     failed = Message(Error(code=0, reason="boom"), reply_to=asked)
@@ -325,11 +321,10 @@ def test_dp_steps_unless_every_node_failed():
                                  "skipped": [1, 1]}),
     }), reply_to=asked)  # fmt: skip
     # nobody accepted, but not every node failed: a pure-noise step, and the round counts
-    strategy = fresh()
-    new, _ = strategy.aggregate_train(1, [failed, skipped])
-    assert new is not None and not np.allclose(new["w"].numpy(), 0.0)
-    assert strategy.privacy is not None and strategy.privacy.ledger.rounds == 1
+    out = outcome([failed, skipped])
+    assert out.theta is not None and not np.allclose(out.theta["w"], 0.0)
+    assert out.privacy_state is not None and out.privacy_state.ledger.rounds == 1
     # every node failed: a failure of the federation, no step, nothing accounted
-    strategy = fresh()
-    assert strategy.aggregate_train(1, [failed]) == (None, None)
-    assert strategy.privacy is not None and strategy.privacy.ledger.rounds == 0
+    out = outcome([failed])
+    assert out.theta is None and out.metrics is None and out.report.failed
+    assert out.privacy_state is not None and out.privacy_state.ledger.rounds == 0

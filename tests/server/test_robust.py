@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.attacks import forged_update
 from common.arrays import to_record
 from common.config import Aggregation, ConfigError, Weighting, parse_settings
-from server.aggregate import OptimizerConfig, weighted_mean
 from server.robust import (
     RobustConfig,
     check_round_size,
     client_weights,
     robust_aggregate,
     update_norm,
+    weighted_mean,
 )
-from server.strategy import MetaStrategy
+from tests.server.rounds import FixedNodes, round_on_replies
 
 
 def _rows(*values) -> list[dict[str, np.ndarray]]:
@@ -242,11 +242,7 @@ def test_a_median_norm_bound_limits_what_an_update_attack_can_do(attack):
 THETA = {"w": np.zeros(2, np.float32)}
 
 
-class _TenClients:
-    population = 10
-
-    def sample(self, fraction, seed, server_round, purpose, poisson=False):
-        return {1: list(range(10))}
+TEN = FixedNodes({1: range(10)})
 
 
 def _reply(updates: list[dict], partitions: list[int]) -> Message:
@@ -260,22 +256,19 @@ def _reply(updates: list[dict], partitions: list[int]) -> Message:
     return Message(content, reply_to=instruction)
 
 
-def _strategy(**config) -> MetaStrategy:
+def _round(replies, **config):
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
-    settings = parse_settings({"fraction-train": 1.0, **config})
-    return MetaStrategy(settings, _TenClients(), OptimizerConfig("sgd", 1.0))  # type: ignore[arg-type]
+    return round_on_replies({"fraction-train": 1.0, **config}, TEN, replies, THETA)
 
 
 def test_the_strategy_steps_on_the_robust_aggregate_and_logs_each_excluded_client():
     no_bound = {"krum-byzantine": 2, "norm-bound-median-factor": 0.0}  # multi-krum alone
-    strategy = _strategy(aggregation="multi-krum", **no_bound)
-    strategy.configure_train(1, to_record(THETA), ConfigRecord(), grid=None)  # type: ignore[arg-type]
     updates = [{"w": np.array([1.0, 1.0 + 0.01 * i], np.float32)} for i in range(8)]
     updates += [{"w": np.array([1e6, -1e6], np.float32)}] * 2
-    record, _ = strategy.aggregate_train(1, [_reply(updates, list(range(10)))])
-    assert record is not None
-    np.testing.assert_allclose(record["w"].numpy(), [1.0, 1.035], rtol=1e-6)  # mean of 8
-    log = strategy.report.robust
+    out = _round([_reply(updates, list(range(10)))], aggregation="multi-krum", **no_bound)
+    assert out.theta is not None
+    np.testing.assert_allclose(out.theta["w"], [1.0, 1.035], rtol=1e-6)  # mean of 8
+    log = out.report.robust
     assert log["rule"] == "multi-krum"
     assert [(c["partition"], c["action"]) for c in log["clients"]] == [
         (8, "excluded by multi-krum"),
@@ -285,7 +278,6 @@ def test_the_strategy_steps_on_the_robust_aggregate_and_logs_each_excluded_clien
 
 
 def test_a_rule_the_round_size_cannot_support_stops_before_anything_is_sent():
-    strategy = _strategy(aggregation="bulyan", **{"krum-byzantine": 2})  # needs 11 of 10
-    with pytest.raises(ConfigError) as err:
-        strategy.configure_train(1, to_record(THETA), ConfigRecord(), grid=None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as err:  # bulyan with f = 2 needs 11 clients of 10
+        _round([], aggregation="bulyan", **{"krum-byzantine": 2})
     assert err.value.key == "krum-byzantine" and "at most 1 for bulyan" in err.value.allowed

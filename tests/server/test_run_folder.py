@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from common.config import ConfigError, parse_settings
-from server.aggregate import OptimizerState
+from server.optimizer import OptimizerState
 from server.run_folder import Checkpoint, CheckpointMismatch, RunFolder
 
 STATE = {

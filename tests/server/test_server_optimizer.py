@@ -7,13 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.aggregate import (
-    OptimizerConfig,
-    OptimizerState,
-    client_stats,
-    server_step,
-    weighted_mean,
-)
+from server.evaluation import client_stats
+from server.optimizer import OptimizerConfig, OptimizerState, server_step
+from server.robust import weighted_mean
 
 
 def test_adam_keeps_its_moments_in_float64_for_a_float32_update():

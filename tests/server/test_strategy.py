@@ -1,4 +1,4 @@
-"""The strategy screens every client's update before it touches theta and aggregates the rest,
+"""A training round screens every client's update before it touches theta and aggregates the rest,
 whether a node answers for one client or for a cohort."""
 
 from __future__ import annotations
@@ -9,20 +9,14 @@ from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, Re
 from flwr.supercore.task_identity import TaskIdentity
 
 from common.arrays import to_record
-from common.config import parse_settings
-from server.aggregate import OptimizerConfig
-from server.strategy import MetaStrategy, summarise_evaluation
+from server.evaluation import summarise_evaluation
+from tests.server.rounds import FixedNodes, round_on_replies, strategy_for
 
 THETA = {"w": np.array([1.0, 2.0], np.float32), "b": np.array([0.5], np.float32)}
 
 
-class _Nodes:
-    """Six one-client nodes (node n hosts partition n - 1) and one node 7 hosting 6..9."""
-
-    population = 10
-
-    def sample(self, fraction, seed, server_round, purpose, poisson=False):
-        return {n: [n - 1] for n in range(1, 7)} | {7: [6, 7, 8, 9]}
+# Six one-client nodes (node n hosts partition n - 1) and one node 7 hosting 6..9.
+NODES = {n: [n - 1] for n in range(1, 7)} | {7: [6, 7, 8, 9]}
 
 
 @pytest.fixture(autouse=True)
@@ -60,11 +54,9 @@ def _reply(node: int, updates: list[dict], ns: list[int], partitions=None, skipp
 PLAIN = {"weighting": "examples", "norm-bound-median-factor": 0.0}
 
 
-def _strategy(optimizer=("sgd", 1.0), **config) -> MetaStrategy:
-    settings = parse_settings({"fraction-train": 1.0, **PLAIN, **config})
-    strategy = MetaStrategy(settings, _Nodes(), OptimizerConfig(*optimizer))  # type: ignore[arg-type]
-    strategy.configure_train(1, to_record(THETA), ConfigRecord(), grid=None)  # type: ignore[arg-type]
-    return strategy
+def _round(replies, optimizer=("sgd", 1.0), **config):
+    config = {"fraction-train": 1.0, **PLAIN, **config}
+    return round_on_replies(config, FixedNodes(NODES), replies, THETA, optimizer)
 
 
 def _u(w, b=0.0, dtype=np.float32) -> dict:
@@ -72,15 +64,14 @@ def _u(w, b=0.0, dtype=np.float32) -> dict:
 
 
 def test_each_node_is_asked_for_its_sampled_clients():
-    strategy = MetaStrategy(parse_settings({}), _Nodes(), OptimizerConfig("sgd", 1.0))  # type: ignore[arg-type]
-    messages = list(strategy.configure_train(3, to_record(THETA), ConfigRecord(), grid=None))  # type: ignore[arg-type]
+    strategy = strategy_for({}, FixedNodes(NODES))
+    messages = strategy.train_messages(3, to_record(THETA), strategy.sample_train(3))
     asked = {m.metadata.dst_node_id: m.content["config"]["clients"] for m in messages}
     assert asked[7] == [6, 7, 8, 9] and asked[1] == [0]
     assert all(m.content["config"]["server-round"] == 3 for m in messages)
 
 
 def test_bad_replies_are_dropped_and_the_rest_aggregated():
-    strategy = _strategy()
     good1, good2 = _u([1.0, 1.0]), _u([-1.0, 3.0], 2.0)
     errored = Message(Error(code=1, reason="boom"), reply_to=_instruction(6))
     replies = [
@@ -91,28 +82,29 @@ def test_bad_replies_are_dropped_and_the_rest_aggregated():
         _reply(5, [_u([0.0, 0.0], dtype=np.float64)], [5]),
         errored,
     ]
-    arrays, metrics = strategy.aggregate_train(1, replies)
+    out = _round(replies)
+    arrays, metrics = out.theta, out.metrics
     assert arrays is not None and metrics is not None
-    new = {k: v.numpy() for k, v in arrays.items()}
+    new = arrays
     # SGD(lr=1): theta + (1 * good1 + 3 * good2) / 4
     np.testing.assert_allclose(new["w"], [1.0 + (1 - 3) / 4, 2.0 + (1 + 9) / 4])
     np.testing.assert_allclose(new["b"], [0.5 + (0 + 6) / 4])
-    assert strategy.report.accepted == 2
-    reasons = " | ".join(strategy.report.dropped)
+    assert out.report.accepted == 2
+    reasons = " | ".join(out.report.dropped)
     assert "NaN" in reasons and "shape" in reasons and "dtype" in reasons and "boom" in reasons
     assert "partition 5 (node 6): error reply: boom" in reasons
     assert metrics["clients"] == 2
 
 
 def test_a_nan_client_inside_a_cohort_is_dropped_alone():
-    strategy = _strategy()
     cohort = [_u([1.0, 1.0]), _u([np.inf, 0.0]), _u([3.0, 3.0], 1.0), _u([0.0, 0.0])]
     # partition 9 was skipped by its node (too little data): dropped with the node's reason
     reply = _reply(7, cohort, [1, 1, 1, 1], skipped=[0, 0, 0, 1])
-    arrays, _ = strategy.aggregate_train(1, [reply])
-    assert arrays is not None and strategy.report.accepted == 2
-    np.testing.assert_allclose(arrays["w"].numpy(), [1.0 + 2.0, 2.0 + 2.0])  # mean of 6 and 8
-    dropped = strategy.report.dropped
+    out = _round([reply])
+    arrays = out.theta
+    assert arrays is not None and out.report.accepted == 2
+    np.testing.assert_allclose(arrays["w"], [1.0 + 2.0, 2.0 + 2.0])  # mean of 6 and 8
+    dropped = out.report.dropped
     assert any(d.startswith("partition 7 (node 7)") and "NaN or infinite" in d for d in dropped)
     assert any(d.startswith("partition 9 (node 7)") and "too small" in d for d in dropped)
     # every other asked-for client without a reply is reported too, never silently lost
@@ -120,38 +112,38 @@ def test_a_nan_client_inside_a_cohort_is_dropped_alone():
 
 
 def test_a_node_cannot_answer_for_clients_it_was_not_asked_for():
-    strategy = _strategy()
     reply = _reply(1, [_u([1.0, 1.0]), _u([100.0, 100.0])], [1, 1], partitions=[0, 3])
-    arrays, _ = strategy.aggregate_train(1, [reply])
-    assert arrays is not None and strategy.report.accepted == 1
-    np.testing.assert_allclose(arrays["w"].numpy(), [2.0, 3.0])
-    assert any("partition 3 (node 1)" in d and "did not ask" in d for d in strategy.report.dropped)
+    out = _round([reply])
+    arrays = out.theta
+    assert arrays is not None and out.report.accepted == 1
+    np.testing.assert_allclose(arrays["w"], [2.0, 3.0])
+    assert any("partition 3 (node 1)" in d and "did not ask" in d for d in out.report.dropped)
 
 
 def test_a_malformed_cohort_reply_drops_each_of_its_clients_by_name():
-    strategy = _strategy()
     reply = _reply(7, [_u([1.0, 1.0]), _u([1.0, 1.0])], [1, 1, 1], partitions=[6, 7, 8])
-    arrays, _ = strategy.aggregate_train(1, [reply])
+    out = _round([reply])
+    arrays = out.theta
     assert arrays is None
     assert (
         sum(
             d.startswith(f"partition {p} (node 7)")
             for p in (6, 7, 8, 9)
-            for d in strategy.report.dropped
+            for d in out.report.dropped
         )
         == 4
     )
 
 
 def test_round_with_only_bad_replies_leaves_theta_unchanged():
-    strategy = _strategy(optimizer=("adam", 0.1))
     extra = dict(THETA) | {"z": np.zeros(1, np.float32)}
-    arrays, metrics = strategy.aggregate_train(1, [_reply(1, [extra], [3])])
+    out = _round([_reply(1, [extra], [3])], optimizer=("adam", 0.1))
+    arrays, metrics = out.theta, out.metrics
     assert arrays is None and metrics is None
     assert any(
-        d.startswith("partition 0 (node 1)") and "extra ['z']" in d for d in strategy.report.dropped
+        d.startswith("partition 0 (node 1)") and "extra ['z']" in d for d in out.report.dropped
     )
-    assert strategy.optimizer_state.step == 0  # the optimizer did not move
+    assert out.optimizer_state.step == 0  # the optimizer did not move
 
 
 def test_aggregation_does_not_depend_on_reply_order():
@@ -159,17 +151,17 @@ def test_aggregation_does_not_depend_on_reply_order():
     values = [1e16, 1.0, -1e16]  # (a + b) + c != (a + c) + b in floating point
     results = []
     for order in ([0, 1, 2], [0, 2, 1], [2, 1, 0]):
-        strategy = _strategy()
         replies = [_reply(i + 1, [_u(np.full(2, values[i]))], [1]) for i in order]
-        arrays, _ = strategy.aggregate_train(1, replies)
+        out = _round(replies)
+        arrays = out.theta
         assert arrays is not None
-        results.append(arrays["w"].numpy())
+        results.append(arrays["w"])
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0], results[2])
 
 
 def test_evaluation_rows_are_read_per_client_like_training_replies():
-    from server.strategy import evaluation_rows
+    from server.evaluation import evaluation_rows
 
     content = RecordDict(
         {

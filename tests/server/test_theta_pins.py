@@ -20,18 +20,13 @@ import torch
 
 from server.run_folder import RunFolder
 from simulations.loop import run_in_loop
+from tests.server.test_private_federation import FAST
 
 RECORDED_ON = "AVX512"  # torch.backends.cpu.get_cpu_capability() where the pins were taken
-BASE = {
-    "num-rounds": 3,
-    "local-steps": 2,
-    "hidden-sizes": "16",
-    "clients-per-node": 4,
-    "min-available-nodes": 2,
-    "fraction-train": 0.5,
-    "fraction-evaluate": 0.25,
-    "eval-steps": 2,
-}
+# the small federation of the privacy tests, 3 rounds, with the default server optimizer
+# and weighting
+BASE = {k: v for k, v in FAST.items() if k.split("-")[0] not in ("server", "weighting")}
+BASE["num-rounds"] = 3
 NODES = 3
 CASES = {
     "maml": {"algorithm": "maml"},
