@@ -84,8 +84,13 @@ GROUPS = {
         (KNOWN_BUGS, "tests/server/test_round_by_hand.py"),
     ),
     "robust": Group(
-        ("server/robust.py",),
-        ("tests/server/test_robust.py", "tests/server/test_robust_edges.py"),
+        ("server/robust.py",),  # the robust rules and, since issue 19, the weighted mean
+        (
+            "tests/server/test_robust.py",
+            "tests/server/test_robust_edges.py",
+            "tests/server/test_aggregate.py",
+            "tests/server/test_server_optimizer.py",
+        ),
     ),
     "privacy": Group(
         ("server/privacy.py", "common/privacy.py"),

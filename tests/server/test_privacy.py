@@ -311,3 +311,59 @@ def test_rounds_within_is_the_largest_count_that_fits(accountant):
     assert rounds_within(spent, 0.2, 1.0, cfg, r - 2) == r - 2  # capped by ``most``
     over = PrivacyLedger().add(0.2, 1.0, 200)  # already past the target
     assert rounds_within(over, 0.2, 1.0, cfg, 20) == 0
+
+
+def test_start_privacy_checks_delta_and_drops_and_plans_with_q_of_k_over_n():
+    """q = k / N: 10 of 100 clients fit target-epsilon 3 over 5 rounds at z = 1 (epsilon
+    about 1.6), 10 of 20 do not; delta >= 1/N and too many tolerated drops are refused."""
+    from server.privacy import start_privacy
+
+    settings = parse_settings(
+        DP | {"dp-noise-multiplier": 1.0, "target-epsilon": 3.0, "num-rounds": 5}
+    )
+    cfg = DPConfig.from_settings(settings)
+    state = start_privacy(settings, cfg, population=100, nodes=2, expected=10, saved=None)
+    assert (state.clip, state.noise_multiplier, state.ledger.rounds) == (0.5, 1.0, 0)
+    assert PrivacyLedger().add(0.1, 1.0, 5).epsilon(cfg.delta) < 3.0
+    assert PrivacyLedger().add(0.5, 1.0, 5).epsilon(cfg.delta) > 3.0
+    with pytest.raises(PrivacyBudgetExceeded, match=r"q = 0.5 with"):
+        start_privacy(settings, cfg, population=20, nodes=2, expected=10, saved=None)
+    with pytest.raises(ValueError, match="'dp-delta'.*N = 100000"):
+        start_privacy(settings, cfg, population=100_000, nodes=2, expected=10, saved=None)
+    distributed = parse_settings(
+        DP | {"secagg": True, "dp-mechanism": "distributed", "dp-tolerated-drops": 1,
+              "dp-noise-multiplier": 1.0}
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="'dp-tolerated-drops'"):
+        start_privacy(distributed, DPConfig.from_settings(distributed), 100, 1, 10, None)
+    resumed = PrivacyState(0.7, 1.0, PrivacyLedger().add(0.1, 1.0, 2), 99)
+    assert start_privacy(settings, cfg, 100, 2, 10, resumed) is resumed
+
+
+def test_a_round_runs_only_while_it_fits_the_target():
+    from server.privacy import round_within_budget
+
+    cfg = _cfg(**{"dp-noise-multiplier": 1.0, "target-epsilon": 3.0})
+    fresh = PrivacyState(0.5, 1.0)
+    assert round_within_budget(cfg, fresh, 0.1, 1)
+    spent = PrivacyState(0.5, 1.0, PrivacyLedger().add(0.5, 1.0, 5))  # epsilon > 3 already
+    assert not round_within_budget(cfg, spent, 0.1, 6)
+    unlimited = _cfg(**{"dp-noise-multiplier": 1.0})
+    assert round_within_budget(unlimited, spent, 0.1, 6)
+
+
+def test_the_summary_reports_the_configured_accountants_epsilon_and_flags_seeded_noise():
+    from server.privacy import privacy_summary
+
+    cfg = _cfg(**{"dp-noise-multiplier": 1.1, "dp-accountant": "rdp", "dp-delta": 1e-6})
+    ledger = PrivacyLedger().add(0.1, 1.1, 7)
+    out = privacy_summary(cfg, PrivacyState(0.42, 1.1, ledger))
+    assert out == {
+        "epsilon": ledger.epsilon(1e-6, "rdp"),
+        "delta": 1e-6,
+        "noise-multiplier": 1.1,
+        "final-clip": 0.42,
+    }
+    assert out["epsilon"] != ledger.epsilon(1e-6, "pld")
+    seeded = _cfg(**{"dp-noise-multiplier": 1.1, "dp-reproducible-noise": True})
+    assert privacy_summary(seeded, PrivacyState(0.42, 1.1, ledger))["not-a-private-release"] == 1.0
