@@ -367,3 +367,43 @@ def test_the_summary_reports_the_configured_accountants_epsilon_and_flags_seeded
     assert out["epsilon"] != ledger.epsilon(1e-6, "pld")
     seeded = _cfg(**{"dp-noise-multiplier": 1.1, "dp-reproducible-noise": True})
     assert privacy_summary(seeded, PrivacyState(0.42, 1.1, ledger))["not-a-private-release"] == 1.0
+
+
+def test_a_plan_spending_exactly_the_target_fits_and_one_round_more_is_refused_in_full():
+    """epsilon <= target, equality included: the target set to the exact epsilon of 3 + 8
+    rounds lets 8 more rounds run, and 9 are refused with one message that says what was
+    spent already, what would fit and what to change."""
+    from server.privacy import rounds_within
+
+    spent = PrivacyLedger().add(0.2, 1.0, 3)
+    exact = spent.add(0.2, 1.0, 8).epsilon(1e-5, "pld")
+    cfg = _cfg(**{"dp-noise-multiplier": 1.0, "target-epsilon": exact})
+    assert check_budget(spent, 0.2, 1.0, 8, cfg) == exact
+    assert rounds_within(spent, 0.2, 1.0, cfg, 20) == 8
+    with pytest.raises(PrivacyBudgetExceeded) as err:
+        check_budget(spent, 0.2, 1.0, 9, cfg)
+    nine = spent.add(0.2, 1.0, 9).epsilon(1e-5, "pld")
+    assert str(err.value) == (
+        f"config key 'target-epsilon' has value {exact!r}; allowed: at least {nine:.4g}: after "
+        f"the 3 rounds already run, 9 more rounds at sampling rate q = 0.2 with noise "
+        f"multiplier z = 1 spend epsilon = {nine:.4g} at delta = 1e-05 (PLD accountant); 8 "
+        "rounds would fit. Lower num-rounds, raise dp-noise-multiplier (or set it to 0 to "
+        "calibrate it to target-epsilon), lower fraction-train, or raise target-epsilon"
+    )
+
+
+def test_the_budget_and_the_calibration_use_the_configured_accountant():
+    """With RDP (looser than PLD here), 10 rounds at q = 0.2, z = 1 exceed epsilon 5.3 (PLD
+    would allow them); calibrating to RDP gives RDP's z, which PLD's smaller z would not
+    satisfy under RDP."""
+    rdp = _cfg(**{"dp-noise-multiplier": 1.0, "target-epsilon": 5.3, "dp-accountant": "rdp"})
+    ten = PrivacyLedger().add(0.2, 1.0, 10)
+    assert ten.epsilon(1e-5, "pld") < 5.3 < ten.epsilon(1e-5, "rdp")
+    with pytest.raises(PrivacyBudgetExceeded, match=r"\(RDP accountant\)"):
+        check_budget(PrivacyLedger(), 0.2, 1.0, 10, rdp)
+    settings = parse_settings(
+        DP | {"target-epsilon": 2.0, "num-rounds": 50, "dp-accountant": "rdp"}
+    )
+    state, planned = start_state(settings, DPConfig.from_settings(settings), 0.05, 10, None)
+    assert state.noise_multiplier == calibrate_noise(2.0, 0.05, 50, 1e-5, "rdp")
+    assert planned <= 2.0
