@@ -53,9 +53,10 @@ def _pipeline(rows_per_node, noise, rng):
     )
 
 
-def test_the_discrete_gaussian_has_the_exact_probabilities():
+@pytest.mark.parametrize("std", [1.0, 1.5])
+def test_the_discrete_gaussian_has_the_exact_probabilities(std):
     rng = np.random.default_rng(1)
-    std, draws = 1.5, 400_000
+    draws = 400_000
     x = discrete_gaussian(std, draws, rng)
     support = np.arange(-12, 13)
     pmf = np.exp(-(support**2) / (2 * std**2))
@@ -65,6 +66,7 @@ def test_the_discrete_gaussian_has_the_exact_probabilities():
     tolerance = 5 * np.sqrt(pmf * (1 - pmf) / draws) + 1e-5
     assert np.all(np.abs(observed - pmf) <= tolerance)
     assert x.dtype == np.int64 and np.abs(x).max() <= 12
+    assert not discrete_gaussian(0.0, 5, rng).any()
 
 
 def test_the_conditional_rounding_is_unbiased_and_within_its_bound():
@@ -168,3 +170,38 @@ def test_a_modulus_too_small_for_the_clients_is_refused_at_the_threshold():
     with pytest.raises(ValueError, match="modulus 4018 leaves too little room for 10 clients "
                                          "of dimension 100"):  # fmt: skip
         distributed_noise(1.0, 0.0, 100, 10, 1, 1, 4018)
+
+
+@pytest.mark.parametrize(
+    ("a", "dim", "beta", "want"),
+    [
+        # default beta = exp(-1/2), so sqrt(2 ln(1/beta)) = 1: the second bound,
+        # 9 + 16/4 + 1 * (3 + 4/2) = 18, is below the first, (3 + 4)^2 = 49
+        (3.0, 16, math.exp(-0.5), math.sqrt(18.0)),
+        # beta = exp(-50): sqrt(2 * 50) = 10, the second bound is 1 + 1/4 + 10 * 1.5 = 16.25,
+        # above the first, (1 + 1)^2 = 4
+        (1.0, 1, math.exp(-50.0), 2.0),
+    ],
+)
+def test_the_rounding_bound_by_hand(a, dim, beta, want):
+    assert rounding_bound(a, dim, beta) == pytest.approx(want, rel=1e-12)
+
+
+def test_the_rounding_draws_each_entry_on_its_own_and_accepts_the_bound_itself():
+    rng = np.random.default_rng(6)
+    halves = conditional_round(np.full(400, 0.5), 1e9, rng)
+    assert 120 < halves.sum() < 280  # Binomial(400, 1/2): not all up or all down together
+    # integers already: the rounding is the vector itself, whose norm 5 equals the bound
+    np.testing.assert_array_equal(conditional_round(np.array([3.0, 4.0]), 5.0, rng), [3, 4])
+    with pytest.raises(RuntimeError, match="no rounding within L2 bound 1.0 in 1000 tries"):
+        conditional_round(np.array([3.0, 4.0]), 1.0, rng)
+
+
+def test_a_node_rounds_float32_updates_in_float64_and_sends_integers():
+    """x / gamma = 123456780 is not a float32 (its spacing there is 8): the share must be
+    within one step of the exact quotient, and an integer mod m."""
+    x = np.array([[12345.678]], np.float32)
+    noise = DistributedNoise(1e-4, bound=1e12, node_std=0.0, modulus=2**40)
+    share = noised_node_sum(x, noise, np.random.default_rng(7))
+    assert share.dtype == np.int64
+    assert abs(share[0] - float(x[0, 0]) / 1e-4) < 1

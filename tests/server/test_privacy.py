@@ -407,3 +407,17 @@ def test_the_budget_and_the_calibration_use_the_configured_accountant():
     state, planned = start_state(settings, DPConfig.from_settings(settings), 0.05, 10, None)
     assert state.noise_multiplier == calibrate_noise(2.0, 0.05, 50, 1e-5, "rdp")
     assert planned <= 2.0
+
+
+def test_adaptive_clipping_with_too_little_count_noise_stops_before_round_one():
+    """start_state splits z for the configured expected cohort before anything runs: with
+    z = 2 and k = 20, Andrew et al.'s s_b = k / 20 = 1 is not above z / 2, so the start is
+    refused naming the key; with k = 100 (s_b = 5) it starts, with C = dp-clip."""
+    settings = parse_settings(
+        DP | {"dp-noise-multiplier": 2.0, "dp-adaptive": True, "num-rounds": 3}
+    )
+    cfg = DPConfig.from_settings(settings)
+    with pytest.raises(ValueError, match=r"'dp-clipped-count-stddev' has value 0.0.*cohort of 20"):
+        start_state(settings, cfg, q=0.1, expected=20, saved=None)
+    state, _ = start_state(settings, cfg, q=0.1, expected=100, saved=None)
+    assert (state.clip, state.noise_multiplier) == (0.5, 2.0)
