@@ -421,3 +421,30 @@ def test_adaptive_clipping_with_too_little_count_noise_stops_before_round_one():
         start_state(settings, cfg, q=0.1, expected=20, saved=None)
     state, _ = start_state(settings, cfg, q=0.1, expected=100, saved=None)
     assert (state.clip, state.noise_multiplier) == (0.5, 2.0)
+
+
+def test_every_dp_setting_reaches_the_dp_config_unchanged():
+    s = parse_settings(
+        DP | {"dp-noise-multiplier": 1.7, "dp-delta": 1e-6, "target-epsilon": 4.0,
+              "dp-adaptive": True, "dp-target-quantile": 0.3, "dp-clip-lr": 0.4,
+              "dp-clipped-count-stddev": 2.5, "dp-reproducible-noise": True,
+              "dp-accountant": "rdp"}
+    )  # fmt: skip
+    assert DPConfig.from_settings(s) == DPConfig(1.7, 1e-6, 4.0, True, 0.3, 0.4, 2.5, True, "rdp")
+
+
+def test_the_noise_split_uses_the_configured_count_stddev_and_names_the_limits():
+    """Fixed clipping: all of z on the update, no count noise. Adaptive with s_b = 2.5 set:
+    z_D^-2 = z^-2 - (2 s_b)^-2 (Andrew et al. 2021, Thm. 1)."""
+    assert noise_split(_cfg(**{"dp-noise-multiplier": 1.3}), 1.3, 10) == (1.3, 0.0)
+    cfg = _cfg(**{"dp-noise-multiplier": 2.0, "dp-adaptive": True, "dp-clipped-count-stddev": 2.5})
+    z_update, count_std = noise_split(cfg, 2.0, expected=100)
+    assert count_std == 2.5
+    assert z_update == pytest.approx((2.0**-2 - 5.0**-2) ** -0.5, rel=1e-12)
+    small = _cfg(**{"dp-noise-multiplier": 3.0, "dp-adaptive": True})
+    with pytest.raises(ValueError) as err:
+        noise_split(small, 3.0, expected=20)  # s_b = 20 / 20 = 1, not above z / 2 = 1.5
+    assert str(err.value).startswith(
+        "config key 'dp-clipped-count-stddev' has value 0.0; allowed: more than z / 2 = 1.5 "
+        "with dp-noise-multiplier 3 and an expected cohort of 20 clients (0 means 20/20 = 1): "
+    )
