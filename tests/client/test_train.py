@@ -180,9 +180,18 @@ def test_chunked_cohorts_equal_one_cohort(name):
     )
     for n in theta:
         torch.testing.assert_close(chunked.params[n], whole.params[n], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(
-        chunked.metrics["train-query-loss"], whole.metrics["train-query-loss"], rtol=1e-5
-    )
+    assert chunked.metrics.keys() == whole.metrics.keys() == {
+        "train-support-loss", "train-query-loss"
+    }  # fmt: skip
+    for key, values in whole.metrics.items():
+        assert values.shape == (5,) and values.dtype == np.float64
+        np.testing.assert_allclose(chunked.metrics[key], values, rtol=1e-5)
+    if settings.learns_inner_lr:  # Meta-SGD's alpha of every client, in client order
+        for n in theta:
+            assert chunked.inner_lr[n].shape == (5, *theta[n].shape)
+            torch.testing.assert_close(chunked.inner_lr[n], whole.inner_lr[n], rtol=1e-5, atol=1e-6)
+    else:
+        assert chunked.inner_lr is None and whole.inner_lr is None
 
 
 def test_each_client_starts_from_its_own_row_when_given():
@@ -287,3 +296,13 @@ def test_char_lstm_cohort_equals_each_client_trained_alone_by_hand(name):
         if alpha is not None:
             for n in theta:
                 torch.testing.assert_close(cohort.inner_lr[n][i], alpha[n], rtol=1e-4, atol=1e-6)
+
+
+def test_a_cohort_needs_a_client_and_meta_steps_need_a_meta_order():
+    settings = _settings("fedavg")
+    theta = _theta(settings)
+    with pytest.raises(ValueError, match="train_cohort needs at least one client"):
+        train_cohort(model_for(settings), theta, 0.1, [], [], settings, CPU, meta=False)
+    rng = [np.random.default_rng(0)]
+    with pytest.raises(ValueError, match="algorithm 'fedavg' has no meta-gradient order"):
+        train_cohort(model_for(settings), theta, 0.1, _clients(1), rng, settings, CPU, meta=True)
