@@ -11,7 +11,7 @@ contract, keys and layout, is common/messages.py):
              ``num-examples``, ``skipped`` flag and training losses as lists.
 ``evaluate`` personalises a functional copy of the received theta with k steps on each
              client's train split and scores it, before and after, on its held-out test
-             split (common/personalize.py). A node whose node config has ``model-dir``
+             split (common/scoring.py). A node whose node config has ``model-dir``
              also keeps each personalised model on its own disk (client/model_store.py).
 
 A client too small for the configured batches is reported as skipped, with the reason,
@@ -54,6 +54,7 @@ from common.arrays import (
     to_tensors,
 )
 from common.config import Algorithm, AttackKind, settings_to_run_config
+from common.dp_mechanism import WITHIN_CLIP, clip_rows
 from common.fingerprint import check_code
 from common.messages import (
     ACC_AFTER,
@@ -69,13 +70,12 @@ from common.messages import (
     write_reply,
 )
 from common.meta import bounded_step_sizes
-from common.personalize import evaluate_cohort, tensors_of
-from common.privacy import WITHIN_CLIP, clip_rows
+from common.scoring import evaluate_cohort, tensors_of
+from common.streams import EVALUATE_PURPOSE, TRAIN_PURPOSE
 
 app = ClientApp(mods=[secagg_when_asked])  # SecAgg+ rounds only (client/secagg.py)
 
 PERSONAL_STATE_PREFIX = "personal-model/"  # context.state slot of the 'local' baseline
-TRAIN_PURPOSE, EVALUATE_PURPOSE = 0, 1  # rng streams of a round
 
 
 @dataclass(frozen=True)

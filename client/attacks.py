@@ -26,11 +26,9 @@ import numpy as np
 
 from common.config import AttackKind, Settings
 from common.data.registry import num_classes
+from common.streams import ATTACK_PURPOSE, ATTACKER_STREAM, COLLUSION_STREAM
 
 NamedArrays = dict[str, np.ndarray]
-ATTACKER_STREAM = 0xA77AC  # the rng stream that picks the attackers: [seed, stream]
-COLLUSION_STREAM = 0xBAD  # the colluders' shared vector: [seed, round, stream]
-ATTACK_PURPOSE = 2  # a client's own stream for its noise: [seed, client, round, 2]
 
 
 @lru_cache(maxsize=16)

@@ -20,7 +20,7 @@ into it only when every step succeeded. A model.pt whose settings are not the on
 theta was trained with (edited, or their hash differs) is refused before any work.
 
 The adaptation is the evaluation path the federation itself uses
-(:func:`common.personalize.personalize_and_score`) on the batches of the run's final
+(:func:`common.scoring.personalize_and_score`) on the batches of the run's final
 evaluation (the client's RNG stream of (seed, client, final round, evaluate)), so with the
 run's eval-steps the scores are the ones the run logged for this client in its last round
 (``clients.jsonl``; a test checks it). They differ, and the output says why, when --steps
@@ -64,7 +64,7 @@ from common.folders import temporary_name
 from common.messages import ACC_AFTER, ACC_BEFORE, LOSS_AFTER, LOSS_BEFORE
 from common.meta import bounded_step_sizes
 from common.models import model_for
-from common.personalize import Personalized, personalize_and_score, tensors_of
+from common.scoring import Personalized, personalize_and_score, tensors_of
 from common.settings_hash import settings_hash
 
 

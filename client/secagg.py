@@ -6,7 +6,7 @@ quantizes the FitRes parameters to integers in [0, Q) after clipping every value
 [-R, R], masks them and sends only the masked vector. What leaves the node is therefore
 one vector per *node*, and it must be built so that the server can recover the plain sum:
 
-* every client of the node clips its whole update to L2 norm C (common/privacy.py) before
+* every client of the node clips its whole update to L2 norm C (common/dp_mechanism.py) before
   anything is summed, so DP's per-client sensitivity holds with M clients on one node;
 * the node sends p = (sum of its clipped rows) / M, M = clients-per-node, with weight M
   (= the protocol's ``max_weight``): each coordinate of p lies in [-C, C], so with R = C
@@ -34,6 +34,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 
 from common.config import Settings
+from common.dp_mechanism import DistributedNoise, noised_node_sum
 from common.messages import (
     CLIENTS,
     DP_BOUND,
@@ -45,9 +46,8 @@ from common.messages import (
     STATE_KEYS,
     SUM_PREFIX,
 )
-from common.privacy import DistributedNoise, noised_node_sum
+from common.streams import NODE_NOISE_PURPOSE
 
-NODE_NOISE_PURPOSE = 3  # rng stream (seed, round, purpose, partitions), reproducible mode only
 COUNTS_KEY = "secagg/counts"  # the extra array: [C m / M, 2C/M sum_i (b_i - 1/2)]
 FITINS_CONFIG = "fitins.config"
 
@@ -135,7 +135,7 @@ def noised_node_reply(
     noise: DistributedNoise, per_node: int, rng: np.random.Generator,
 ) -> Message:  # fmt: skip
     """The FitRes the mod masks under distributed DP: the noised integer sum x in [0, m) of
-    the clipped rows ``rows`` (common/privacy.py), each array encoded as x 2/m - 1 so that
+    the clipped rows ``rows`` (common/dp_mechanism.py), each array encoded as x 2/m - 1 so that
     the mod's quantization (clipping range 1, Q = m) gives back x exactly. Nothing else:
     no count, no drop and no metric, which would tell the server who was sampled."""
     sizes = [int(np.prod(np.shape(updates[k])[1:])) for k in keys]

@@ -36,7 +36,7 @@ from common.meta import (
     meta_gradient,
     sgd_step,
 )
-from common.personalize import loss_fn_for, stack_to_device
+from common.scoring import loss_fn_for, stack_to_device
 from common.tasks import task_sampler
 
 

@@ -1,6 +1,6 @@
 """One per-client function over a cohort: vmapped when the model allows it, else client by client.
 
-Local training (client/train.py) and personalisation (common/personalize.py) each write
+Local training (client/train.py) and personalisation (common/scoring.py) each write
 the work of one client as a pure function and run a cohort of clients through
 :func:`map_clients`. Most models batch under ``torch.func.vmap``; some cannot: ``nn.GRU``
 and ``nn.LSTM`` (their fused kernels have no batching rule), a Python branch on a
@@ -30,11 +30,10 @@ import torch
 from torch.func import vmap
 from torch.utils._pytree import tree_flatten, tree_map
 
+from common.streams import TORCH_STREAM
+
 log = logging.getLogger("flwr")
 
-# Spawn key of the torch-seed child of a client's numpy SeedSequence: far above the
-# children the project spawns, so the child is a stream of its own.
-TORCH_STREAM = 2**31 - 1
 
 _VMAP_PROBLEM: dict[Hashable, str | None] = {}  # per process: key -> why vmap failed, or None
 

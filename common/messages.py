@@ -72,7 +72,7 @@ STATE_KEYS = "state-keys"
 DROPPED = "dropped"
 SUM_PREFIX = "sum/"
 
-# ---- distributed DP under SecAgg+ (FitIns config; common/privacy.py DistributedNoise) ---
+# ---- distributed DP under SecAgg+ (FitIns config; common/dp_mechanism.py DistributedNoise) ---
 DP_GRANULARITY = "dp-granularity"  # gamma
 DP_BOUND = "dp-bound"  # Delta_2
 DP_NODE_STD = "dp-node-std"  # sigma of a node's discrete Gaussian share

@@ -13,7 +13,7 @@ Every function here is written with ``torch.func`` transforms (``grad``, ``vjp``
 returns tensors, never Python floats: nothing syncs with the host and nothing branches on
 a tensor's value. So each one is the per-task function of a batch of tasks as it is:
 ``torch.func.vmap`` runs it over many clients at once (client/train.py,
-common/personalize.py), and a single client is the same function called once.
+common/scoring.py), and a single client is the same function called once.
 """
 
 from __future__ import annotations

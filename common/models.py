@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from common.config import ConfigError, Settings, Task
-from common.personalize import loss_fn_for
 from common.plugins import PluginError, load_object
+from common.scoring import loss_fn_for
 
 ModelFactory = Callable[..., nn.Module]  # (input_shape, num_outputs, **model_args) -> Module
 DEFAULT_HIDDEN = (40, 40)  # hidden-sizes' default, so a factory by path matches it by name

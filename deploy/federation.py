@@ -46,8 +46,8 @@ from flwr.common.config import parse_config_args
 from common import strict_json
 from common.processes import console_script, free_port, run_config_arg
 from deploy.make_certs import Certificates, load_or_make_certificates
-from deploy.measure import NodeFootprint, NodeSampler
-from deploy.processes import ManagedProcess, start_process
+from deploy.managed_process import ManagedProcess, start_process
+from deploy.measure.node_footprint import NodeFootprint, NodeSampler
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FLOOR_APP = Path(__file__).resolve().parent / "floor_app"

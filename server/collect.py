@@ -31,8 +31,8 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from common.arrays import NamedArrays, UpdateRejected, check_stacked, from_record, nonfinite_rows
+from common.dp_mechanism import DistributedNoise
 from common.messages import NUM_EXAMPLES, read_reply, reply_updates
-from common.privacy import DistributedNoise
 from server.divergence import federation_failed
 from server.secagg import SecAggConfig, SecureSum, node_drops, secure_sum
 

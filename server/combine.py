@@ -26,11 +26,11 @@ from flwr.app import MetricRecord
 from flwr.supercore import log
 
 from common.arrays import NamedArrays
+from common.dp_mechanism import WITHIN_CLIP, DistributedNoise, clip_rows, effective_noise_multiplier
 from common.messages import SUM_PREFIX
-from common.privacy import WITHIN_CLIP, DistributedNoise, clip_rows, effective_noise_multiplier
+from common.streams import NOISE_PURPOSE
 from server.collect import ClientUpdate, Rows
 from server.privacy import (
-    NOISE_PURPOSE,
     NOT_PRIVATE,
     DPConfig,
     PrivacyState,

@@ -19,10 +19,9 @@ from torch import nn
 from common.config import Settings, Task
 from common.data.registry import load_new_client_data
 from common.meta import Params, StepSize, bounded_step_sizes
-from common.personalize import evaluate_cohort
+from common.scoring import evaluate_cohort
+from common.streams import NEW_CLIENT_PURPOSE
 from server.evaluation import client_stats, diverged_clients
-
-NEW_CLIENT_PURPOSE = 3  # rng stream of new-client evaluation (0, 1: a round's train/evaluate)
 
 
 def evaluate_new_clients(

@@ -3,7 +3,7 @@
 DP-FedAvg (McMahan et al. 2018, Alg. 1) as this server runs it, per round t:
 
   1. each client i in the round's Poisson sample clips its whole update to L2 norm C_t on
-     its own node (common/privacy.py) and sends it (or its node sends the SecAgg+ sum);
+     its own node (common/dp_mechanism.py) and sends it (or its node sends the SecAgg+ sum);
   2. the server adds Gaussian noise N(0, (z_D C_t)^2) to the sum S of the clipped updates
      and divides by the *fixed* expected cohort size k = q N (not by the number that
      answered, which would itself depend on who took part):  Delta = (S + noise) / k;
@@ -59,8 +59,6 @@ if TYPE_CHECKING:
     from dp_accounting import dp_event
 
 NamedArrays = dict[str, np.ndarray]
-NOISE_PURPOSE = 2  # rng stream (noise key, round, purpose) of the server's DP noise
-SAMPLE_PURPOSE = 0  # rng stream (noise key, round, purpose) of DP's Poisson sample
 NOISE_KEY_BITS = 128
 # PLD's grid step on the privacy loss: 10x faster than the library's 1e-4 and, on the runs
 # of docs/privacy.md, within 0.05% of it (the discretisation is pessimistic either way).

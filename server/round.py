@@ -25,7 +25,7 @@ from flwr.serverapp import Grid
 
 from common.arrays import NamedArrays, to_record
 from common.config import Settings
-from common.privacy import distributed_noise
+from common.dp_mechanism import distributed_noise
 from server.collect import Rows, collect_rows, collect_secure_sum
 from server.combine import (
     Combined,

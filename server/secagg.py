@@ -20,7 +20,7 @@ to within n M 2C/Q per coordinate.
 Every live node takes part in every SecAgg+ round (the protocol needs two or more); a node
 with no sampled client sends zeros.
 
-Distributed DP (``dp-mechanism = "distributed"``, common/privacy.py) hands the protocol
+Distributed DP (``dp-mechanism = "distributed"``, common/dp_mechanism.py) hands the protocol
 integers instead: each node sends its noised integer sum x in [0, m), m = Q, encoded as
 x 2/Q - 1 with clipping range 1, which the mod's quantization maps back to x exactly (every
 step is a multiplication by a power of two), so its stochastic rounding changes nothing.
@@ -48,6 +48,7 @@ from flwr.serverapp import Grid
 
 from common.arrays import NamedArrays
 from common.config import Settings
+from common.dp_mechanism import DistributedNoise, centered
 from common.messages import (
     CLIENTS,
     CLIP,
@@ -60,7 +61,6 @@ from common.messages import (
     SERVER_ROUND,
     STATE_KEYS,
 )
-from common.privacy import DistributedNoise, centered
 
 MODULUS = 2**32  # Flower's default modulus_range (the largest it allows)
 

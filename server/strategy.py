@@ -20,10 +20,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
 
 from common.config import Settings
 from common.messages import write_instruction
+from common.streams import SAMPLE_EVALUATE_PURPOSE, SAMPLE_TRAIN_PURPOSE
 from server.nodes import NodeDirectory, cohort_size
-
-# rng streams (seed or DP's noise key, round, purpose) of a round's two samples
-TRAIN_SAMPLE, EVALUATE_SAMPLE = 0, 1
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ class MetaStrategy:
         so that each round has the two or more nodes the protocol needs."""
         fraction = 1.0 if everyone else self.cfg.fraction_train
         seed = self.cfg.seed if key is None else key
-        asked = self.nodes.sample(fraction, seed, server_round, TRAIN_SAMPLE, poisson)
+        asked = self.nodes.sample(fraction, seed, server_round, SAMPLE_TRAIN_PURPOSE, poisson)
         cohort = Cohort(asked, self.nodes.population)
         if every_node:
             live = sorted({node for _, node in self.nodes.live()})
@@ -78,7 +76,7 @@ class MetaStrategy:
 
     def sample_evaluate(self, server_round: int, final: bool) -> Cohort:
         fraction = self.cfg.final_fraction_evaluate if final else self.cfg.fraction_evaluate
-        asked = self.nodes.sample(fraction, self.cfg.seed, server_round, EVALUATE_SAMPLE)
+        asked = self.nodes.sample(fraction, self.cfg.seed, server_round, SAMPLE_EVALUATE_PURPOSE)
         return Cohort(asked, self.nodes.population)
 
     def train_messages(

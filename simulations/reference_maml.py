@@ -7,7 +7,7 @@ Algorithm 1: theta_i <- theta_i - beta grad F_i, F_i(theta) = L(theta - alpha gr
 D); D')) under one ``torch.func.vmap`` over clients, the server takes the example-weighted
 mean of the updates theta_i - theta and an Adam step on its negative (FedMeta), and 0.1 N
 other clients are personalised (k SGD steps on their train points) and scored before and
-after on their held-out points. simulations/bench_cohort.py times it as the floor the
+after on their held-out points. simulations/bench/bench_cohort.py times it as the floor the
 project is measured against (the same math without messages, records or nodes).
 """
 

@@ -234,7 +234,7 @@ def _plots(exp: Experiment, rows: list[dict[str, Any]], out: Path) -> None:
     _new_clients_vs_steps(plt, exp, rows, out, metric)
     _distributions(plt, exp, rows, out, metric)
     if exp.base.get("dataset", "sinusoid") == "sinusoid":
-        from simulations.sinusoid_plot import plot_new_clients
+        from simulations.analysis.sinusoid_plot import plot_new_clients
 
         plot_new_clients(exp, [r["algorithm"] for r in rows], out)
 

@@ -6,7 +6,7 @@ where a plausible wrong variant would land close by, it also checks that the wro
 is far from the right one at the tolerance used. ``tests/mutants/plant_known_bugs.py``
 plants each bug again in a copy of the tree and shows that these tests fail.
 
-1. accuracy from argmin instead of argmax                    (common/personalize.py)
+1. accuracy from argmin instead of argmax                    (common/scoring.py)
 2. a train reply weighted by the test split's size             (client/app.py, train)
 3. Meta-SGD evaluated with the fixed inner-lr, not its alpha   (client/app.py, evaluate)
 4. training drawing batches from the evaluation RNG stream     (client/app.py, train)
@@ -32,7 +32,7 @@ from common.config import MetaOrder, Task, parse_settings
 from common.data.registry import load_client_data
 from common.meta import meta_gradient
 from common.models import model_for
-from common.personalize import evaluate_cohort, masked_scores
+from common.scoring import evaluate_cohort, masked_scores
 from common.tasks import draw_indices
 from server.app import initial_state
 from tests import node_probe

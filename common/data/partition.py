@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from common.data.types import DataError
-
-# Purposes mixed into the seed, so the same run seed drives independent streams.
-_DIRICHLET = 1
-_PATHOLOGICAL = 2
-_PERFEDAVG = 3
-_SPLIT = 4
+from common.streams import (
+    DIRICHLET_STREAM,
+    PATHOLOGICAL_STREAM,
+    PERFEDAVG_STREAM,
+    SPLIT_STREAM,
+)
 
 
 def _derived_seed(seed: int, purpose: int) -> int:
@@ -71,7 +71,7 @@ def partition_dirichlet(
         )
     if not alpha > 0:
         raise DataError(f"Dirichlet partition needs alpha > 0, got {alpha}")
-    rng = np.random.default_rng(seed=_derived_seed(seed, _DIRICHLET))
+    rng = np.random.default_rng(seed=_derived_seed(seed, DIRICHLET_STREAM))
     concentration = np.full(num_partitions, float(alpha))
     members = [np.nonzero(labels == k)[0] for k in sorted(np.unique(labels).tolist())]
     for _attempt in range(11):  # Flower: the first draw and up to ten redraws
@@ -109,7 +109,7 @@ def partition_pathological(
         partition_by="label",
         num_classes_per_partition=classes_per_partition,
         class_assignment_mode="first-deterministic",
-        seed=_derived_seed(seed, _PATHOLOGICAL),
+        seed=_derived_seed(seed, PATHOLOGICAL_STREAM),
     )
     try:
         return flower_partitions(partitioner, labels)
@@ -179,7 +179,7 @@ def partition_perfedavg(
             f"needs 2 <= a <= {largest} images per class (label counts "
             f"{dict(zip(classes.tolist(), counts.tolist(), strict=True))}), got a={a}"
         )
-    rng = np.random.default_rng([seed, _PERFEDAVG])
+    rng = np.random.default_rng([seed, PERFEDAVG_STREAM])
     pools = {c: rng.permutation(np.flatnonzero(labels == c)).tolist() for c in classes}
     parts = []
     for client in plan:
@@ -203,5 +203,5 @@ def split_train_test(
     indices = np.asarray(indices, dtype=np.int64)
     n = len(indices)
     n_test = min(max(round(n * test_fraction), 1), n - 1) if n >= 2 else 0
-    shuffled = np.random.default_rng([seed, _SPLIT, partition_id]).permutation(indices)
+    shuffled = np.random.default_rng([seed, SPLIT_STREAM, partition_id]).permutation(indices)
     return shuffled[n_test:], shuffled[:n_test]

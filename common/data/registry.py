@@ -36,13 +36,12 @@ from common.config import OMNIGLOT_DRAWERS, USER_DATASETS, Settings, omniglot_te
 from common.data import partition as part
 from common.data import readers, shakespeare, user_data
 from common.data.episodes import EpisodicData, episode_spec
-from common.data.sinusoid import NEW_CLIENT_STREAM as SINUSOID_NEW
 from common.data.sinusoid import sinusoid_client
-from common.data.synthetic import NEW_CLIENT_STREAM as SYNTHETIC_NEW
 from common.data.synthetic import NUM_CLASSES as SYNTHETIC_CLASSES
 from common.data.synthetic import NUM_FEATURES as SYNTHETIC_FEATURES
 from common.data.synthetic import synthetic_client
 from common.data.types import ClientData, DataError
+from common.streams import NEW_CLIENT_POOL, NEW_CLIENT_STREAM
 
 
 @dataclass(frozen=True)
@@ -194,12 +193,12 @@ def load_new_client_data(settings: Settings, index: int) -> ClientData:
     if settings.dataset == "sinusoid":
         return sinusoid_client(
             settings.seed, index, settings.new_client_train_points,
-            settings.sinusoid_test_points, stream=SINUSOID_NEW,
+            settings.sinusoid_test_points, stream=NEW_CLIENT_STREAM,
         )  # fmt: skip
     if settings.dataset == "synthetic":
         alpha, beta = settings.synthetic_alpha, settings.synthetic_beta
         return synthetic_client(
-            settings.seed, index, alpha, beta, settings.test_fraction, stream=SYNTHETIC_NEW
+            settings.seed, index, alpha, beta, settings.test_fraction, stream=NEW_CLIENT_STREAM
         )
     if settings.dataset == "omniglot":
         return _omniglot_client(settings, "evaluation", index, settings.new_clients)
@@ -296,12 +295,9 @@ def _pools(n: int, split: _Split) -> tuple[np.ndarray, np.ndarray]:
     """(training pool, new-client pool): disjoint sample positions, fixed by the seed."""
     if split.new_clients == 0:
         return np.arange(n), np.arange(0)
-    order = np.random.default_rng([split.seed, _NEW_CLIENT_POOL]).permutation(n)
+    order = np.random.default_rng([split.seed, NEW_CLIENT_POOL]).permutation(n)
     n_held = round(n * split.new_client_fraction)
     return np.sort(order[n_held:]), np.sort(order[:n_held])
-
-
-_NEW_CLIENT_POOL = 7  # purpose tag of the held-out pool's random stream
 
 
 def _partitioned(

@@ -42,6 +42,7 @@ import numpy as np
 
 from common.config import Settings
 from common.data.types import ClientData, DataError
+from common.streams import ROLE_ORDER_STREAM
 
 log = logging.getLogger("flwr")
 
@@ -49,7 +50,6 @@ LEAF_LETTERS = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghi
 UNKNOWN = len(LEAF_LETTERS)  # any character outside LEAF's alphabet
 VOCABULARY = len(LEAF_LETTERS) + 1
 PAD = LEAF_LETTERS.index(" ")  # LEAF pads the first windows with spaces
-_ROLE_ORDER = 11  # purpose tag of the seeded role permutation's random stream
 _IDS = np.full(0x110000, UNKNOWN, np.uint8)  # Unicode code point -> character id
 _IDS[[ord(c) for c in LEAF_LETTERS]] = np.arange(len(LEAF_LETTERS))
 
@@ -191,7 +191,7 @@ def _roles(data_path: str, test_fraction: float, min_chars: int, seed: int) -> R
     """The eligible roles in seeded order, read once per process (and logged once)."""
     every = read_roles(Path(data_path).expanduser(), test_fraction)
     eligible = [r for r in every.values() if r.length >= min_chars and 0 < r.test_start < r.length]
-    order = np.random.default_rng([seed, _ROLE_ORDER]).permutation(len(eligible))
+    order = np.random.default_rng([seed, ROLE_ORDER_STREAM]).permutation(len(eligible))
     roles = Roles(tuple(eligible[i] for i in order), len(every) - len(eligible), data_path)
     log.info(
         "shakespeare: %d roles with >= %d characters (and a train and a test part) are "

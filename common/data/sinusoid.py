@@ -13,13 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.data.types import ClientData
+from common.streams import POINTS_DRAW, TASK_DRAW, TRAIN_STREAM
 
 AMPLITUDE_RANGE = (0.1, 5.0)
 PHASE_RANGE = (0.0, np.pi)
 X_RANGE = (-5.0, 5.0)
-
-TRAIN_STREAM = 0
-NEW_CLIENT_STREAM = 1
 
 
 @dataclass(frozen=True)
@@ -32,7 +30,7 @@ class SinusoidTask:
 
 
 def sinusoid_task(seed: int, index: int, stream: int = TRAIN_STREAM) -> SinusoidTask:
-    rng = np.random.default_rng([seed, stream, index, 0])
+    rng = np.random.default_rng([seed, stream, index, TASK_DRAW])
     return SinusoidTask(float(rng.uniform(*AMPLITUDE_RANGE)), float(rng.uniform(*PHASE_RANGE)))
 
 
@@ -41,7 +39,7 @@ def sinusoid_client(
 ) -> ClientData:
     """Client ``index``'s task with ``n_train`` adaptation points and ``n_test`` scored ones."""
     task = sinusoid_task(seed, index, stream)
-    rng = np.random.default_rng([seed, stream, index, 1])
+    rng = np.random.default_rng([seed, stream, index, POINTS_DRAW])
     x = rng.uniform(*X_RANGE, size=(n_train + n_test, 1)).astype(np.float32)
     y = task(x)
     return ClientData(

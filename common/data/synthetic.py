@@ -21,14 +21,12 @@ from __future__ import annotations
 import numpy as np
 
 from common.data.types import ClientData
+from common.streams import TRAIN_STREAM
 
 NUM_FEATURES = 60
 NUM_CLASSES = 10
 MIN_SAMPLES = 50
 MAX_SAMPLES = 1000
-
-TRAIN_STREAM = 0
-NEW_CLIENT_STREAM = 1
 
 # Sigma = diag(j^-1.2), j = 1..60: later features vary less (FedProx's generator).
 _FEATURE_STD = np.arange(1, NUM_FEATURES + 1, dtype=np.float64) ** -0.6

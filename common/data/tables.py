@@ -5,7 +5,7 @@ each file is checked on its own, and a client's rows must all be in one file). F
 read with pyarrow, the engine under Hugging Face ``datasets``' csv and parquet loaders,
 straight into one float32 feature matrix: no Arrow cache is written to disk and no row is
 converted one by one, so a 100,000-row table loads in well under a second
-(simulations/bench_user_table.py). Which rows belong to which client is decided later
+(simulations/bench/bench_user_table.py). Which rows belong to which client is decided later
 (common/data/user_data.py), by Flower Datasets' rule for natural ids or its partitioners.
 """
 

@@ -35,8 +35,8 @@ from common.config import Settings, Task
 from common.data import partition as part
 from common.data.table import Columns, UserTable, check_table, labels_for, num_classes_of
 from common.data.types import ClientData, DataError
+from common.streams import NEW_CLIENT_POOL, USER_PARTITIONER_STREAM
 
-NEW_CLIENT_POOL = 7  # purpose tag of the held-out clients' random stream (as the registry's)
 NEW_CLIENT_IDS = 1_000_000  # offset of new partitioned clients' split seeds
 
 
@@ -277,7 +277,7 @@ def _flower_partition(labels: np.ndarray, rows: _Rows, count: int) -> list[np.nd
             f"partition '{rows.partition}' splits by class, but task is regression; use iid, "
             "linear, square or exponential, or a client-column"
         )
-    seed = int(np.random.SeedSequence([rows.seed, 11]).generate_state(1)[0])
+    seed = int(np.random.SeedSequence([rows.seed, USER_PARTITIONER_STREAM]).generate_state(1)[0])
     if rows.partition == "dirichlet":
         return part.partition_dirichlet(labels, count, rows.dirichlet_alpha, rows.seed)
     if rows.partition == "pathological":

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploy.clientapp_cost import HEAVY_MODULES, probe, probe_in_turn
+from deploy.measure.clientapp_cost import HEAVY_MODULES, probe, probe_in_turn
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -14,7 +14,7 @@ from client.model_store import INFO_FILE, STATE_FILE, ModelStoreError, save_pers
 from common.config import parse_settings
 from common.data.registry import load_client_data
 from common.models import model_for
-from common.personalize import personalize_and_score
+from common.scoring import personalize_and_score
 from server.app import run_federation
 from simulations.loop import LoopGrid
 from tests.torch_files import storage_locations

@@ -1,4 +1,4 @@
-"""Distributed DP's integer mechanism (common/privacy.py) through SecAgg+'s own arithmetic:
+"""Distributed DP's integer mechanism (common/dp_mechanism.py) through SecAgg+'s own arithmetic:
 each node rounds its clients' clipped updates, adds a discrete Gaussian share and sends its
 sum mod m; Flower's quantization, modular sum and dequantization (the pairwise masks cancel
 mod 2^32) give the server the noised sum, whose noise has the intended distribution."""
@@ -17,7 +17,7 @@ from flwr.common.secure_aggregation.ndarrays_arithmetic import (
 )
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
-from common.privacy import (
+from common.dp_mechanism import (
     DistributedNoise,
     conditional_round,
     discrete_gaussian,

@@ -9,7 +9,7 @@ import torch
 
 from common.config import Task
 from common.data.types import ClientData
-from common.personalize import tensors_of
+from common.scoring import tensors_of
 
 
 @pytest.mark.parametrize(

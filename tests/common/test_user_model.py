@@ -17,8 +17,8 @@ from common.batching import probe_key, vmap_problem
 from common.config import BUILT_IN_MODELS, ConfigError, Task, parse_settings
 from common.data.types import ClientData
 from common.models import BUILT_IN, ModelError, model_for, without_running_stats
-from common.personalize import evaluate_cohort
 from common.plugins import PluginError
+from common.scoring import evaluate_cohort
 from simulations.loop import run_in_loop
 from tests.user_code import write_user_module
 

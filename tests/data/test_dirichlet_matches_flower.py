@@ -10,6 +10,7 @@ import pytest
 
 from common.data import partition as part
 from common.data.types import DataError
+from common.streams import DIRICHLET_STREAM
 
 flwr_datasets = pytest.importorskip("flwr_datasets")
 
@@ -19,7 +20,7 @@ def flowers_partitions(labels: np.ndarray, n: int, alpha: float, seed: int, min_
 
     partitioner = DirichletPartitioner(
         num_partitions=n, partition_by="label", alpha=alpha, min_partition_size=min_size,
-        self_balancing=False, seed=part._derived_seed(seed, part._DIRICHLET),
+        self_balancing=False, seed=part._derived_seed(seed, DIRICHLET_STREAM),
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -7,12 +7,12 @@ import numpy as np
 from common.data.synthetic import (
     MAX_SAMPLES,
     MIN_SAMPLES,
-    NEW_CLIENT_STREAM,
     NUM_CLASSES,
     NUM_FEATURES,
     synthetic_client,
     synthetic_samples,
 )
+from common.streams import NEW_CLIENT_STREAM
 
 
 def test_client_shapes_dtypes_and_split() -> None:

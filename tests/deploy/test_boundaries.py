@@ -36,11 +36,10 @@ def test_the_check_sees_a_lazy_import(tmp_path: Path):
 
 def test_simulations_and_deploy_share_the_process_helpers():
     from common import processes
-    from deploy import federation
-    from deploy import processes as deploy_processes
+    from deploy import federation, managed_process
     from simulations import engine
 
     assert engine.free_port is processes.free_port is federation.free_port
     assert engine.run_config_arg is processes.run_config_arg is federation.run_config_arg
-    assert deploy_processes.stop_process_group is processes.stop_process_group
+    assert managed_process.stop_process_group is processes.stop_process_group
     assert engine.stop_process_group is processes.stop_process_group

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from deploy.federation import FLOOR_APP, Federation, run_outcome
-from deploy.processes import descendants
+from deploy.managed_process import descendants
 from tests.deploy.test_federation import RunLog
 
 pytestmark = pytest.mark.slow

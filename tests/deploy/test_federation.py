@@ -25,7 +25,7 @@ from common.config import parse_settings
 from common.models import model_for
 from deploy.federation import FLOOR_APP, Federation, run_outcome
 from deploy.make_certs import write_node_key
-from deploy.processes import descendants
+from deploy.managed_process import descendants
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ import pytest
 
 from client.model_store import INFO_FILE
 from deploy.federation import PROJECT_ROOT, Federation, run_outcome
-from deploy.processes import descendants
+from deploy.managed_process import descendants
 from tests.deploy.test_federation import RunLog
 from tests.user_code import write_user_module
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from deploy.federation import PROJECT_ROOT, local_federation, run_outcome
-from deploy.processes import descendants
+from deploy.managed_process import descendants
 from tests.user_code import write_user_module
 
 pytestmark = pytest.mark.slow

@@ -33,7 +33,7 @@ def test_the_doc_has_every_step():
     script = "\n".join(blocks)
     for step in (
         "python make_data.py", "python -m simulations.run sensors.yaml",
-        "run_experiment(experiment)", "python -m simulations.pick_best",
+        "run_experiment(experiment)", "python -m simulations.analysis.pick_best",
         "python -m deploy.federation demo --own-data", "python -m client.personalize",
         "--onnx", "onnxruntime",
     ):  # fmt: skip

@@ -45,10 +45,10 @@ class Bug:
 BUGS = (
     Bug(
         "argmin-accuracy",
-        "common/personalize.py",
+        "common/scoring.py",
         "        correct = (out.argmax(dim=1) == y).to(per_row.dtype)",
         "        correct = (out.argmin(dim=1) == y).to(per_row.dtype)",
-        (KNOWN_BUGS_TESTS, "tests/common/test_personalize.py"),
+        (KNOWN_BUGS_TESTS, "tests/common/test_scoring.py"),
     ),
     Bug(
         "weights-by-test-size",

@@ -67,11 +67,11 @@ GROUPS = {
         ),
     ),
     "personalize": Group(
-        ("common/personalize.py",),
+        ("common/scoring.py",),
         (
-            "tests/common/test_personalize.py",
+            "tests/common/test_scoring.py",
             "tests/common/test_tensors_of.py",
-            "tests/common/test_personalize_guards.py",
+            "tests/common/test_scoring_guards.py",
             KNOWN_BUGS,
         ),
     ),
@@ -93,10 +93,10 @@ GROUPS = {
         ),
     ),
     "privacy": Group(
-        ("server/privacy.py", "common/privacy.py"),
+        ("server/privacy.py", "common/dp_mechanism.py"),
         (
             "tests/server/test_privacy.py",
-            "tests/common/test_privacy.py",
+            "tests/common/test_dp_clipping.py",
             "tests/common/test_distributed_dp.py",
         ),
     ),

@@ -12,8 +12,8 @@ import pytest
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from common.config import parse_settings
+from common.streams import NOISE_PURPOSE
 from server.privacy import (
-    NOISE_PURPOSE,
     PLD_Z_FLOOR,
     DPConfig,
     PrivacyBudgetExceeded,
