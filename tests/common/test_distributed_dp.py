@@ -154,7 +154,7 @@ def test_the_grid_step_and_noise_share_by_hand():
     c / gamma = 0.5 * room / (1000 + 8 * 2) = 1073741244 / 1016."""
     noise = distributed_noise(0.25, 1.0, 100, 1000, 8, 2, 2**32)
     scaled_clip = 1073741244 / 1016
-    assert noise.granularity == pytest.approx(0.25 / scaled_clip, rel=1e-12)
+    assert noise.granularity == pytest.approx(0.25 / scaled_clip, rel=1e-12, abs=0)
     # Delta_2 of KLS21: min((a + sqrt(d))^2, a^2 + d/4 + sqrt(2 ln(1/beta)) (a + sqrt(d)/2)),
     # with beta = exp(-1/2): sqrt(2 ln(1/beta)) = 1
     a = scaled_clip

@@ -255,8 +255,13 @@ def test_delta_of_one_over_n_or_more_is_refused_with_the_population():
     with pytest.raises(ValueError, match=r"'dp-delta' has value 0.01; allowed: below 1/N = 0.01, "
                                          r"N = 100 clients"):  # fmt: skip
         check_delta(0.01, 100)
-    with pytest.raises(ValueError, match="below 1/N = 0.00025, N = 4000"):
+    with pytest.raises(ValueError) as err:
         check_delta(1e-3, 4000)
+    assert str(err.value) == (
+        "config key 'dp-delta' has value 0.001; allowed: below 1/N = 0.00025, N = 4000 clients "
+        "that can be sampled (delta >= 1/N allows releasing a client's data in the clear); "
+        "1/N^1.1 or less is usual"
+    )
 
 
 def test_distributed_dp_must_leave_at_least_one_node_to_add_noise():
@@ -265,9 +270,12 @@ def test_distributed_dp_must_leave_at_least_one_node_to_add_noise():
     base = DP | {"secagg": True, "dp-mechanism": "distributed"}
     two_drops = parse_settings(base | {"dp-tolerated-drops": 2})
     check_tolerated_drops(two_drops, 3)
-    with pytest.raises(ValueError, match=r"'dp-tolerated-drops' has value 2; allowed: below the "
-                                         r"2 nodes connected"):  # fmt: skip
+    with pytest.raises(ValueError) as err:
         check_tolerated_drops(two_drops, 2)
+    assert str(err.value) == (
+        "config key 'dp-tolerated-drops' has value 2; allowed: below the 2 nodes connected: "
+        "each node adds a 1/(nodes - drops) share of the noise variance"
+    )
     check_tolerated_drops(parse_settings(DP | {"dp-noise-multiplier": 1.0}), 1)  # central DP
 
 
@@ -285,6 +293,8 @@ def test_the_clipped_count_gets_noise_of_std_s_b_and_mean_zero():
     sd = count_std / 100
     assert abs(fractions.mean() - 0.7) < 5 * sd / math.sqrt(4000)
     assert fractions.std() == pytest.approx(sd, rel=0.06)  # 5 standard errors of the std
+    deltas = np.array([r.delta["w"][0] for r in rounds])  # (0 + N(0, (z_D C)^2)) / k
+    assert deltas.std() == pytest.approx(z_update * 0.8 / 100, rel=0.06)
     first = rounds[0]
     assert first.clip == 0.8 and first.noise_std == pytest.approx(z_update * 0.8)
     assert first.next_clip == pytest.approx(0.8 * math.exp(-0.2 * (fractions[0] - 0.5)))
@@ -338,6 +348,13 @@ def test_start_privacy_checks_delta_and_drops_and_plans_with_q_of_k_over_n():
         start_privacy(distributed, DPConfig.from_settings(distributed), 100, 1, 10, None)
     resumed = PrivacyState(0.7, 1.0, PrivacyLedger().add(0.1, 1.0, 2), 99)
     assert start_privacy(settings, cfg, 100, 2, 10, resumed) is resumed
+    # the expected cohort reaches the noise split: k = 20 leaves s_b = 1, not above z / 2
+    adaptive = parse_settings(DP | {"dp-noise-multiplier": 3.0, "dp-adaptive": True})
+    with pytest.raises(ValueError, match="'dp-clipped-count-stddev'.*cohort of 20 clients"):
+        start_privacy(adaptive, DPConfig.from_settings(adaptive), 1000, 2, 20, None)
+    seeded = parse_settings(DP | {"dp-noise-multiplier": 1.0, "seed": 9,
+                                  "dp-reproducible-noise": True})  # fmt: skip
+    assert start_privacy(seeded, DPConfig.from_settings(seeded), 100, 2, 10, None).noise_key == 9
 
 
 def test_a_round_runs_only_while_it_fits_the_target():
@@ -350,6 +367,11 @@ def test_a_round_runs_only_while_it_fits_the_target():
     assert not round_within_budget(cfg, spent, 0.1, 6)
     unlimited = _cfg(**{"dp-noise-multiplier": 1.0})
     assert round_within_budget(unlimited, spent, 0.1, 6)
+    # the target set to the epsilon after exactly one more round: that round runs
+    ledger = PrivacyLedger().add(0.1, 1.0, 4)
+    one_more = ledger.add(0.1, 1.0, 1).epsilon(1e-5)
+    tight = _cfg(**{"dp-noise-multiplier": 1.0, "target-epsilon": one_more})
+    assert round_within_budget(tight, PrivacyState(0.5, 1.0, ledger), 0.1, 5)
 
 
 def test_the_summary_reports_the_configured_accountants_epsilon_and_flags_seeded_noise():
@@ -365,6 +387,10 @@ def test_the_summary_reports_the_configured_accountants_epsilon_and_flags_seeded
         "final-clip": 0.42,
     }
     assert out["epsilon"] != ledger.epsilon(1e-6, "pld")
+    pld = _cfg(**{"dp-noise-multiplier": 1.1, "dp-delta": 1e-6})
+    assert privacy_summary(pld, PrivacyState(0.42, 1.1, ledger))["epsilon"] == ledger.epsilon(
+        1e-6, "pld"
+    )
     seeded = _cfg(**{"dp-noise-multiplier": 1.1, "dp-reproducible-noise": True})
     assert privacy_summary(seeded, PrivacyState(0.42, 1.1, ledger))["not-a-private-release"] == 1.0
 
