@@ -474,3 +474,52 @@ def test_the_noise_split_uses_the_configured_count_stddev_and_names_the_limits()
         "config key 'dp-clipped-count-stddev' has value 0.0; allowed: more than z / 2 = 1.5 "
         "with dp-noise-multiplier 3 and an expected cohort of 20 clients (0 means 20/20 = 1): "
     )
+
+
+def test_pld_ledger_of_two_rounds_and_the_defaults_by_the_library_directly():
+    """Two rounds in one run are two compositions (PLD by dp-accounting itself, at the same
+    grid step); the default accountant is PLD; no round spends nothing; z = 0 is no privacy."""
+    from dp_accounting import dp_event
+    from dp_accounting.pld import PLDAccountant
+
+    library = PLDAccountant(value_discretization_interval=1e-3)
+    library.compose(dp_event.PoissonSampledDpEvent(0.1, dp_event.GaussianDpEvent(0.9)), count=2)
+    ledger = PrivacyLedger().add(0.1, 0.9, 2)
+    assert ledger.epsilon(1e-5) == pytest.approx(library.get_epsilon(1e-5), rel=1e-9)
+    assert ledger.epsilon(1e-5) != ledger.epsilon(1e-5, "rdp")
+    assert PrivacyLedger().epsilon(1e-5) == 0.0
+    assert PrivacyLedger().add(0.1, 0.0, 3).epsilon(1e-5) == math.inf
+
+
+def test_rounds_within_for_every_cap_equals_the_count_that_fits_capped():
+    from server.privacy import rounds_within
+
+    cfg = _cfg(**{"dp-noise-multiplier": 1.0, "target-epsilon": 6.0, "dp-accountant": "rdp"})
+    spent = PrivacyLedger().add(0.2, 1.0, 3)
+    eps = [spent.add(0.2, 1.0, n).epsilon(1e-5, "rdp") if n else 0.0 for n in range(22)]
+    fit = max(n for n in range(22) if eps[n] <= 6.0)
+    assert 3 < fit < 20
+    assert [rounds_within(spent, 0.2, 1.0, cfg, most) for most in range(21)] == [
+        min(most, fit) for most in range(21)
+    ]
+
+
+def test_a_resumed_plan_counts_only_the_rounds_still_to_run():
+    """num-rounds 5 with 3 already in the ledger: the plan is the ledger plus 2 rounds at
+    (q, z); with all 5 done, the ledger alone (0 more rounds)."""
+    settings = parse_settings(DP | {"dp-noise-multiplier": 1.0, "num-rounds": 5})
+    cfg = DPConfig.from_settings(settings)
+    three = PrivacyState(0.5, 1.0, PrivacyLedger().add(0.1, 1.0, 3), 1)
+    _, planned = start_state(settings, cfg, 0.1, 10, three)
+    assert planned == PrivacyLedger().add(0.1, 1.0, 5).epsilon(1e-5)
+    five = PrivacyState(0.5, 1.0, PrivacyLedger().add(0.1, 1.0, 5), 1)
+    _, planned = start_state(settings, cfg, 0.1, 10, five)
+    assert planned == PrivacyLedger().add(0.1, 1.0, 5).epsilon(1e-5)
+
+
+def test_a_fresh_plan_over_the_target_says_so_without_rounds_already_run():
+    cfg = _cfg(**{"dp-noise-multiplier": 1.0, "target-epsilon": 2.0})
+    with pytest.raises(PrivacyBudgetExceeded) as err:
+        check_budget(PrivacyLedger(), 0.2, 1.0, 30, cfg)
+    spent = PrivacyLedger().add(0.2, 1.0, 30).epsilon(1e-5)
+    assert f"allowed: at least {spent:.4g}: 30 more rounds at sampling rate" in str(err.value)
