@@ -167,7 +167,13 @@ def test_chunked_cohorts_equal_one_cohort(name):
         CPU,
         meta=True,
     )
-    chunked_settings = dataclasses.replace(settings, cohort_size=2)
+    # chunks of 2 (three calls: 2 + 2 + 1) and of 3 (two calls: 3 + 2)
+    for size in (2, 3):
+        _check_chunks_equal_one_cohort(settings, theta, lr, clients, whole, size)
+
+
+def _check_chunks_equal_one_cohort(settings, theta, lr, clients, whole, size):
+    chunked_settings = dataclasses.replace(settings, cohort_size=size)
     chunked = train_cohort(
         model_for(settings),
         theta,
@@ -306,3 +312,24 @@ def test_a_cohort_needs_a_client_and_meta_steps_need_a_meta_order():
     rng = [np.random.default_rng(0)]
     with pytest.raises(ValueError, match="algorithm 'fedavg' has no meta-gradient order"):
         train_cohort(model_for(settings), theta, 0.1, _clients(1), rng, settings, CPU, meta=True)
+
+
+def test_a_configured_loss_is_the_one_trained_on():
+    """fedavg with loss = torch.nn.functional:l1_loss: one SGD step equals
+    theta - lr * grad of the mean absolute error on the drawn batch, by autograd."""
+    settings = _settings("fedavg", **{"local-steps": 1, "loss": "torch.nn.functional:l1_loss"})
+    theta = _theta(settings)
+    x, y = _clients(2)[1]
+    out = train_cohort(
+        model_for(settings), theta, 0.1, [(x, y)], [np.random.default_rng(3)], settings, CPU,
+        meta=False,
+    )  # fmt: skip
+    xs, ys = task_sampler(x, y, settings).batches(np.random.default_rng(3), 1)
+    xb, yb = torch.from_numpy(xs[0]), torch.from_numpy(ys[0])
+    leaves = {n: p.clone().requires_grad_(True) for n, p in theta.items()}
+    pred = torch.func.functional_call(model_for(settings), leaves, (xb,))
+    loss = (pred.reshape(yb.shape) - yb).abs().mean()  # l1_loss, written out
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    for (n, p), g in zip(theta.items(), grads, strict=True):
+        torch.testing.assert_close(out.params[n][0], p - 0.05 * g, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.metrics["train-loss"], [loss.item()], rtol=1e-5)
