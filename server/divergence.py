@@ -12,7 +12,8 @@ A run has diverged in round r when
   * an evaluation round's mean loss before adapting (the shared model's, on the clients
     it scored) is finite and above ``DIVERGED_LOSS_FACTOR`` (10) times the run's first
     evaluated value: theta blew up while staying finite, and norm-bounded updates keep it
-    going, so neither rule above sees it (perfedavg-hf on the quickstart: 2.6 -> 105).
+    going, so neither rule above sees it (the quickstart's perfedavg-hf at server-lr
+    0.01: 2.6 -> 105).
 
 ``on-divergence = "stop"`` (default) ends the run there: summary.json records
 ``diverged-at-round`` and why, no model.pt is written, and the run raises

@@ -130,3 +130,33 @@ def test_a_round_of_error_replies_or_none_is_a_federation_failure_not_a_stall():
     assert federation_failed([], asked=2)  # no node answered within round-timeout
     assert not federation_failed([bad, ok], asked=2)  # one node answered: theta is tested
     assert not federation_failed([], asked=0)  # nobody asked (an empty Poisson sample)
+
+
+def _trained(run_dir, on_divergence):
+    """theta, the round rows (wall times left out) and the summary of a short perfedavg-hf
+    run that never diverges."""
+    import torch
+
+    config = {
+        "clients-per-node": 100, "min-available-nodes": 1, "num-rounds": 12,
+        "algorithm": "perfedavg-hf", "server-lr": 0.005, "evaluate-every": 4,
+        "run-dir": str(run_dir), "on-divergence": on_divergence,
+    }  # fmt: skip
+    summary = run_in_loop(config, num_nodes=1)
+    theta = torch.load(run_dir / "model.pt", weights_only=False)["theta"]
+    rows = _strict(run_dir / "metrics.jsonl")
+    return theta, [{k: v for k, v in r.items() if k != "seconds"} for r in rows], summary
+
+
+def test_rollback_leaves_a_run_that_never_diverges_bit_for_bit_unchanged(tmp_path):
+    # Rollback only keeps snapshots until a divergence is seen: it draws no randomness and
+    # changes no step, so a sound run is the same under either setting.
+    theta_stop, rows_stop, _ = _trained(tmp_path / "stop", "stop")
+    theta_back, rows_back, summary = _trained(tmp_path / "rollback", "rollback")
+    assert not (tmp_path / "rollback" / "rollback.json").exists()  # written at a rollback
+    assert "diverged-at-round" not in summary
+    assert rows_back == rows_stop and len(rows_stop) == 12
+    assert sum(bool(r["eval"]) for r in rows_stop) == 3  # the loss watch saw 3 evaluations
+    assert theta_back.keys() == theta_stop.keys()
+    for name, array in theta_stop.items():
+        assert np.array_equal(np.asarray(theta_back[name]), np.asarray(array)), name

@@ -9,17 +9,10 @@ import numpy as np
 import pytest
 
 from common.config import parse_settings
+from server import round as stages
 from server.optimizer import OptimizerConfig, OptimizerState
 from server.progress import Progress, latest_metric
 from server.robust import RobustConfig
-from server.round import (
-    ReplyRound,
-    RoundOutcome,
-    RoundReport,
-    SecureRound,
-    ServerState,
-    pipeline_for,
-)
 from tests.server.rounds import FixedNodes, strategy_for
 
 SGD = OptimizerConfig("sgd", 1.0)
@@ -27,12 +20,12 @@ SGD = OptimizerConfig("sgd", 1.0)
 
 def _pipeline(**config):
     nodes = FixedNodes({1: [0, 1]})
-    return pipeline_for(parse_settings(config), strategy_for(config, nodes), SGD)
+    return stages.pipeline_for(parse_settings(config), strategy_for(config, nodes), SGD)
 
 
 def test_plain_runs_combine_rows_with_the_configured_rule():
     pipeline = _pipeline(aggregation="multi-krum", **{"krum-byzantine": 1})
-    assert isinstance(pipeline, ReplyRound) and pipeline.dp is None
+    assert isinstance(pipeline, stages.ReplyRound) and pipeline.dp is None
     assert pipeline.robust == RobustConfig.from_settings(
         parse_settings({"aggregation": "multi-krum", "krum-byzantine": 1})
     )
@@ -40,23 +33,25 @@ def test_plain_runs_combine_rows_with_the_configured_rule():
 
 def test_dp_combines_rows_privately_and_secagg_sums_without_any_robust_rule():
     central = _pipeline(dp=True, **{"dp-clip": 1.0})
-    assert isinstance(central, ReplyRound) and central.robust is None and central.dp
+    assert isinstance(central, stages.ReplyRound) and central.robust is None and central.dp
     secure = _pipeline(secagg=True, weighting="uniform", **{"dp-clip": 1.0})
-    assert isinstance(secure, SecureRound) and not secure.distributed
+    assert isinstance(secure, stages.SecureRound) and not secure.distributed
     # a robust rule cannot be put into a SecAgg+ round: it has no place for one
-    assert "robust" not in {f.name for f in dataclasses.fields(SecureRound)}
+    assert "robust" not in {f.name for f in dataclasses.fields(stages.SecureRound)}
     with pytest.raises(TypeError):
-        SecureRound(robust=RobustConfig(), **{f.name: None for f in dataclasses.fields(secure)})  # type: ignore[call-arg]
+        stages.SecureRound(
+            robust=RobustConfig(), **{f.name: None for f in dataclasses.fields(secure)}
+        )  # type: ignore[call-arg]
 
 
 def test_an_outcome_without_a_step_keeps_theta_and_carries_the_rest():
     theta = {"w": np.ones(2, np.float32)}
-    before = ServerState(theta, OptimizerState(step=3))
+    before = stages.ServerState(theta, OptimizerState(step=3))
     stepped = OptimizerState(step=4)
-    kept = RoundOutcome(None, before.optimizer, None, RoundReport()).state(before)
+    kept = stages.RoundOutcome(None, before.optimizer, None, stages.RoundReport()).state(before)
     assert kept.theta is theta and kept.optimizer.step == 3
     new = {"w": np.zeros(2, np.float32)}
-    moved = RoundOutcome(new, stepped, None, RoundReport(accepted=2)).state(before)
+    moved = stages.RoundOutcome(new, stepped, None, stages.RoundReport(accepted=2)).state(before)
     assert moved.theta is new and moved.optimizer.step == 4
 
 
