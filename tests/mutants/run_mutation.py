@@ -178,7 +178,7 @@ def run_group(name: str, group: Group, workdir: Path, max_children: int, run: bo
     listing = mutmut(["results"], dest)
     survivors = re.findall(r"^\s+(\S+): survived$", listing, flags=re.MULTILINE)
     uncovered = re.findall(r"^\s+(\S+): no tests$", listing, flags=re.MULTILINE)
-    # A timeout is mutmut's CPU-time limit (15x the tests' own time): a mutant that loops
+    # A timeout is mutmut's CPU-time limit (5x the tests' own time): a mutant that loops
     # or crawls. It counts as caught, and is reported on its own.
     caught = stats["killed"] + stats["timeout"]
     # mutmut's export has no "not checked" count: what a stopped run did not reach.
