@@ -168,8 +168,13 @@ def test_chunked_cohorts_equal_one_cohort(name):
         cfg,
         CPU,
     )
-    chunked_settings = dataclasses.replace(settings, cohort_size=2)
-    chunked_cfg = TrainConfig.from_settings(chunked_settings)
+    # chunks of 2 (three calls: 2 + 2 + 1) and of 3 (two calls: 3 + 2)
+    for size in (2, 3):
+        _check_chunks_equal_one_cohort(settings, theta, lr, clients, whole, size)
+
+
+def _check_chunks_equal_one_cohort(settings, theta, lr, clients, whole, size):
+    chunked_cfg = TrainConfig.from_settings(dataclasses.replace(settings, cohort_size=size))
     chunked = train_cohort(
         model_for(settings),
         theta,
@@ -181,9 +186,18 @@ def test_chunked_cohorts_equal_one_cohort(name):
     )
     for n in theta:
         torch.testing.assert_close(chunked.params[n], whole.params[n], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(
-        chunked.metrics["train-query-loss"], whole.metrics["train-query-loss"], rtol=1e-5
-    )
+    assert chunked.metrics.keys() == whole.metrics.keys() == {
+        "train-support-loss", "train-query-loss"
+    }  # fmt: skip
+    for key, values in whole.metrics.items():
+        assert values.shape == (5,) and values.dtype == np.float64
+        np.testing.assert_allclose(chunked.metrics[key], values, rtol=1e-5)
+    if settings.learns_inner_lr:  # Meta-SGD's alpha of every client, in client order
+        for n in theta:
+            assert chunked.inner_lr[n].shape == (5, *theta[n].shape)
+            torch.testing.assert_close(chunked.inner_lr[n], whole.inner_lr[n], rtol=1e-5, atol=1e-6)
+    else:
+        assert chunked.inner_lr is None and whole.inner_lr is None
 
 
 def test_each_client_starts_from_its_own_row_when_given():
@@ -306,3 +320,31 @@ def test_char_lstm_cohort_equals_each_client_trained_alone_by_hand(name):
         if alpha is not None:
             for n in theta:
                 torch.testing.assert_close(cohort.inner_lr[n][i], alpha[n], rtol=1e-4, atol=1e-6)
+
+
+def test_a_cohort_needs_a_client():
+    settings = _settings("fedavg")
+    cfg = TrainConfig.from_settings(settings)
+    with pytest.raises(ValueError, match="train_cohort needs at least one client"):
+        train_cohort(model_for(settings), _theta(settings), 0.1, [], [], cfg, CPU)
+
+
+def test_a_configured_loss_is_the_one_trained_on():
+    """fedavg with loss = torch.nn.functional:l1_loss: one SGD step equals
+    theta - lr * grad of the mean absolute error on the drawn batch, by autograd."""
+    settings = _settings("fedavg", **{"local-steps": 1, "loss": "torch.nn.functional:l1_loss"})
+    theta = _theta(settings)
+    x, y = _clients(2)[1]
+    cfg = TrainConfig.from_settings(settings)
+    out = train_cohort(
+        model_for(settings), theta, 0.1, [(x, y)], [np.random.default_rng(3)], cfg, CPU
+    )
+    xs, ys = task_sampler(x, y, cfg.batches).batches(np.random.default_rng(3), 1)
+    xb, yb = torch.from_numpy(xs[0]), torch.from_numpy(ys[0])
+    leaves = {n: p.clone().requires_grad_(True) for n, p in theta.items()}
+    pred = torch.func.functional_call(model_for(settings), leaves, (xb,))
+    loss = (pred.reshape(yb.shape) - yb).abs().mean()  # l1_loss, written out
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    for (n, p), g in zip(theta.items(), grads, strict=True):
+        torch.testing.assert_close(out.params[n][0], p - 0.05 * g, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.metrics["train-loss"], [loss.item()], rtol=1e-5)

@@ -53,9 +53,10 @@ def _pipeline(rows_per_node, noise, rng):
     )
 
 
-def test_the_discrete_gaussian_has_the_exact_probabilities():
+@pytest.mark.parametrize("std", [1.0, 1.5])
+def test_the_discrete_gaussian_has_the_exact_probabilities(std):
     rng = np.random.default_rng(1)
-    std, draws = 1.5, 400_000
+    draws = 400_000
     x = discrete_gaussian(std, draws, rng)
     support = np.arange(-12, 13)
     pmf = np.exp(-(support**2) / (2 * std**2))
@@ -65,6 +66,7 @@ def test_the_discrete_gaussian_has_the_exact_probabilities():
     tolerance = 5 * np.sqrt(pmf * (1 - pmf) / draws) + 1e-5
     assert np.all(np.abs(observed - pmf) <= tolerance)
     assert x.dtype == np.int64 and np.abs(x).max() <= 12
+    assert not discrete_gaussian(0.0, 5, rng).any()
 
 
 def test_the_conditional_rounding_is_unbiased_and_within_its_bound():
@@ -119,3 +121,87 @@ def test_effective_noise_counts_only_the_shares_that_survived():
     # tiny shares: KLS21's tau (the sum of discrete Gaussians is not one) costs privacy
     small = DistributedNoise(1.0, bound=1.0, node_std=0.3, modulus=2**20)
     assert effective_noise_multiplier(small, 3, 1000) < 0.3 * math.sqrt(3)
+
+
+@pytest.mark.parametrize(
+    ("dim", "branch"),
+    [(1, "first"), (400, "second")],  # d = 1: the square-root bound wins; d = 400: the other
+)
+def test_effective_noise_equals_kls21_theorem_1_by_hand(dim, branch):
+    """Three shares of std s = 0.8 and sensitivity 1.5, where KLS21's tau is large enough to
+    matter: tau = 10 (exp(-2 pi^2 s^2 / 2) + exp(-2 pi^2 s^2 2/3)), then
+    eps = min(sqrt(D^2 / (n s^2) + tau d / 2), D / (sqrt(n) s) + tau sqrt(d)), z = 1 / eps."""
+    s, bound, n = 0.8, 1.5, 3
+    tau = 10 * (math.exp(-(math.pi**2) * 0.64) + math.exp(-(math.pi**2) * 0.64 * 4 / 3))
+    first = math.sqrt(2.25 / (3 * 0.64) + tau * dim / 2)
+    second = 1.5 / (math.sqrt(3) * 0.8) + tau * math.sqrt(dim)
+    assert (first < second) == (branch == "first")
+    noise = DistributedNoise(1.0, bound=bound, node_std=s, modulus=2**20)
+    assert effective_noise_multiplier(noise, n, dim) == pytest.approx(
+        1 / min(first, second), rel=1e-12
+    )
+    # without tau (one share) the guarantee is the Gaussian's: z = s / D
+    assert effective_noise_multiplier(noise, 1, dim) == pytest.approx(0.8 / 1.5, rel=1e-12)
+    assert effective_noise_multiplier(noise, 0, dim) == 0.0
+    silent = DistributedNoise(1.0, bound=bound, node_std=0.0, modulus=2**20)
+    assert effective_noise_multiplier(silent, n, dim) == 0.0
+
+
+def test_the_grid_step_and_noise_share_by_hand():
+    """gamma from the no-wraparound rule written out: z = 1 with 8 nodes of which 2 are
+    designed to survive (all-node noise std per Delta_2: 1 * sqrt(8 / 2) = 2), 1,000 clients,
+    d = 100, m = 2^32: room = 2^31 - 1000 - 8 * 2 * 10 = 2147482488 and
+    c / gamma = 0.5 * room / (1000 + 8 * 2) = 1073741244 / 1016."""
+    noise = distributed_noise(0.25, 1.0, 100, 1000, 8, 2, 2**32)
+    scaled_clip = 1073741244 / 1016
+    assert noise.granularity == pytest.approx(0.25 / scaled_clip, rel=1e-12, abs=0)
+    # Delta_2 of KLS21: min((a + sqrt(d))^2, a^2 + d/4 + sqrt(2 ln(1/beta)) (a + sqrt(d)/2)),
+    # with beta = exp(-1/2): sqrt(2 ln(1/beta)) = 1
+    a = scaled_clip
+    assert noise.bound == pytest.approx(math.sqrt(min((a + 10) ** 2, a * a + 25 + a + 5)))
+    assert noise.node_std == pytest.approx(noise.bound / math.sqrt(2), rel=1e-12)
+    assert noise.modulus == 2**32
+
+
+def test_a_modulus_too_small_for_the_clients_is_refused_at_the_threshold():
+    """Without noise, 10 clients in d = 100: c / gamma = (m / 2 - 10) / 20, which must be at
+    least 10 sqrt(d) = 100, so m = 4020 is the smallest modulus allowed."""
+    assert distributed_noise(1.0, 0.0, 100, 10, 1, 1, 4020).granularity == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="modulus 4018 leaves too little room for 10 clients "
+                                         "of dimension 100"):  # fmt: skip
+        distributed_noise(1.0, 0.0, 100, 10, 1, 1, 4018)
+
+
+@pytest.mark.parametrize(
+    ("a", "dim", "beta", "want"),
+    [
+        # default beta = exp(-1/2), so sqrt(2 ln(1/beta)) = 1: the second bound,
+        # 9 + 16/4 + 1 * (3 + 4/2) = 18, is below the first, (3 + 4)^2 = 49
+        (3.0, 16, math.exp(-0.5), math.sqrt(18.0)),
+        # beta = exp(-50): sqrt(2 * 50) = 10, the second bound is 1 + 1/4 + 10 * 1.5 = 16.25,
+        # above the first, (1 + 1)^2 = 4
+        (1.0, 1, math.exp(-50.0), 2.0),
+    ],
+)
+def test_the_rounding_bound_by_hand(a, dim, beta, want):
+    assert rounding_bound(a, dim, beta) == pytest.approx(want, rel=1e-12)
+
+
+def test_the_rounding_draws_each_entry_on_its_own_and_accepts_the_bound_itself():
+    rng = np.random.default_rng(6)
+    halves = conditional_round(np.full(400, 0.5), 1e9, rng)
+    assert 120 < halves.sum() < 280  # Binomial(400, 1/2): not all up or all down together
+    # integers already: the rounding is the vector itself, whose norm 5 equals the bound
+    np.testing.assert_array_equal(conditional_round(np.array([3.0, 4.0]), 5.0, rng), [3, 4])
+    with pytest.raises(RuntimeError, match="no rounding within L2 bound 1.0 in 1000 tries"):
+        conditional_round(np.array([3.0, 4.0]), 1.0, rng)
+
+
+def test_a_node_rounds_float32_updates_in_float64_and_sends_integers():
+    """x / gamma = 123456780 is not a float32 (its spacing there is 8): the share must be
+    within one step of the exact quotient, and an integer mod m."""
+    x = np.array([[12345.678]], np.float32)
+    noise = DistributedNoise(1e-4, bound=1e12, node_std=0.0, modulus=2**40)
+    share = noised_node_sum(x, noise, np.random.default_rng(7))
+    assert share.dtype == np.int64
+    assert abs(share[0] - float(x[0, 0]) / 1e-4) < 1

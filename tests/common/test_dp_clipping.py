@@ -53,3 +53,19 @@ def test_a_node_without_sampled_clients_clips_zero_rows():
 def test_a_non_positive_bound_is_refused():
     with pytest.raises(ValueError, match="clip bound must be > 0"):
         clip_rows({"w": np.ones((1, 2))}, 0.0)
+
+
+def test_a_row_exactly_at_the_bound_counts_as_within_it():
+    """b_i = 1[||u_i|| <= C] (Andrew et al. 2021): equality counts as within."""
+    out = clip_rows({"w": np.array([[3.0, 4.0], [6.0, 8.0]])}, 5.0)
+    assert out.within.tolist() == [1.0, 0.0]
+    np.testing.assert_array_equal(out.updates["w"], [[3.0, 4.0], [3.0, 4.0]])
+
+
+def test_a_float32_row_of_1e20_has_a_finite_norm_and_is_clipped():
+    """Squares of 1e20 overflow float32: the norm is taken in float64, so a client with a
+    blown-up update is clipped to C, not sent as NaN or infinity."""
+    out = clip_rows({"w": np.array([[3e20, 4e20], [0.3, 0.4]], np.float32)}, 1.0)
+    np.testing.assert_allclose(out.norms, [5e20, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(out.updates["w"], [[0.6, 0.8], [0.3, 0.4]], rtol=1e-6)
+    assert out.updates["w"].dtype == np.float32

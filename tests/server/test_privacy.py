@@ -246,3 +246,280 @@ def test_a_fresh_run_draws_its_key_from_os_entropy_unless_reproducible():
     assert state.noise_key == 5
     first = noise_rng(state.noise_key, 1, NOISE_PURPOSE).normal(size=4)
     np.testing.assert_array_equal(first, np.random.default_rng([5, 1, 2]).normal(size=4))
+
+
+def test_delta_of_one_over_n_or_more_is_refused_with_the_population():
+    from server.privacy import check_delta
+
+    check_delta(0.0099, 100)  # just below 1/N
+    with pytest.raises(ValueError, match=r"'dp-delta' has value 0.01; allowed: below 1/N = 0.01, "
+                                         r"N = 100 clients"):  # fmt: skip
+        check_delta(0.01, 100)
+    with pytest.raises(ValueError) as err:
+        check_delta(1e-3, 4000)
+    assert str(err.value) == (
+        "config key 'dp-delta' has value 0.001; allowed: below 1/N = 0.00025, N = 4000 clients "
+        "that can be sampled (delta >= 1/N allows releasing a client's data in the clear); "
+        "1/N^1.1 or less is usual"
+    )
+
+
+def test_distributed_dp_must_leave_at_least_one_node_to_add_noise():
+    from server.privacy import check_tolerated_drops
+
+    base = DP | {"secagg": True, "dp-mechanism": "distributed"}
+    two_drops = parse_settings(base | {"dp-tolerated-drops": 2})
+    check_tolerated_drops(two_drops, 3)
+    with pytest.raises(ValueError) as err:
+        check_tolerated_drops(two_drops, 2)
+    assert str(err.value) == (
+        "config key 'dp-tolerated-drops' has value 2; allowed: below the 2 nodes connected: "
+        "each node adds a 1/(nodes - drops) share of the noise variance"
+    )
+    check_tolerated_drops(parse_settings(DP | {"dp-noise-multiplier": 1.0}), 1)  # central DP
+
+
+def test_the_clipped_count_gets_noise_of_std_s_b_and_mean_zero():
+    """Adaptive clipping's released fraction b~ = (sum_i (b_i - 1/2) + N(0, s_b^2)) / k + 1/2:
+    over 4,000 releases with k = 100 (s_b = k / 20 = 5, so b~ has std 0.05) its mean is the
+    true fraction 0.7 and its std 0.05; the round reports C_t and the update's std z_D C_t."""
+    cfg = _cfg(**{"dp-noise-multiplier": 1.0, "dp-adaptive": True, "dp-clip-lr": 0.2})
+    z_update, count_std = noise_split(cfg, 1.0, expected=100)
+    state = PrivacyState(clip=0.8, noise_multiplier=1.0)
+    rng = np.random.default_rng(11)
+    total, within = {"w": np.zeros(1)}, 100 * (0.7 - 0.5)  # 70 of 100 clients within C
+    rounds = [private_mean(total, within, state, cfg, 100, rng) for _ in range(4000)]
+    fractions = np.array([r.unclipped_fraction for r in rounds])
+    sd = count_std / 100
+    assert abs(fractions.mean() - 0.7) < 5 * sd / math.sqrt(4000)
+    assert fractions.std() == pytest.approx(sd, rel=0.06)  # 5 standard errors of the std
+    deltas = np.array([r.delta["w"][0] for r in rounds])  # (0 + N(0, (z_D C)^2)) / k
+    assert deltas.std() == pytest.approx(z_update * 0.8 / 100, rel=0.06)
+    first = rounds[0]
+    assert first.clip == 0.8 and first.noise_std == pytest.approx(z_update * 0.8)
+    assert first.next_clip == pytest.approx(0.8 * math.exp(-0.2 * (fractions[0] - 0.5)))
+    fixed = private_mean(total, 0.0, state, _cfg(**{"dp-noise-multiplier": 1.0}), 100, rng)
+    assert fixed.clip == 0.8 and fixed.next_clip == 0.8 and fixed.noise_std == 0.8
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+def test_rounds_within_is_the_largest_count_that_fits(accountant):
+    """rounds_within's bisection against the definition: r more rounds fit the target and
+    r + 1 do not (epsilon grows with the rounds), by the configured accountant (PLD allows
+    about 14 here and RDP about 9, so the other accountant's count fails the check), and 0
+    when not even one more round fits."""
+    from server.privacy import rounds_within
+
+    cfg = _cfg(**{"dp-noise-multiplier": 1.0, "target-epsilon": 6.0, "dp-accountant": accountant})
+    spent = PrivacyLedger().add(0.2, 1.0, 3)
+
+    def fits(n: int) -> bool:
+        return spent.add(0.2, 1.0, n).epsilon(cfg.delta, accountant) <= 6.0
+
+    r = rounds_within(spent, 0.2, 1.0, cfg, 20)
+    assert 5 < r < 20 and fits(r) and not fits(r + 1)
+    assert rounds_within(spent, 0.2, 1.0, cfg, r - 2) == r - 2  # capped by ``most``
+    over = PrivacyLedger().add(0.2, 1.0, 200)  # already past the target
+    assert rounds_within(over, 0.2, 1.0, cfg, 20) == 0
+
+
+def test_start_privacy_checks_delta_and_drops_and_plans_with_q_of_k_over_n():
+    """q = k / N: 10 of 100 clients fit target-epsilon 3 over 5 rounds at z = 1 (epsilon
+    about 1.6), 10 of 20 do not; delta >= 1/N and too many tolerated drops are refused."""
+    from server.privacy import start_privacy
+
+    settings = parse_settings(
+        DP | {"dp-noise-multiplier": 1.0, "target-epsilon": 3.0, "num-rounds": 5}
+    )
+    cfg = DPConfig.from_settings(settings)
+    state = start_privacy(settings, cfg, population=100, nodes=2, expected=10, saved=None)
+    assert (state.clip, state.noise_multiplier, state.ledger.rounds) == (0.5, 1.0, 0)
+    assert PrivacyLedger().add(0.1, 1.0, 5).epsilon(cfg.delta) < 3.0
+    assert PrivacyLedger().add(0.5, 1.0, 5).epsilon(cfg.delta) > 3.0
+    with pytest.raises(PrivacyBudgetExceeded, match=r"q = 0.5 with"):
+        start_privacy(settings, cfg, population=20, nodes=2, expected=10, saved=None)
+    with pytest.raises(ValueError, match="'dp-delta'.*N = 100000"):
+        start_privacy(settings, cfg, population=100_000, nodes=2, expected=10, saved=None)
+    distributed = parse_settings(
+        DP | {"secagg": True, "dp-mechanism": "distributed", "dp-tolerated-drops": 1,
+              "dp-noise-multiplier": 1.0}
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="'dp-tolerated-drops'"):
+        start_privacy(distributed, DPConfig.from_settings(distributed), 100, 1, 10, None)
+    resumed = PrivacyState(0.7, 1.0, PrivacyLedger().add(0.1, 1.0, 2), 99)
+    assert start_privacy(settings, cfg, 100, 2, 10, resumed) is resumed
+    # the expected cohort reaches the noise split: k = 20 leaves s_b = 1, not above z / 2
+    adaptive = parse_settings(DP | {"dp-noise-multiplier": 3.0, "dp-adaptive": True})
+    with pytest.raises(ValueError, match="'dp-clipped-count-stddev'.*cohort of 20 clients"):
+        start_privacy(adaptive, DPConfig.from_settings(adaptive), 1000, 2, 20, None)
+    seeded = parse_settings(DP | {"dp-noise-multiplier": 1.0, "seed": 9,
+                                  "dp-reproducible-noise": True})  # fmt: skip
+    assert start_privacy(seeded, DPConfig.from_settings(seeded), 100, 2, 10, None).noise_key == 9
+
+
+def test_a_round_runs_only_while_it_fits_the_target():
+    from server.privacy import round_within_budget
+
+    cfg = _cfg(**{"dp-noise-multiplier": 1.0, "target-epsilon": 3.0})
+    fresh = PrivacyState(0.5, 1.0)
+    assert round_within_budget(cfg, fresh, 0.1, 1)
+    spent = PrivacyState(0.5, 1.0, PrivacyLedger().add(0.5, 1.0, 5))  # epsilon > 3 already
+    assert not round_within_budget(cfg, spent, 0.1, 6)
+    unlimited = _cfg(**{"dp-noise-multiplier": 1.0})
+    assert round_within_budget(unlimited, spent, 0.1, 6)
+    # the target set to the epsilon after exactly one more round: that round runs
+    ledger = PrivacyLedger().add(0.1, 1.0, 4)
+    one_more = ledger.add(0.1, 1.0, 1).epsilon(1e-5)
+    tight = _cfg(**{"dp-noise-multiplier": 1.0, "target-epsilon": one_more})
+    assert round_within_budget(tight, PrivacyState(0.5, 1.0, ledger), 0.1, 5)
+
+
+def test_the_summary_reports_the_configured_accountants_epsilon_and_flags_seeded_noise():
+    from server.privacy import privacy_summary
+
+    cfg = _cfg(**{"dp-noise-multiplier": 1.1, "dp-accountant": "rdp", "dp-delta": 1e-6})
+    ledger = PrivacyLedger().add(0.1, 1.1, 7)
+    out = privacy_summary(cfg, PrivacyState(0.42, 1.1, ledger))
+    assert out == {
+        "epsilon": ledger.epsilon(1e-6, "rdp"),
+        "delta": 1e-6,
+        "noise-multiplier": 1.1,
+        "final-clip": 0.42,
+    }
+    assert out["epsilon"] != ledger.epsilon(1e-6, "pld")
+    pld = _cfg(**{"dp-noise-multiplier": 1.1, "dp-delta": 1e-6})
+    assert privacy_summary(pld, PrivacyState(0.42, 1.1, ledger))["epsilon"] == ledger.epsilon(
+        1e-6, "pld"
+    )
+    seeded = _cfg(**{"dp-noise-multiplier": 1.1, "dp-reproducible-noise": True})
+    assert privacy_summary(seeded, PrivacyState(0.42, 1.1, ledger))["not-a-private-release"] == 1.0
+
+
+def test_a_plan_spending_exactly_the_target_fits_and_one_round_more_is_refused_in_full():
+    """epsilon <= target, equality included: the target set to the exact epsilon of 3 + 8
+    rounds lets 8 more rounds run, and 9 are refused with one message that says what was
+    spent already, what would fit and what to change."""
+    from server.privacy import rounds_within
+
+    spent = PrivacyLedger().add(0.2, 1.0, 3)
+    exact = spent.add(0.2, 1.0, 8).epsilon(1e-5, "pld")
+    cfg = _cfg(**{"dp-noise-multiplier": 1.0, "target-epsilon": exact})
+    assert check_budget(spent, 0.2, 1.0, 8, cfg) == exact
+    assert rounds_within(spent, 0.2, 1.0, cfg, 20) == 8
+    with pytest.raises(PrivacyBudgetExceeded) as err:
+        check_budget(spent, 0.2, 1.0, 9, cfg)
+    nine = spent.add(0.2, 1.0, 9).epsilon(1e-5, "pld")
+    assert str(err.value) == (
+        f"config key 'target-epsilon' has value {exact!r}; allowed: at least {nine:.4g}: after "
+        f"the 3 rounds already run, 9 more rounds at sampling rate q = 0.2 with noise "
+        f"multiplier z = 1 spend epsilon = {nine:.4g} at delta = 1e-05 (PLD accountant); 8 "
+        "rounds would fit. Lower num-rounds, raise dp-noise-multiplier (or set it to 0 to "
+        "calibrate it to target-epsilon), lower fraction-train, or raise target-epsilon"
+    )
+
+
+def test_the_budget_and_the_calibration_use_the_configured_accountant():
+    """With RDP (looser than PLD here), 10 rounds at q = 0.2, z = 1 exceed epsilon 5.3 (PLD
+    would allow them); calibrating to RDP gives RDP's z, which PLD's smaller z would not
+    satisfy under RDP."""
+    rdp = _cfg(**{"dp-noise-multiplier": 1.0, "target-epsilon": 5.3, "dp-accountant": "rdp"})
+    ten = PrivacyLedger().add(0.2, 1.0, 10)
+    assert ten.epsilon(1e-5, "pld") < 5.3 < ten.epsilon(1e-5, "rdp")
+    with pytest.raises(PrivacyBudgetExceeded, match=r"\(RDP accountant\)"):
+        check_budget(PrivacyLedger(), 0.2, 1.0, 10, rdp)
+    settings = parse_settings(
+        DP | {"target-epsilon": 2.0, "num-rounds": 50, "dp-accountant": "rdp"}
+    )
+    state, planned = start_state(settings, DPConfig.from_settings(settings), 0.05, 10, None)
+    assert state.noise_multiplier == calibrate_noise(2.0, 0.05, 50, 1e-5, "rdp")
+    assert planned <= 2.0
+
+
+def test_adaptive_clipping_with_too_little_count_noise_stops_before_round_one():
+    """start_state splits z for the configured expected cohort before anything runs: with
+    z = 2 and k = 20, Andrew et al.'s s_b = k / 20 = 1 is not above z / 2, so the start is
+    refused naming the key; with k = 100 (s_b = 5) it starts, with C = dp-clip."""
+    settings = parse_settings(
+        DP | {"dp-noise-multiplier": 2.0, "dp-adaptive": True, "num-rounds": 3}
+    )
+    cfg = DPConfig.from_settings(settings)
+    with pytest.raises(ValueError, match=r"'dp-clipped-count-stddev' has value 0.0.*cohort of 20"):
+        start_state(settings, cfg, q=0.1, expected=20, saved=None)
+    state, _ = start_state(settings, cfg, q=0.1, expected=100, saved=None)
+    assert (state.clip, state.noise_multiplier) == (0.5, 2.0)
+
+
+def test_every_dp_setting_reaches_the_dp_config_unchanged():
+    s = parse_settings(
+        DP | {"dp-noise-multiplier": 1.7, "dp-delta": 1e-6, "target-epsilon": 4.0,
+              "dp-adaptive": True, "dp-target-quantile": 0.3, "dp-clip-lr": 0.4,
+              "dp-clipped-count-stddev": 2.5, "dp-reproducible-noise": True,
+              "dp-accountant": "rdp"}
+    )  # fmt: skip
+    assert DPConfig.from_settings(s) == DPConfig(1.7, 1e-6, 4.0, True, 0.3, 0.4, 2.5, True, "rdp")
+
+
+def test_the_noise_split_uses_the_configured_count_stddev_and_names_the_limits():
+    """Fixed clipping: all of z on the update, no count noise. Adaptive with s_b = 2.5 set:
+    z_D^-2 = z^-2 - (2 s_b)^-2 (Andrew et al. 2021, Thm. 1)."""
+    assert noise_split(_cfg(**{"dp-noise-multiplier": 1.3}), 1.3, 10) == (1.3, 0.0)
+    cfg = _cfg(**{"dp-noise-multiplier": 2.0, "dp-adaptive": True, "dp-clipped-count-stddev": 2.5})
+    z_update, count_std = noise_split(cfg, 2.0, expected=100)
+    assert count_std == 2.5
+    assert z_update == pytest.approx((2.0**-2 - 5.0**-2) ** -0.5, rel=1e-12)
+    small = _cfg(**{"dp-noise-multiplier": 3.0, "dp-adaptive": True})
+    with pytest.raises(ValueError) as err:
+        noise_split(small, 3.0, expected=20)  # s_b = 20 / 20 = 1, not above z / 2 = 1.5
+    assert str(err.value).startswith(
+        "config key 'dp-clipped-count-stddev' has value 0.0; allowed: more than z / 2 = 1.5 "
+        "with dp-noise-multiplier 3 and an expected cohort of 20 clients (0 means 20/20 = 1): "
+    )
+
+
+def test_pld_ledger_of_two_rounds_and_the_defaults_by_the_library_directly():
+    """Two rounds in one run are two compositions (PLD by dp-accounting itself, at the same
+    grid step); the default accountant is PLD; no round spends nothing; z = 0 is no privacy."""
+    from dp_accounting import dp_event
+    from dp_accounting.pld import PLDAccountant
+
+    library = PLDAccountant(value_discretization_interval=1e-3)
+    library.compose(dp_event.PoissonSampledDpEvent(0.1, dp_event.GaussianDpEvent(0.9)), count=2)
+    ledger = PrivacyLedger().add(0.1, 0.9, 2)
+    assert ledger.epsilon(1e-5) == pytest.approx(library.get_epsilon(1e-5), rel=1e-9)
+    assert ledger.epsilon(1e-5) != ledger.epsilon(1e-5, "rdp")
+    assert PrivacyLedger().epsilon(1e-5) == 0.0
+    assert PrivacyLedger().add(0.1, 0.0, 3).epsilon(1e-5) == math.inf
+
+
+def test_rounds_within_for_every_cap_equals_the_count_that_fits_capped():
+    from server.privacy import rounds_within
+
+    cfg = _cfg(**{"dp-noise-multiplier": 1.0, "target-epsilon": 6.0, "dp-accountant": "rdp"})
+    spent = PrivacyLedger().add(0.2, 1.0, 3)
+    eps = [spent.add(0.2, 1.0, n).epsilon(1e-5, "rdp") if n else 0.0 for n in range(22)]
+    fit = max(n for n in range(22) if eps[n] <= 6.0)
+    assert 3 < fit < 20
+    assert [rounds_within(spent, 0.2, 1.0, cfg, most) for most in range(21)] == [
+        min(most, fit) for most in range(21)
+    ]
+
+
+def test_a_resumed_plan_counts_only_the_rounds_still_to_run():
+    """num-rounds 5 with 3 already in the ledger: the plan is the ledger plus 2 rounds at
+    (q, z); with all 5 done, the ledger alone (0 more rounds)."""
+    settings = parse_settings(DP | {"dp-noise-multiplier": 1.0, "num-rounds": 5})
+    cfg = DPConfig.from_settings(settings)
+    three = PrivacyState(0.5, 1.0, PrivacyLedger().add(0.1, 1.0, 3), 1)
+    _, planned = start_state(settings, cfg, 0.1, 10, three)
+    assert planned == PrivacyLedger().add(0.1, 1.0, 5).epsilon(1e-5)
+    five = PrivacyState(0.5, 1.0, PrivacyLedger().add(0.1, 1.0, 5), 1)
+    _, planned = start_state(settings, cfg, 0.1, 10, five)
+    assert planned == PrivacyLedger().add(0.1, 1.0, 5).epsilon(1e-5)
+
+
+def test_a_fresh_plan_over_the_target_says_so_without_rounds_already_run():
+    cfg = _cfg(**{"dp-noise-multiplier": 1.0, "target-epsilon": 2.0})
+    with pytest.raises(PrivacyBudgetExceeded) as err:
+        check_budget(PrivacyLedger(), 0.2, 1.0, 30, cfg)
+    spent = PrivacyLedger().add(0.2, 1.0, 30).epsilon(1e-5)
+    assert f"allowed: at least {spent:.4g}: 30 more rounds at sampling rate" in str(err.value)
