@@ -122,6 +122,8 @@ class PrivacyLedger:
     runs: tuple[tuple[float, float, int], ...] = ()  # (q, z, rounds)
 
     def add(self, q: float, z: float, rounds: int = 1) -> PrivacyLedger:
+        if rounds <= 0:  # nothing released (e.g. a resume after the last round): no entry
+            return self
         if self.runs and self.runs[-1][:2] == (q, z):
             *head, (_, _, n) = self.runs
             return PrivacyLedger((*head, (q, z, n + rounds)))

@@ -41,7 +41,7 @@ def test_generated_datasets_keep_training_and_new_clients_apart():
 
 def test_a_clients_streams_never_meet_over_seeds_clients_rounds_and_purposes():
     # The layout is the one ClientRuntime.rng uses, checked on the method itself.
-    fake = SimpleNamespace(settings=SimpleNamespace(seed=5), partition_id=2)
+    fake = SimpleNamespace(seed=5, partition_id=2)
     real = ClientRuntime.rng(fake, 3, streams.EVALUATE_PURPOSE)  # type: ignore[arg-type]
     assert real.random() == np.random.default_rng([5, 2, 3, streams.EVALUATE_PURPOSE]).random()
 

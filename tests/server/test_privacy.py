@@ -523,3 +523,17 @@ def test_a_fresh_plan_over_the_target_says_so_without_rounds_already_run():
         check_budget(PrivacyLedger(), 0.2, 1.0, 30, cfg)
     spent = PrivacyLedger().add(0.2, 1.0, 30).epsilon(1e-5)
     assert f"allowed: at least {spent:.4g}: 30 more rounds at sampling rate" in str(err.value)
+
+
+def test_a_resume_after_the_last_round_with_another_q_plans_nothing_and_keeps_epsilon():
+    """A DP run resumed after all its rounds (a crash before summary.json) with the nodes
+    changed since, so q differs: no round is left, so nothing is added to the ledger (a
+    zero-round entry made dp-accounting raise 'count must be positive')."""
+    settings = parse_settings({"dp": True, "dp-clip": 1.0, "dp-noise-multiplier": 1.0,
+                               "num-rounds": 3, "target-epsilon": 50.0})  # fmt: skip
+    cfg = DPConfig.from_settings(settings)
+    ledger = PrivacyLedger().add(0.1, 1.0, 3)
+    saved = PrivacyState(1.0, 1.0, ledger, noise_key=7)
+    state, planned = start_state(settings, cfg, 0.25, 5, saved)
+    assert state.ledger == ledger and ledger.add(0.25, 1.0, 0) is ledger
+    assert planned == pytest.approx(ledger.epsilon(cfg.delta, cfg.accountant), rel=1e-12)
