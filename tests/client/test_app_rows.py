@@ -21,6 +21,7 @@ from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
 from client.attacks import attackers
+from client.model_store import INFO_FILE
 from client.runtime import node_runtime
 from client.secagg import node_rng, node_sample
 from client.train import train_cohort
@@ -323,3 +324,24 @@ def test_a_distributed_dp_node_sends_the_noised_integer_sum_of_the_clients_it_sa
     # move a single randomized rounding by one integer step; nothing more
     assert off.max() <= 1 + 1e-6 and np.mean(off < 1e-6) > 0.99
     assert np.abs(expected - np.median(expected)).max() > 10  # the sum is not flat noise
+
+
+def test_a_kept_models_info_names_its_origin_and_the_scores_of_its_reply_row(tmp_path):
+    """model-dir on a three-client node: each client's info file repeats what the reply
+    says of it (scores, test size), its round, run and step count, and the run config."""
+    config = {**BASE, "algorithm": "maml", "eval-steps": 3}
+    s = parse_settings(config)
+    grid = node_probe.node_grid(config, 1)
+    grid.contexts[1].node_config["model-dir"] = str(tmp_path)
+    reply = _send(grid, MessageType.EVALUATE, initial_state(s), ORDER, server_round=7)
+    run_id = grid.contexts[1].run_id
+    keys = (messages.LOSS_BEFORE, messages.LOSS_AFTER, messages.ACC_BEFORE, messages.ACC_AFTER)
+    columns = {k: node_probe.metric(reply, k) for k in keys}
+    node = node_runtime(grid.contexts[1])
+    for r, pid in enumerate(ORDER):
+        info = json.loads((tmp_path / f"partition-{pid}" / INFO_FILE).read_text())
+        assert info["scores"] == {k: pytest.approx(columns[k][r], rel=1e-6) for k in keys}
+        assert (info["run-id"], info["round"], info["partition-id"]) == (run_id, 7, pid)
+        assert (info["num-partitions"], info["eval-steps"]) == (3, 3)
+        assert info["num-test"] == node.client(pid).data.num_test
+        assert parse_settings(info["settings"]) == s
