@@ -28,10 +28,11 @@ from client.train import train_cohort
 from common import messages
 from common.arrays import from_record, join_state, split_state, to_record, to_tensors
 from common.config import parse_settings
+from common.data.registry import num_classes
 from common.dp_mechanism import WITHIN_CLIP, distributed_noise, noised_node_sum, row_norms
 from common.meta import bounded_step_sizes
 from common.scoring import evaluate_cohort
-from common.streams import EVALUATE_PURPOSE, TRAIN_PURPOSE
+from common.streams import ATTACK_PURPOSE, EVALUATE_PURPOSE, TRAIN_PURPOSE
 from server.app import initial_state
 from server.secagg import noise_config
 from tests import node_probe
@@ -50,17 +51,21 @@ def _send(grid, kind: str, state: Mapping[str, np.ndarray], clients: list[int], 
 
 
 def _alone(grid, state: Mapping[str, np.ndarray], pid: int, server_round: int = 1,
-           start: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
-    """Client ``pid``'s update trained on its own (a cohort of one), float64."""
+           start: Mapping[str, np.ndarray] | None = None,
+           flip: int | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Client ``pid``'s update trained on its own (a cohort of one), float64; with ``flip``
+    (the number of classes) on labels c -> flip - 1 - c."""
     node = node_runtime(grid.contexts[1])
     s, rt = node.settings, node.client(pid)
+    y = rt.data.y_train
     theta, alpha = split_state(dict(state))
     theta_t = to_tensors(theta, node.device)
     alpha_t = to_tensors(alpha, node.device) if alpha is not None else None
     first = None if start is None else {k: torch.as_tensor(v)[None] for k, v in start.items()}
     result = train_cohort(
         node.model, theta_t, alpha_t if alpha_t is not None else s.inner_lr,
-        [(rt.data.x_train, rt.data.y_train)], [rt.rng(server_round, TRAIN_PURPOSE)],
+        [(rt.data.x_train, y if flip is None else (flip - 1 - y).astype(y.dtype))],
+        [rt.rng(server_round, TRAIN_PURPOSE)],
         node.train, node.device, start=first,
     )  # fmt: skip
     out = {k: result.params[k][0].numpy() - theta[k] for k in theta}
@@ -85,6 +90,9 @@ def test_each_row_of_a_cohorts_reply_is_that_clients_own_update(algorithm):
     assert len(set(sizes)) == 3
     assert node_probe.metric(reply, messages.NUM_EXAMPLES) == sizes
     rows = [_alone(grid, state, p) for p in ORDER]
+    assert {k: v.dtype for k, v in node_probe.updates(reply).items()} == {
+        k: v.dtype for k, v in state.items()
+    }  # the state's dtype (float32), not float64
     assert set(rows[0]) == set(state) | ({f"alpha/{k}" for k in split_state(state)[0]}
                                           if algorithm == "metasgd" else set())  # fmt: skip
     for r, expected in enumerate(rows):
@@ -138,25 +146,35 @@ def _attacked(kind: str) -> tuple[dict, list[int], int]:
     return config, sorted(bad), s.seed
 
 
-@pytest.mark.parametrize("kind", ["sign-flip", "num-examples-lie"])
+@pytest.mark.parametrize("kind", ["sign-flip", "num-examples-lie", "gaussian", "label-flip"])
 def test_an_attackers_row_is_forged_and_the_honest_rows_are_left_alone(kind):
-    config, bad, _ = _attacked(kind)
+    config, bad, seed = _attacked(kind)
     assert 0 < len(bad) < 3
-    state = initial_state(parse_settings(config))
+    s = parse_settings(config)
+    state = initial_state(s)
     grid = node_probe.node_grid(config, 1)
-    reply = _send(grid, MessageType.TRAIN, state, ORDER)
+    reply = _send(grid, MessageType.TRAIN, state, ORDER, server_round=3)
     node = node_runtime(grid.contexts[1])
     claims = node_probe.metric(reply, messages.NUM_EXAMPLES)
     for r, pid in enumerate(ORDER):
-        honest, got = _alone(grid, state, pid), _row(reply, r)
+        honest, got = _alone(grid, state, pid, 3), _row(reply, r)
         n = node.client(pid).data.num_train
-        factor, claim = 1.0, n
-        if pid in bad:
-            factor = -3.0 if kind == "sign-flip" else -1.0
-            claim = n if kind == "sign-flip" else 3 * n
+        expected, claim = honest, n
+        if pid in bad and kind == "sign-flip":
+            expected = {k: -3.0 * v for k, v in honest.items()}
+        elif pid in bad and kind == "num-examples-lie":
+            expected, claim = {k: -v for k, v in honest.items()}, 3 * n
+        elif pid in bad and kind == "gaussian":  # N(0, std^2) from (seed, client, round)
+            rng = np.random.default_rng([seed, pid, 3, ATTACK_PURPOSE])
+            expected = {k: s.attack_noise_std * rng.standard_normal(state[k].shape)
+                        for k in state}  # fmt: skip
+        elif pid in bad:  # label-flip: an honest update on labels c -> C - 1 - c
+            expected = _alone(grid, state, pid, 3, flip=num_classes(s))
         assert claims[r] == claim
         for k in state:
-            np.testing.assert_allclose(got[k], factor * honest[k], rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(got[k], expected[k], rtol=1e-4, atol=1e-6)
+        if pid in bad and kind == "label-flip":
+            assert max(np.abs(expected[k] - honest[k]).max() for k in state) > 1e-4
 
 
 def _scores(grid, params, lr, pids: list[int], server_round: int, steps: int,
