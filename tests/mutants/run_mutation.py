@@ -59,11 +59,15 @@ GROUPS = {
         ),
     ),  # fmt: skip
     "aggregate": Group(
-        ("server/optimizer.py", "server/evaluation.py"),  # server SGD/Adam; client statistics
+        # server SGD/Adam; evaluation rows, their summaries and client statistics
+        ("server/optimizer.py", "server/evaluation.py"),
         (
             "tests/server/test_aggregate.py",
             "tests/server/test_server_optimizer.py",
             "tests/server/test_client_stats.py",
+            "tests/server/test_strategy.py",
+            "tests/server/test_defaults_hold.py",
+            "tests/server/test_evaluation_rounds.py",
         ),
     ),
     "personalize": Group(
