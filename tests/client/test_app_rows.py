@@ -272,17 +272,7 @@ def test_a_secagg_node_sends_the_scaled_sum_of_its_clipped_rows_and_its_counts()
     clip = float(np.median(norms)) * (1.0 + 1e-3)
     within = np.array([float(n <= clip) for n in norms])
     keys = list(state)
-    fitins = FitIns(
-        ndarrays_to_parameters([state[k] for k in keys]),
-        {messages.SERVER_ROUND: 1, messages.CLIP: clip, messages.STATE_KEYS: ",".join(keys),
-         messages.CLIENTS: "2,9,0,1"},
-    )  # fmt: skip
-    content = compat.fitins_to_recorddict(fitins, keep_input=True)
-    (reply,) = grid.send_and_receive(
-        [Message(content=content, dst_node_id=1, message_type=MessageType.TRAIN)]
-    )
-    assert not reply.has_error(), reply.error.reason
-    fitres = compat.recorddict_to_fitres(reply.content, keep_input=False)
+    fitres = _secagg_exchange(grid, state, clip, "2,9,0,1")
     *sums, counts = parameters_to_ndarrays(fitres.parameters)
     for k, got in zip(keys, sums, strict=True):
         expected = sum(min(1.0, clip / n) * h[k] for n, h in zip(norms, honest, strict=True))
@@ -323,17 +313,7 @@ def test_a_distributed_dp_node_sends_the_noised_integer_sum_of_the_clients_it_sa
     )  # fmt: skip
     noise = distributed_noise(clip, 0.5, flat.shape[1], 3, 1, 1, 2**20)
     expected = noised_node_sum(flat, noise, rng)
-    fitins = FitIns(
-        ndarrays_to_parameters([state[k] for k in keys]),
-        {messages.SERVER_ROUND: 1, messages.CLIP: clip, messages.STATE_KEYS: ",".join(keys),
-         messages.CLIENTS: "2,0,1", **noise_config(noise, rate)},
-    )  # fmt: skip
-    content = compat.fitins_to_recorddict(fitins, keep_input=True)
-    (reply,) = grid.send_and_receive(
-        [Message(content=content, dst_node_id=1, message_type=MessageType.TRAIN)]
-    )
-    assert not reply.has_error(), reply.error.reason
-    fitres = compat.recorddict_to_fitres(reply.content, keep_input=False)
+    fitres = _secagg_exchange(grid, state, clip, "2,0,1", noise_config(noise, rate))
     arrays = parameters_to_ndarrays(fitres.parameters)
     assert [a.shape for a in arrays] == [state[k].shape for k in keys] and not fitres.metrics
     got = np.concatenate([((a + 1) * noise.modulus / 2).ravel() for a in arrays])
@@ -363,3 +343,19 @@ def test_a_kept_models_info_names_its_origin_and_the_scores_of_its_reply_row(tmp
         assert (info["num-partitions"], info["eval-steps"]) == (3, 3)
         assert info["num-test"] == node.client(pid).data.num_test
         assert parse_settings(info["settings"]) == s
+
+
+def _secagg_exchange(grid, state, clip: float, clients: str, extra: dict | None = None):
+    """The node's FitRes for a SecAgg+-style FitIns (no masking: the mod is not in the loop)."""
+    keys = list(state)
+    fitins = FitIns(
+        ndarrays_to_parameters([state[k] for k in keys]),
+        {messages.SERVER_ROUND: 1, messages.CLIP: clip, messages.STATE_KEYS: ",".join(keys),
+         messages.CLIENTS: clients, **(extra or {})},
+    )  # fmt: skip
+    content = compat.fitins_to_recorddict(fitins, keep_input=True)
+    (reply,) = grid.send_and_receive(
+        [Message(content=content, dst_node_id=1, message_type=MessageType.TRAIN)]
+    )
+    assert not reply.has_error(), reply.error.reason
+    return compat.recorddict_to_fitres(reply.content, keep_input=False)
