@@ -68,6 +68,7 @@ GROUPS = {
             "tests/server/test_strategy.py",
             "tests/server/test_defaults_hold.py",
             "tests/server/test_evaluation_rounds.py",
+            "tests/server/test_evaluation_summary.py",
         ),
     ),
     "personalize": Group(
