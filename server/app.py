@@ -100,12 +100,13 @@ def run_federation(settings: Settings, grid: Grid) -> dict[str, float]:
 
 def _run_rounds(settings: Settings, grid: Grid, folder: RunFolder) -> dict[str, float]:
     """Start (or resume), train and evaluate every round, finish: the whole run."""
-    ckpt = start_or_resume(settings, folder)
+    seeded = initial_state(settings)  # built once: the resume check and a fresh start use it
+    ckpt = start_or_resume(settings, folder, seeded)
     nodes = NodeDirectory(
         grid, settings.min_available_nodes, settings.node_wait_timeout, settings.round_timeout
     )
     strategy = MetaStrategy(SamplingConfig.from_settings(settings), nodes)
-    state = start_state(settings, ckpt, nodes)
+    state = start_state(settings, ckpt, nodes, seeded)
     pipeline = pipeline_for(settings, strategy, OptimizerConfig.from_settings(settings))
     t_run = time.monotonic()
     loop = _RoundLoop(settings, folder, pipeline, strategy, grid, state, ckpt is not None)
@@ -127,9 +128,11 @@ def _run_rounds(settings: Settings, grid: Grid, folder: RunFolder) -> dict[str, 
     return finish(settings, folder, loop.state.theta, last_eval, time.monotonic() - t_run)
 
 
-def start_or_resume(settings: Settings, folder: RunFolder) -> Checkpoint | None:
+def start_or_resume(
+    settings: Settings, folder: RunFolder, seeded: dict[str, np.ndarray]
+) -> Checkpoint | None:
     """The checkpoint to continue from (its logs cut back to it), or None: a fresh start."""
-    ckpt = resume_point(settings, folder, initial_state(settings))
+    ckpt = resume_point(settings, folder, seeded)
     if ckpt is None:
         folder.start_over()
     else:
@@ -140,13 +143,13 @@ def start_or_resume(settings: Settings, folder: RunFolder) -> Checkpoint | None:
     return ckpt
 
 
-def start_state(settings: Settings, ckpt: Checkpoint | None, nodes: NodeDirectory) -> ServerState:
+def start_state(
+    settings: Settings, ckpt: Checkpoint | None, nodes: NodeDirectory,
+    seeded: dict[str, np.ndarray],
+) -> ServerState:  # fmt: skip
     """theta, the optimizer's and DP's state of the first round to run. DP refuses, before
     round 1, rounds beyond target-epsilon."""
-    if ckpt is None:
-        state = ServerState(initial_state(settings))
-    else:
-        state = ServerState(ckpt.state, ckpt.optimizer)
+    state = ServerState(seeded) if ckpt is None else ServerState(ckpt.state, ckpt.optimizer)
     if not settings.dp:
         return state
     saved = PrivacyState.from_json(ckpt.privacy) if ckpt and ckpt.privacy else None
@@ -170,7 +173,7 @@ class _RoundLoop:
     ) -> None:  # fmt: skip
         self.settings, self.folder, self.grid = settings, folder, grid
         self.pipeline, self.strategy = pipeline, strategy
-        self.dp = DPConfig.from_settings(settings) if settings.dp else None
+        self.dp = pipeline.dp  # the pipeline's own, so the budget check reads the same
         self.state = state  # replaced only when a round steps
         self.trained = trained  # a checkpoint is written only once an update was accepted
         self.last_eval: dict[str, float] = {}
