@@ -286,8 +286,8 @@ def stack_to_device(batches: Sequence[HostBatch], task: Task, device: torch.devi
     x = np.stack([b[0] for b in batches])
     y = np.stack([b[1] for b in batches])
     return (
-        torch.as_tensor(x, dtype=torch.float32).to(device),
-        torch.as_tensor(y, dtype=_y_dtype(task)).to(device),
+        torch.as_tensor(x, dtype=torch.float32, device=device),
+        torch.as_tensor(y, dtype=_y_dtype(task), device=device),
     )
 
 
@@ -304,9 +304,9 @@ def _stack_padded_test(
         n = len(t.test[0])
         x[i, :n], y[i, :n], mask[i, :n] = t.test[0], t.test[1], 1.0
     return (
-        torch.as_tensor(x).to(device),
-        torch.as_tensor(y, dtype=_y_dtype(task)).to(device),
-        torch.as_tensor(mask).to(device),
+        torch.as_tensor(x, device=device),
+        torch.as_tensor(y, dtype=_y_dtype(task), device=device),
+        torch.as_tensor(mask, device=device),
     )
 
 

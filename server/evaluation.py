@@ -47,8 +47,8 @@ def diverged_clients(before: Sequence[float], after: Sequence[float]) -> list[bo
     """Per client, whether its personalisation diverged (see DIVERGED_LOSS_FACTOR). Such a
     client is counted, and left out of the across-client statistics after adapting."""
     b, a = np.asarray(before, np.float64), np.asarray(after, np.float64)
-    with np.errstate(invalid="ignore"):
-        exploded = np.isfinite(b) & (a > DIVERGED_LOSS_FACTOR * np.maximum(b, 1e-12))
+    # comparisons with NaN and inf raise no floating-point warning: no errstate needed
+    exploded = np.isfinite(b) & (a > DIVERGED_LOSS_FACTOR * np.maximum(b, 1e-12))
     return [bool(x) for x in ~np.isfinite(a) | exploded]
 
 

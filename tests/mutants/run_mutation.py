@@ -75,6 +75,7 @@ GROUPS = {
         ("common/scoring.py",),
         (
             "tests/common/test_scoring.py",
+            "tests/common/test_scoring_numbers.py",
             "tests/common/test_tensors_of.py",
             "tests/common/test_scoring_guards.py",
             KNOWN_BUGS,

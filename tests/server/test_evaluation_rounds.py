@@ -61,3 +61,33 @@ def test_a_malformed_reply_is_named_and_no_rows_means_no_summary():
     assert out.metrics is None and out.clients == []
     assert len(out.dropped) == 1
     assert out.dropped[0].startswith("partition 0 (node 1): evaluation reply: ")
+
+
+def test_a_reply_without_after_scores_drops_each_of_its_clients_by_name():
+    asked = {1: [0, 1], 2: [2]}
+    partial = Message(
+        RecordDict({"metrics": MetricRecord({
+            "partition-id": [0, 1], "skipped": [0, 0], "loss-before": [1.0, 2.0],
+        })}),
+        reply_to=_asked(1),
+    )  # fmt: skip
+    out = collect_evaluation([partial, _scores(2, [2], [3.0], [1.0])], asked, Task.REGRESSION)
+    assert [r["partition-id"] for r in out.clients] == [2]
+    assert out.dropped == [
+        "partition 0 (node 1): evaluation: no 'loss-before'/'loss-after' scores",
+        "partition 1 (node 1): evaluation: no 'loss-before'/'loss-after' scores",
+    ]
+
+
+def test_a_rejected_reply_or_an_unasked_node_does_not_stop_the_replies_after_it():
+    asked = {1: [0], 2: [1], 3: [2]}
+    bad = Message(RecordDict({"metrics": MetricRecord({"loss": 1.0})}), reply_to=_asked(1))
+    stranger = _scores(9, [5], [1.0], [0.5])  # a node the server did not ask
+    replies = [bad, stranger, _scores(2, [1], [4.0], [2.0]), _scores(3, [2], [2.0], [1.0])]
+    out = collect_evaluation(replies, asked, Task.REGRESSION)
+    assert [r["partition-id"] for r in out.clients] == [1, 2]
+    assert out.dropped[1:] == [
+        "partition 5 (node 9): evaluation: a result for a client the server did not ask "
+        "this node for"
+    ]
+    assert out.metrics is not None and out.metrics["mse-before-mean"] == 3.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from common.config import Task, parse_settings
@@ -72,3 +73,34 @@ def test_a_regression_summary_names_mse_and_every_diverged_client_leaves_no_afte
     exploded = summarise_evaluation([_row(0, 1.0, math.inf, 0, 0, 3)], Task.REGRESSION)
     assert exploded["diverged-after"] == 1 and exploded["mse-before-mean"] == 1.0
     assert not any(k.startswith("mse-after") for k in exploded)
+
+
+def test_small_losses_diverge_against_their_own_size_not_against_one():
+    """The 1e-12 floor only guards a zero loss: a client at 0.01 before that ends at 0.5
+    has grown fifty-fold and diverged; a zero loss that becomes 1e-10 too."""
+    assert diverged_clients([0.01, 0.0, 0.01], [0.5, 1e-10, 0.09]) == [True, True, False]
+    # NaN and infinities compare without a floating-point warning (none is silenced)
+    with np.errstate(all="raise"):
+        out = diverged_clients([math.nan, math.inf, 1.0], [math.nan, math.inf, -math.inf])
+    assert out == [True, True, True]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "pooled"),
+    [
+        ((4, 1), (0.5 * 4 + 1.0 * 1) / 5),  # one test example is a size like any other
+        ((4, 0), None),  # a client scored on no example: no pooled accuracy
+        ((4, None), None),  # a row without its size (an old node): none either
+    ],
+)
+def test_pooled_accuracy_needs_every_client_s_test_size(sizes, pooled):
+    rows = [_row(0, 1.0, 0.5, 0.5, 0.5, sizes[0]), _row(1, 1.0, 0.5, 1.0, 1.0, sizes[1])]
+    if sizes[1] is None:
+        del rows[1]["num-examples"]
+    out = summarise_evaluation(rows, Task.CLASSIFICATION)
+    for when in ("before", "after"):
+        if pooled is None:
+            assert f"acc-{when}-pooled" not in out
+        else:
+            assert out[f"acc-{when}-pooled"] == pytest.approx(pooled)
+    assert out["acc-before-mean"] == 0.75  # the mean across clients is reported either way
