@@ -348,3 +348,28 @@ def test_a_configured_loss_is_the_one_trained_on():
     for (n, p), g in zip(theta.items(), grads, strict=True):
         torch.testing.assert_close(out.params[n][0], p - 0.05 * g, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out.metrics["train-loss"], [loss.item()], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["maml", "perfedavg-hf", "metasgd", "fedavg"])
+def test_every_training_tensor_is_made_on_the_device_it_is_given(name):
+    """A GPU node's trap without a GPU: with torch's default device set to 'meta', a tensor
+    made without naming ``device`` lands on 'meta' and the step fails. Given device='cpu',
+    the cohort's params, α and metrics are the same as without the default."""
+    settings = _settings(name)
+    cfg, theta = TrainConfig.from_settings(settings), _theta(settings)
+    lr, clients, model = _alpha(settings, theta), _clients(3), model_for(settings)
+
+    def run():
+        rngs = [np.random.default_rng([4, i]) for i in range(3)]
+        return train_cohort(model, theta, lr, clients, rngs, cfg, CPU)
+
+    plain = run()
+    with torch.device("meta"):
+        on_meta_default = run()
+    for n in theta:
+        assert on_meta_default.params[n].device == CPU
+        assert torch.equal(on_meta_default.params[n], plain.params[n])
+        if plain.inner_lr is not None:
+            assert torch.equal(on_meta_default.inner_lr[n], plain.inner_lr[n])
+    for key, values in plain.metrics.items():
+        np.testing.assert_array_equal(on_meta_default.metrics[key], values)
