@@ -13,6 +13,7 @@ from torch import nn
 from common import batching
 from common.config import Task
 from common.data.types import ClientData
+from common.plugins import PluginError
 from common.scoring import (
     _by_support_shape,
     _chunks,
@@ -137,6 +138,11 @@ def test_a_configured_classification_loss_scores_by_hand():
         assert g.before.accuracy == pytest.approx(np.mean(o.argmax(1) == c.y_test))
 
 
+def test_a_loss_that_cannot_be_imported_is_named_by_its_config_key():
+    with pytest.raises(PluginError, match=r"^config key 'loss' = 'no_such_module_x:l1'"):
+        loss_fn_for(Task.REGRESSION, "no_such_module_x:l1")
+
+
 def test_the_losses_default_to_mse_and_cross_entropy():
     pred, target = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([[1.0], [0.0], [1.0]])
     assert loss_fn_for(Task.REGRESSION)(pred, target).item() == pytest.approx((0 + 4 + 9) / 3)
@@ -191,8 +197,10 @@ def test_host_batches_become_float32_inputs_and_the_task_s_label_dtype():
 
 
 def test_test_splits_are_zero_padded_with_a_float32_mask_of_the_real_rows():
-    short = _Task(0, (np.zeros(0), np.zeros(0)), (np.ones((2, 2)), np.array([1, 2])))
-    long = _Task(1, (np.zeros(0), np.zeros(0)), (2 * np.ones((3, 2)), np.array([0, 1, 1])))
+    # int32 labels (as a user's loader may give) become the int64 cross-entropy needs
+    labels = np.array([1, 2], np.int32), np.array([0, 1, 1], np.int32)
+    short = _Task(0, (np.zeros(0), np.zeros(0)), (np.ones((2, 2)), labels[0]))
+    long = _Task(1, (np.zeros(0), np.zeros(0)), (2 * np.ones((3, 2)), labels[1]))
     x, y, mask = _stack_padded_test([short, long], Task.CLASSIFICATION, CPU)
     assert mask.dtype == torch.float32 and x.dtype == torch.float32 and y.dtype == torch.int64
     assert mask.tolist() == [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
