@@ -243,6 +243,9 @@ def test_scoring_a_plain_model_runs_the_cohort_under_vmap(monkeypatch):
     model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
     params = {n: p.detach() for n, p in model.named_parameters()}
     clients = [_regression_client(s, 8, 3) for s in range(3)]
+    # each client from its own row of a stack ('local'): the rows are vmapped over too
+    rows = {n: torch.stack([p, 2 * p, -p]) for n, p in params.items()}
+    _cohort(model, rows, clients, Task.REGRESSION, batch_size=4, per_client_params=True)
     _cohort(model, params, clients, Task.REGRESSION, batch_size=4)
     probed = batching._VMAP_PROBLEM
     assert list(probed) == [batching.probe_key("personalize", model, "")]
