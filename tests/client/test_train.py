@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from client.train import TrainConfig, train_cohort
+from common import batching
 from common.config import MetaOrder, parse_settings
 from common.meta import loss_and_gradients, meta_gradient, sgd_step
 from common.models import model_for
@@ -373,3 +374,27 @@ def test_every_training_tensor_is_made_on_the_device_it_is_given(name):
             assert torch.equal(on_meta_default.inner_lr[n], plain.inner_lr[n])
     for key, values in plain.metrics.items():
         np.testing.assert_array_equal(on_meta_default.metrics[key], values)
+
+
+def test_the_train_config_reads_each_key_from_the_settings():
+    s = _settings("maml", **{"cohort-size": 3, "local-steps": 2, "outer-lr": 0.07})
+    cfg = TrainConfig.from_settings(s)
+    assert (cfg.cohort_size, cfg.local_steps, cfg.outer_lr) == (3, 2, 0.07)
+    assert (cfg.task, cfg.loss, cfg.batches) == (s.task, s.loss, BatchConfig.from_settings(s))
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("maml", "train-second-order"), ("fedavg", "train-sgd")]
+)
+def test_training_runs_the_cohort_under_vmap_one_probe_per_kind_of_work(name, kind, monkeypatch):
+    """The probe records no problem for the MLP under the key naming its kind of work and
+    loss: the cohort, from theta or from each client's own row ('local'), ran as one
+    batched call, not client by client (slower, same numbers)."""
+    monkeypatch.setattr(batching, "_VMAP_PROBLEM", {})
+    settings = _settings(name)
+    cfg, theta, model = TrainConfig.from_settings(settings), _theta(settings), model_for(settings)
+    rows = {n: torch.stack([p, 2 * p, -p]) for n, p in theta.items()}
+    for start in (rows, None):
+        rngs = [np.random.default_rng(i) for i in range(3)]
+        train_cohort(model, theta, settings.inner_lr, _clients(3), rngs, cfg, CPU, start=start)
+    assert {batching.probe_key(kind, model, settings.loss): None} == batching._VMAP_PROBLEM
