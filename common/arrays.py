@@ -54,7 +54,8 @@ def split_state(state: Mapping[str, np.ndarray]) -> tuple[NamedArrays, NamedArra
 
 def to_tensors(arrays: Mapping[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     # np.array(copy) first: Flower's arrays may be read-only views of a message buffer.
-    return {k: torch.from_numpy(np.array(v)).to(device) for k, v in arrays.items()}
+    # made on ``device`` directly (no host tensor first, and a lost ``device`` is testable)
+    return {k: torch.as_tensor(np.array(v), device=device) for k, v in arrays.items()}
 
 
 def check_stacked(

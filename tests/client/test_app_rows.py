@@ -10,6 +10,7 @@ sizes differ (synthetic data), so their rows differ too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 
@@ -359,3 +360,29 @@ def _secagg_exchange(grid, state, clip: float, clients: str, extra: dict | None 
     )
     assert not reply.has_error(), reply.error.reason
     return compat.recorddict_to_fitres(reply.content, keep_input=False)
+
+
+@pytest.mark.parametrize("algorithm", ["metasgd", "local"])
+def test_a_node_makes_every_tensor_on_its_device(algorithm):
+    """A GPU node's trap without a GPU: with torch's default device set to 'meta', a tensor
+    made without naming the node's device lands on 'meta' and the work fails. A node on
+    'cpu' must answer a train and an evaluate message as it does without that default
+    (Meta-SGD's α, and 'local''s own stored models, come back to the device each round)."""
+    config = {**BASE, "algorithm": algorithm}
+    state = initial_state(parse_settings(config))
+
+    def replies(default: str | None) -> list[Message]:
+        grid = node_probe.node_grid(config, 1)
+        node_runtime(grid.contexts[1])  # the model and data, loaded as a node starts
+        with torch.device(default) if default else contextlib.nullcontext():
+            return [
+                _send(grid, kind, state, ORDER, server_round=r)
+                for r, kind in enumerate((MessageType.TRAIN, MessageType.TRAIN,
+                                          MessageType.EVALUATE), start=1)
+            ]  # fmt: skip
+
+    plain, on_meta_default = replies(None), replies("meta")
+    for a, b in zip(plain[:2], on_meta_default[:2], strict=True):
+        for k, v in node_probe.updates(a).items():
+            np.testing.assert_array_equal(node_probe.updates(b)[k], v)
+    assert _columns(on_meta_default[2]) == _columns(plain[2])
