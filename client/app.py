@@ -31,7 +31,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from client.attacks import AttackConfig, attack_reply, training_split
+from client.attacks import attack_reply, training_split
 from client.model_store import ONNX_FILE, export_onnx, save_personalized
 from client.runtime import ClientRuntime, NodeRuntime, node_runtime
 from client.secagg import (
@@ -193,13 +193,12 @@ def _train_rows(
     set, each client's b_i then in its metrics and returned), per-client metrics."""
     cohort = _cohort(node, got.clients)
     s = node.settings
-    attack = AttackConfig.from_settings(s)
     updates = {k: np.zeros((len(cohort.order), *v.shape), v.dtype) for k, v in got.state.items()}
     values: dict[int, dict[str, float | int]] = {}
     if cohort.ready:
         position = {pid: row for row, pid in enumerate(cohort.order)}
         rows = [position[rt.partition_id] for rt in cohort.ready]
-        result = _train(context, node, got, cohort.ready, attack)
+        result = _train(context, node, got, cohort.ready)
         if s.algorithm is not Algorithm.LOCAL:  # 'local' shares nothing: its update stays zero
             for key, stacked in _stacked_updates(result, got).items():
                 updates[key][rows] = stacked
@@ -213,10 +212,10 @@ def _train_rows(
         for row, pid in enumerate(cohort.order):
             if pid in values:
                 values[pid][WITHIN_CLIP] = float(within[row])
-    if attack.kind is not AttackKind.NONE:  # simulated attackers (client/attacks.py)
+    if node.attack.kind is not AttackKind.NONE:  # simulated attackers (client/attacks.py)
         claims = {p: int(v[NUM_EXAMPLES]) for p, v in values.items()}
         updates, claims = attack_reply(
-            attack, updates, claims, cohort.order, node.num_partitions, got.server_round
+            node.attack, updates, claims, cohort.order, node.num_partitions, got.server_round
         )
         for p, n in claims.items():
             values[p][NUM_EXAMPLES] = n
@@ -224,12 +223,13 @@ def _train_rows(
 
 
 def _train(
-    context: Context, node: NodeRuntime, got: Received, ready: list[ClientRuntime],
-    attack: AttackConfig,
-) -> CohortResult:  # fmt: skip
+    context: Context, node: NodeRuntime, got: Received, ready: list[ClientRuntime]
+) -> CohortResult:
     s = node.settings
     clients = [
-        training_split(attack, rt.partition_id, rt.num_partitions, rt.data.x_train, rt.data.y_train)
+        training_split(
+            node.attack, rt.partition_id, rt.num_partitions, rt.data.x_train, rt.data.y_train
+        )
         for rt in ready
     ]
     rngs = [rt.rng(got.server_round, TRAIN_PURPOSE) for rt in ready]

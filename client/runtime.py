@@ -34,6 +34,7 @@ import torch
 from flwr.app import Context
 from torch import nn
 
+from client.attacks import AttackConfig
 from client.train import TrainConfig
 from common.config import MetaOrder, Settings, parse_settings
 from common.data.registry import (
@@ -84,10 +85,11 @@ class ClientRuntime:
 @dataclass(frozen=True)
 class NodeRuntime:
     """One Flower node: which clients it hosts, the shared model skeleton and device, and
-    what its local training reads."""
+    what its local training and simulated attackers read (built once, as the node starts)."""
 
     settings: Settings
     train: TrainConfig
+    attack: AttackConfig  # simulated attackers (kind none: every client is honest)
     node_partition: int  # the node config's partition-id (OWN_DATA: none, its own data)
     partitions: Sequence[int]  # the clients this node hosts (a range, or its own clients)
     num_partitions: int  # clients in the whole federation (own data: on this node)
@@ -158,6 +160,7 @@ def node_runtime(context: Context) -> NodeRuntime:
     return NodeRuntime(
         settings=settings,
         train=TrainConfig.from_settings(settings),
+        attack=AttackConfig.from_settings(settings),
         node_partition=index,
         partitions=range(index * per_node, (index + 1) * per_node),
         num_partitions=nodes * per_node,
@@ -185,6 +188,7 @@ def _own_data_node(settings: Settings, data_path: str) -> NodeRuntime:
     return NodeRuntime(
         settings=settings,
         train=TrainConfig.from_settings(settings),
+        attack=AttackConfig.from_settings(settings),
         node_partition=OWN_DATA,
         partitions=hosted,
         num_partitions=len(hosted),
